@@ -1,0 +1,824 @@
+//! The msgr2.1 crc-mode frame codec (msgr2.md §1.1–1.4): banner, 32-byte preamble,
+//! segment 0 with its inline CRC, segments 1–3, and the 13-byte epilogue.
+//!
+//! Encoding appends small pieces (preamble, CRCs, epilogue) to a [`TxQueue`] and hands payload
+//! [`Bytes`] over as they are, so the transport can write a frame with one vectored send and
+//! no payload copy. Decoding is incremental: [`FrameDecoder::want`] says how many bytes the
+//! current unit still needs and [`FrameDecoder::recv_buf`] exposes where they go, so a large
+//! segment is received straight into the buffer that becomes the message's payload.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+
+use super::crc::{ceph_crc32c, PREAMBLE_SEED, SEGMENT_SEED};
+
+pub const BANNER_PREFIX: &[u8; 8] = b"ceph v2\n";
+const MSGR1_BANNER_PREFIX: &[u8; 8] = b"ceph v02";
+/// Prefix + le16 payload length + supported + required.
+pub const BANNER_LEN: usize = 8 + 2 + 16;
+pub const PREAMBLE_LEN: usize = 32;
+pub const EPILOGUE_LEN: usize = 13;
+pub const CRC_LEN: usize = 4;
+pub const MAX_SEGMENTS: usize = 4;
+
+/// `CEPH_MSGR2_FEATURE_REVISION_1`: msgr2.1 framing.
+pub const FEATURE_REVISION_1: u64 = 1;
+/// `CEPH_MSGR2_FEATURE_COMPRESSION` (post-Pacific); never advertised by Ringwire.
+pub const FEATURE_COMPRESSION: u64 = 2;
+
+pub const LATE_STATUS_COMPLETE: u8 = 0x0e;
+pub const LATE_STATUS_ABORTED: u8 = 0x01;
+
+/// Alignment hints Ceph puts in segment descriptors.
+pub const ALIGN_DEFAULT: u16 = 8;
+pub const ALIGN_PAGE: u16 = 4096;
+
+/// Frame tags (`enum class Tag`, frames_v2.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Tag {
+    Hello = 1,
+    AuthRequest = 2,
+    AuthBadMethod = 3,
+    AuthReplyMore = 4,
+    AuthRequestMore = 5,
+    AuthDone = 6,
+    AuthSignature = 7,
+    ClientIdent = 8,
+    ServerIdent = 9,
+    IdentMissingFeatures = 10,
+    SessionReconnect = 11,
+    SessionReset = 12,
+    SessionRetry = 13,
+    SessionRetryGlobal = 14,
+    SessionReconnectOk = 15,
+    Wait = 16,
+    Message = 17,
+    Keepalive2 = 18,
+    Keepalive2Ack = 19,
+    Ack = 20,
+    CompressionRequest = 21,
+    CompressionDone = 22,
+}
+
+impl Tag {
+    pub fn from_u8(v: u8) -> Option<Tag> {
+        use Tag::*;
+        Some(match v {
+            1 => Hello,
+            2 => AuthRequest,
+            3 => AuthBadMethod,
+            4 => AuthReplyMore,
+            5 => AuthRequestMore,
+            6 => AuthDone,
+            7 => AuthSignature,
+            8 => ClientIdent,
+            9 => ServerIdent,
+            10 => IdentMissingFeatures,
+            11 => SessionReconnect,
+            12 => SessionReset,
+            13 => SessionRetry,
+            14 => SessionRetryGlobal,
+            15 => SessionReconnectOk,
+            16 => Wait,
+            17 => Message,
+            18 => Keepalive2,
+            19 => Keepalive2Ack,
+            20 => Ack,
+            21 => CompressionRequest,
+            22 => CompressionDone,
+            _ => return None,
+        })
+    }
+
+    /// The name Ceph's sources use (`HELLO`, `AUTH_REQUEST`, ...).
+    pub fn name(self) -> &'static str {
+        use Tag::*;
+        match self {
+            Hello => "HELLO",
+            AuthRequest => "AUTH_REQUEST",
+            AuthBadMethod => "AUTH_BAD_METHOD",
+            AuthReplyMore => "AUTH_REPLY_MORE",
+            AuthRequestMore => "AUTH_REQUEST_MORE",
+            AuthDone => "AUTH_DONE",
+            AuthSignature => "AUTH_SIGNATURE",
+            ClientIdent => "CLIENT_IDENT",
+            ServerIdent => "SERVER_IDENT",
+            IdentMissingFeatures => "IDENT_MISSING_FEATURES",
+            SessionReconnect => "SESSION_RECONNECT",
+            SessionReset => "SESSION_RESET",
+            SessionRetry => "SESSION_RETRY",
+            SessionRetryGlobal => "SESSION_RETRY_GLOBAL",
+            SessionReconnectOk => "SESSION_RECONNECT_OK",
+            Wait => "WAIT",
+            Message => "MESSAGE",
+            Keepalive2 => "KEEPALIVE2",
+            Keepalive2Ack => "KEEPALIVE2_ACK",
+            Ack => "ACK",
+            CompressionRequest => "COMPRESSION_REQUEST",
+            CompressionDone => "COMPRESSION_DONE",
+        }
+    }
+}
+
+impl serde::Serialize for Tag {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name(), *self as u8)
+    }
+}
+
+/// Everything that can be wrong with the bytes of a banner or a frame. Each is fatal for the
+/// connection; none panics or allocates beyond the configured limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("peer speaks msgr1 (banner \"ceph v027\"), Ringwire speaks msgr2 only")]
+    Msgr1Banner,
+    #[error("bad banner {0:02x?}: not a msgr2 peer")]
+    BadBanner([u8; 8]),
+    #[error("banner payload length {0} is too short (16 needed) or too long")]
+    BadBannerLength(u16),
+    #[error(
+        "incompatible msgr2 features: peer lacks required {peer_lacks:#x}, we lack peer-required {we_lack:#x}"
+    )]
+    IncompatibleFeatures { peer_lacks: u64, we_lack: u64 },
+    #[error("peer does not support msgr2.1 framing (supported features {0:#x})")]
+    NoRevision1(u64),
+    #[error("preamble CRC mismatch: frame says {wire:#010x}, computed {computed:#010x}")]
+    PreambleCrc { wire: u32, computed: u32 },
+    #[error("segment {segment} CRC mismatch: frame says {wire:#010x}, computed {computed:#010x}")]
+    SegmentCrc {
+        segment: usize,
+        wire: u32,
+        computed: u32,
+    },
+    #[error("unknown frame tag {0}")]
+    UnknownTag(u8),
+    #[error("bad segment count {0} (1 to 4 allowed)")]
+    BadSegmentCount(u8),
+    #[error("the last of {0} segments is empty")]
+    EmptyLastSegment(u8),
+    #[error("segment {segment} is {len} bytes, over the limit of {max}")]
+    SegmentTooLarge { segment: usize, len: u32, max: u32 },
+    #[error("frame is {len} bytes, over the limit of {max}")]
+    FrameTooLarge { len: u64, max: u64 },
+    #[error("bad late_status {0:#04x} in the epilogue")]
+    BadLateStatus(u8),
+    #[error("stream ended inside a {unit} ({have} of {need} bytes)")]
+    Truncated {
+        unit: &'static str,
+        have: usize,
+        need: usize,
+    },
+}
+
+/// Size limits checked before any buffer is sized by what a peer declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest single segment (front, middle or data). Ceph's `osd_max_write_size` is 90 MiB.
+    pub max_segment: u32,
+    /// Largest frame, all segments together.
+    pub max_frame: u64,
+    /// Largest payload of a control frame (anything but MESSAGE).
+    pub max_control: u32,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits {
+            max_segment: 128 << 20,
+            max_frame: 256 << 20,
+            max_control: 64 << 10,
+        }
+    }
+}
+
+/// The msgr2 banner: supported and required msgr2 feature bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Banner {
+    pub supported: u64,
+    pub required: u64,
+}
+
+impl Banner {
+    /// What Ringwire sends: msgr2.1 supported and required (like the kernel client), no
+    /// compression.
+    pub const RINGWIRE: Banner = Banner {
+        supported: FEATURE_REVISION_1,
+        required: FEATURE_REVISION_1,
+    };
+
+    pub fn encode(&self) -> [u8; BANNER_LEN] {
+        let mut out = [0u8; BANNER_LEN];
+        out[..8].copy_from_slice(BANNER_PREFIX);
+        out[8..10].copy_from_slice(&16u16.to_le_bytes());
+        out[10..18].copy_from_slice(&self.supported.to_le_bytes());
+        out[18..26].copy_from_slice(&self.required.to_le_bytes());
+        out
+    }
+
+    /// Checks the 10-byte banner head and returns the payload length to read next.
+    pub fn decode_head(head: &[u8; 10]) -> Result<usize, FrameError> {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&head[..8]);
+        if &prefix == MSGR1_BANNER_PREFIX {
+            return Err(FrameError::Msgr1Banner);
+        }
+        if &prefix != BANNER_PREFIX {
+            return Err(FrameError::BadBanner(prefix));
+        }
+        let len = u16::from_le_bytes([head[8], head[9]]);
+        // Ceph reads two u64s and ignores the rest; a bound keeps a hostile length cheap.
+        if !(16..=1024).contains(&len) {
+            return Err(FrameError::BadBannerLength(len));
+        }
+        Ok(len as usize)
+    }
+
+    pub fn decode_payload(payload: &[u8]) -> Banner {
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&payload[..8]);
+        let mut r = [0u8; 8];
+        r.copy_from_slice(&payload[8..16]);
+        Banner {
+            supported: u64::from_le_bytes(s),
+            required: u64::from_le_bytes(r),
+        }
+    }
+
+    /// Checks that `self` (ours) and `peer` are compatible and that msgr2.1 framing applies.
+    pub fn negotiate(&self, peer: &Banner) -> Result<(), FrameError> {
+        let peer_lacks = self.required & !peer.supported;
+        let we_lack = peer.required & !self.supported;
+        if peer_lacks != 0 || we_lack != 0 {
+            return Err(FrameError::IncompatibleFeatures {
+                peer_lacks,
+                we_lack,
+            });
+        }
+        if peer.supported & FEATURE_REVISION_1 == 0 {
+            return Err(FrameError::NoRevision1(peer.supported));
+        }
+        Ok(())
+    }
+}
+
+/// One segment descriptor of the preamble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct SegmentDesc {
+    pub len: u32,
+    pub align: u16,
+}
+
+/// A decoded, CRC-checked preamble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Preamble {
+    pub tag: Tag,
+    pub num_segments: u8,
+    pub segments: [SegmentDesc; MAX_SEGMENTS],
+    pub crc: u32,
+}
+
+impl Preamble {
+    fn encode(tag: Tag, segments: &[SegmentDesc]) -> [u8; PREAMBLE_LEN] {
+        debug_assert!((1..=MAX_SEGMENTS).contains(&segments.len()));
+        let mut p = [0u8; PREAMBLE_LEN];
+        p[0] = tag as u8;
+        p[1] = segments.len() as u8;
+        for (i, s) in segments.iter().enumerate() {
+            let o = 2 + i * 6;
+            p[o..o + 4].copy_from_slice(&s.len.to_le_bytes());
+            p[o + 4..o + 6].copy_from_slice(&s.align.to_le_bytes());
+        }
+        let crc = ceph_crc32c(PREAMBLE_SEED, &p[..28]);
+        p[28..].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    fn decode(p: &[u8; PREAMBLE_LEN], limits: &FrameLimits) -> Result<Preamble, FrameError> {
+        let wire = u32::from_le_bytes([p[28], p[29], p[30], p[31]]);
+        let computed = ceph_crc32c(PREAMBLE_SEED, &p[..28]);
+        if wire != computed {
+            return Err(FrameError::PreambleCrc { wire, computed });
+        }
+        let tag = Tag::from_u8(p[0]).ok_or(FrameError::UnknownTag(p[0]))?;
+        let num_segments = p[1];
+        if !(1..=MAX_SEGMENTS as u8).contains(&num_segments) {
+            return Err(FrameError::BadSegmentCount(num_segments));
+        }
+        let mut segments = [SegmentDesc::default(); MAX_SEGMENTS];
+        for (i, s) in segments.iter_mut().enumerate() {
+            let o = 2 + i * 6;
+            s.len = u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+            s.align = u16::from_le_bytes([p[o + 4], p[o + 5]]);
+        }
+        let used = &segments[..num_segments as usize];
+        if num_segments > 1 && used[num_segments as usize - 1].len == 0 {
+            return Err(FrameError::EmptyLastSegment(num_segments));
+        }
+        let seg_max = if tag == Tag::Message {
+            limits.max_segment
+        } else {
+            limits.max_control
+        };
+        for (i, s) in used.iter().enumerate() {
+            // Segment 0 of a MESSAGE is the fixed-size header; no bigger one is legitimate.
+            let max = if tag == Tag::Message && i == 0 {
+                limits.max_control
+            } else {
+                seg_max
+            };
+            if s.len > max {
+                return Err(FrameError::SegmentTooLarge {
+                    segment: i,
+                    len: s.len,
+                    max,
+                });
+            }
+        }
+        let total: u64 = used.iter().map(|s| s.len as u64).sum();
+        if total > limits.max_frame {
+            return Err(FrameError::FrameTooLarge {
+                len: total,
+                max: limits.max_frame,
+            });
+        }
+        Ok(Preamble {
+            tag,
+            num_segments,
+            segments,
+            crc: wire,
+        })
+    }
+
+    /// Bytes this frame occupies on the wire, preamble included.
+    pub fn onwire_len(&self) -> u64 {
+        let segs = &self.segments[..self.num_segments as usize];
+        let mut n = PREAMBLE_LEN as u64 + segs.iter().map(|s| s.len as u64).sum::<u64>();
+        if segs[0].len > 0 {
+            n += CRC_LEN as u64;
+        }
+        if self.num_segments > 1 {
+            n += EPILOGUE_LEN as u64;
+        }
+        n
+    }
+}
+
+/// Per-frame CRC and epilogue details, kept for diagnostics (`ringwire decode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FrameTrailer {
+    /// CRC of segment 0 as sent (absent when segment 0 is empty).
+    pub seg0_crc: Option<u32>,
+    /// `late_status` and the three CRCs of the epilogue (absent for 1-segment frames).
+    pub epilogue: Option<(u8, [u32; 3])>,
+}
+
+/// A complete frame whose CRCs all matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub preamble: Preamble,
+    /// Segments 0..num_segments; each one a single buffer filled in place.
+    pub segments: Vec<Bytes>,
+    pub trailer: FrameTrailer,
+}
+
+impl Frame {
+    pub fn tag(&self) -> Tag {
+        self.preamble.tag
+    }
+    /// The control payload (segment 0).
+    pub fn payload(&self) -> &Bytes {
+        &self.segments[0]
+    }
+}
+
+/// Outgoing bytes as a queue of chunks: small pieces are coalesced into one buffer, payloads
+/// above [`TxQueue::COPY_THRESHOLD`] are kept as the caller's `Bytes` (no copy).
+#[derive(Debug, Default)]
+pub struct TxQueue {
+    chunks: VecDeque<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl TxQueue {
+    /// Below this, copying into the coalescing buffer is cheaper than one more iovec.
+    pub const COPY_THRESHOLD: usize = 1024;
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push_small(&mut self, data: &[u8]) {
+        self.small.extend_from_slice(data);
+        self.len += data.len();
+    }
+
+    pub fn push_payload(&mut self, data: &Bytes) {
+        if data.len() < Self::COPY_THRESHOLD {
+            return self.push_small(data);
+        }
+        self.flush_small();
+        self.len += data.len();
+        self.chunks.push_back(data.clone());
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push_back(self.small.split().freeze());
+        }
+    }
+
+    /// The chunks to write, in order (for a vectored send).
+    pub fn chunks(&mut self) -> impl Iterator<Item = &Bytes> {
+        self.flush_small();
+        self.chunks.iter()
+    }
+
+    /// Drops `n` written bytes from the front.
+    pub fn advance(&mut self, mut n: usize) {
+        self.flush_small();
+        assert!(n <= self.len, "advanced past the queued bytes");
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("len accounted");
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                let _ = front.split_to(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Takes everything queued as one contiguous buffer (tests and simple transports).
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for c in self.chunks() {
+            out.extend_from_slice(c);
+        }
+        self.chunks.clear();
+        self.len = 0;
+        out
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.small.clear();
+        self.len = 0;
+    }
+}
+
+/// Appends a frame whose segments are given as chunk lists (each segment may be a chain).
+/// Returns the number of bytes queued.
+pub fn encode_frame(tx: &mut TxQueue, tag: Tag, segments: &[(&[Bytes], u16)]) -> usize {
+    let before = tx.len();
+    // Trailing empty segments are dropped; at least one is always sent.
+    let mut num = segments.len();
+    while num > 1 && segments[num - 1].0.iter().all(|c| c.is_empty()) {
+        num -= 1;
+    }
+    let mut descs = [SegmentDesc::default(); MAX_SEGMENTS];
+    let mut crcs = [0u32; MAX_SEGMENTS];
+    for (i, (chunks, align)) in segments[..num].iter().enumerate() {
+        let len: usize = chunks.iter().map(|c| c.len()).sum();
+        descs[i] = SegmentDesc {
+            len: len as u32,
+            align: *align,
+        };
+        crcs[i] = chunks
+            .iter()
+            .fold(SEGMENT_SEED, |crc, c| ceph_crc32c(crc, c));
+    }
+    tx.push_small(&Preamble::encode(tag, &descs[..num]));
+    for c in segments[0].0 {
+        tx.push_payload(c);
+    }
+    if descs[0].len > 0 {
+        tx.push_small(&crcs[0].to_le_bytes());
+    }
+    for (chunks, _) in &segments[1..num] {
+        for c in *chunks {
+            tx.push_payload(c);
+        }
+    }
+    if num > 1 {
+        let mut ep = [0u8; EPILOGUE_LEN];
+        ep[0] = LATE_STATUS_COMPLETE;
+        for i in 1..num {
+            ep[1 + (i - 1) * 4..1 + i * 4].copy_from_slice(&crcs[i].to_le_bytes());
+        }
+        tx.push_small(&ep);
+    }
+    tx.len() - before
+}
+
+/// Appends a one-segment control frame.
+pub fn encode_control_frame(tx: &mut TxQueue, tag: Tag, payload: &[u8]) -> usize {
+    let before = tx.len();
+    let desc = SegmentDesc {
+        len: payload.len() as u32,
+        align: ALIGN_DEFAULT,
+    };
+    tx.push_small(&Preamble::encode(tag, &[desc]));
+    if !payload.is_empty() {
+        tx.push_small(payload);
+        tx.push_small(&ceph_crc32c(SEGMENT_SEED, payload).to_le_bytes());
+    }
+    tx.len() - before
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Preamble,
+    Segment(usize),
+    Seg0Crc,
+    Epilogue,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Preamble => "preamble",
+            Unit::Segment(_) => "segment",
+            Unit::Seg0Crc => "segment 0 CRC",
+            Unit::Epilogue => "epilogue",
+        }
+    }
+}
+
+/// What the next read should look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadHint {
+    /// A small unit (preamble, CRC, epilogue, small segment): read through any buffer.
+    Small(usize),
+    /// A segment of this many bytes: worth receiving straight into [`FrameDecoder::recv_buf`].
+    Segment(usize),
+}
+
+/// Incremental frame decoder for one direction of a connection (after the banner).
+pub struct FrameDecoder {
+    limits: FrameLimits,
+    unit: Unit,
+    scratch: [u8; PREAMBLE_LEN],
+    seg: BytesMut,
+    filled: usize,
+    seg_crc: u32,
+    preamble: Option<Preamble>,
+    segments: Vec<Bytes>,
+    crcs: [u32; MAX_SEGMENTS],
+    seg0_crc: Option<u32>,
+    /// Stream offset of the frame being decoded (for error messages and `ringwire decode`).
+    frame_start: u64,
+    consumed: u64,
+    aborted: u64,
+}
+
+/// Segments at least this large are announced as [`ReadHint::Segment`].
+const DIRECT_READ_MIN: usize = 4096;
+
+impl FrameDecoder {
+    /// `start_offset` is the stream offset of the first frame byte (after the banner).
+    pub fn new(limits: FrameLimits, start_offset: u64) -> Self {
+        FrameDecoder {
+            limits,
+            unit: Unit::Preamble,
+            scratch: [0; PREAMBLE_LEN],
+            seg: BytesMut::new(),
+            filled: 0,
+            seg_crc: SEGMENT_SEED,
+            preamble: None,
+            segments: Vec::with_capacity(MAX_SEGMENTS),
+            crcs: [0; MAX_SEGMENTS],
+            seg0_crc: None,
+            frame_start: start_offset,
+            consumed: start_offset,
+            aborted: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &FrameLimits {
+        &self.limits
+    }
+
+    /// Stream offset where the frame being decoded (or the next one) starts.
+    pub fn frame_offset(&self) -> u64 {
+        self.frame_start
+    }
+
+    /// Frames dropped because the sender marked them aborted.
+    pub fn aborted_frames(&self) -> u64 {
+        self.aborted
+    }
+
+    /// Whether the decoder is between frames (a clean place for the stream to end).
+    pub fn at_frame_boundary(&self) -> bool {
+        self.unit == Unit::Preamble && self.filled == 0
+    }
+
+    fn unit_len(&self) -> usize {
+        match self.unit {
+            Unit::Preamble => PREAMBLE_LEN,
+            Unit::Segment(_) => self.seg.len(),
+            Unit::Seg0Crc => CRC_LEN,
+            Unit::Epilogue => EPILOGUE_LEN,
+        }
+    }
+
+    /// Bytes still needed to complete the current unit (always > 0).
+    pub fn want(&self) -> usize {
+        self.unit_len() - self.filled
+    }
+
+    pub fn read_hint(&self) -> ReadHint {
+        match self.unit {
+            Unit::Segment(_) if self.seg.len() >= DIRECT_READ_MIN => ReadHint::Segment(self.want()),
+            _ => ReadHint::Small(self.want()),
+        }
+    }
+
+    /// Where the next `want()` bytes go; fill a prefix of it and call [`advance`](Self::advance).
+    pub fn recv_buf(&mut self) -> &mut [u8] {
+        let end = self.unit_len();
+        match self.unit {
+            Unit::Segment(_) => &mut self.seg[self.filled..end],
+            _ => &mut self.scratch[self.filled..end],
+        }
+    }
+
+    /// Records that `n` bytes were written into [`recv_buf`](Self::recv_buf). Returns a frame
+    /// when one completed (after all its CRCs were checked).
+    pub fn advance(&mut self, n: usize) -> Result<Option<Frame>, FrameError> {
+        assert!(n <= self.want(), "advanced past the current unit");
+        if let Unit::Segment(_) = self.unit {
+            // CRC while the bytes are still hot in cache.
+            self.seg_crc = ceph_crc32c(self.seg_crc, &self.seg[self.filled..self.filled + n]);
+        }
+        self.filled += n;
+        self.consumed += n as u64;
+        if self.filled < self.unit_len() {
+            return Ok(None);
+        }
+        self.filled = 0;
+        self.complete_unit()
+    }
+
+    /// Copies as much of `input` as the decoder takes, until one frame completes; advances
+    /// `input` past what was used. Call again while input remains.
+    pub fn feed(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        while !input.is_empty() {
+            let n = self.want().min(input.len());
+            self.recv_buf()[..n].copy_from_slice(&input[..n]);
+            *input = &input[n..];
+            if let Some(frame) = self.advance(n)? {
+                return Ok(Some(frame));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Call at end of stream: an error if the stream stopped inside a frame.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.at_frame_boundary() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated {
+                unit: self.unit.name(),
+                have: self.filled,
+                need: self.unit_len(),
+            })
+        }
+    }
+
+    fn start_segment(&mut self, index: usize) -> Result<Option<Frame>, FrameError> {
+        let p = self.preamble.as_ref().expect("preamble decoded");
+        let len = p.segments[index].len as usize;
+        self.unit = Unit::Segment(index);
+        self.seg_crc = SEGMENT_SEED;
+        if len == 0 {
+            self.seg = BytesMut::new();
+            return self.complete_unit();
+        }
+        // Sized by the peer, but only after the preamble's limits check.
+        self.seg = BytesMut::zeroed(len);
+        Ok(None)
+    }
+
+    fn complete_unit(&mut self) -> Result<Option<Frame>, FrameError> {
+        match self.unit {
+            Unit::Preamble => {
+                let p = Preamble::decode(&self.scratch, &self.limits)?;
+                self.preamble = Some(p);
+                self.segments.clear();
+                self.seg0_crc = None;
+                self.crcs = [0; MAX_SEGMENTS];
+                self.start_segment(0)
+            }
+            Unit::Segment(i) => {
+                self.crcs[i] = self.seg_crc;
+                self.segments.push(std::mem::take(&mut self.seg).freeze());
+                let p = self.preamble.as_ref().expect("preamble decoded");
+                if i == 0 && p.segments[0].len > 0 {
+                    self.unit = Unit::Seg0Crc;
+                    return Ok(None);
+                }
+                self.next_after_segment(i)
+            }
+            Unit::Seg0Crc => {
+                let wire = u32::from_le_bytes([
+                    self.scratch[0],
+                    self.scratch[1],
+                    self.scratch[2],
+                    self.scratch[3],
+                ]);
+                if wire != self.crcs[0] {
+                    return Err(FrameError::SegmentCrc {
+                        segment: 0,
+                        wire,
+                        computed: self.crcs[0],
+                    });
+                }
+                self.seg0_crc = Some(wire);
+                self.next_after_segment(0)
+            }
+            Unit::Epilogue => {
+                let late = self.scratch[0];
+                let mut crcs = [0u32; 3];
+                for (i, c) in crcs.iter_mut().enumerate() {
+                    let o = 1 + i * 4;
+                    *c = u32::from_le_bytes([
+                        self.scratch[o],
+                        self.scratch[o + 1],
+                        self.scratch[o + 2],
+                        self.scratch[o + 3],
+                    ]);
+                }
+                let aborted = match late & 0x0f {
+                    0x0e => false,
+                    0x01 => true,
+                    _ => return Err(FrameError::BadLateStatus(late)),
+                };
+                let num = self.preamble.as_ref().expect("preamble").num_segments as usize;
+                if !aborted {
+                    for i in 1..num {
+                        if crcs[i - 1] != self.crcs[i] {
+                            return Err(FrameError::SegmentCrc {
+                                segment: i,
+                                wire: crcs[i - 1],
+                                computed: self.crcs[i],
+                            });
+                        }
+                    }
+                }
+                self.finish_frame(Some((late, crcs)), aborted)
+            }
+        }
+    }
+
+    fn next_after_segment(&mut self, i: usize) -> Result<Option<Frame>, FrameError> {
+        let num = self.preamble.as_ref().expect("preamble").num_segments as usize;
+        if i + 1 < num {
+            return self.start_segment(i + 1);
+        }
+        if num > 1 {
+            self.unit = Unit::Epilogue;
+            return Ok(None);
+        }
+        self.finish_frame(None, false)
+    }
+
+    fn finish_frame(
+        &mut self,
+        epilogue: Option<(u8, [u32; 3])>,
+        aborted: bool,
+    ) -> Result<Option<Frame>, FrameError> {
+        self.unit = Unit::Preamble;
+        self.frame_start = self.consumed;
+        let preamble = self.preamble.take().expect("preamble");
+        let segments = std::mem::take(&mut self.segments);
+        if aborted {
+            self.aborted += 1;
+            return Ok(None);
+        }
+        Ok(Some(Frame {
+            preamble,
+            segments,
+            trailer: FrameTrailer {
+                seg0_crc: self.seg0_crc,
+                epilogue,
+            },
+        }))
+    }
+}

@@ -1,0 +1,24 @@
+//! The msgr2.1 protocol core, sans-IO: bytes and time in, bytes, timer deadlines and events
+//! out. Nothing here touches a socket, a thread, a clock or a random source; the runtime (or a
+//! deterministic simulation) drives it.
+//!
+//! Layers, bottom up: [`crc`] and [`wire`] (Ceph's encodings), [`frame`] (the frame codec),
+//! [`control`] and [`message`] (frame payloads), [`policy`] and [`intercept`], and
+//! [`endpoint`], the handshake and session state machines of one messenger.
+
+pub mod control;
+pub mod crc;
+pub mod endpoint;
+pub mod frame;
+pub mod intercept;
+pub mod message;
+pub mod policy;
+pub mod wire;
+
+pub use control::{Control, ControlError};
+pub use endpoint::{ConnId, Endpoint, EndpointConfig, Event, FaultReason, Io, SessionId, Time};
+pub use frame::{Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQueue};
+pub use intercept::{Action, Interceptor, Step};
+pub use message::{Message, MsgHeader2};
+pub use policy::Policy;
+pub use wire::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, WireError};
