@@ -1271,25 +1271,29 @@ impl Endpoint {
         if reconnecting {
             self.send_reconnect(cid, sid);
         } else {
-            let addrs = self.my_ident_addrs(cid);
-            let gid = self.my_gid;
-            let s = self.sessions.get_mut(&sid).expect("session exists");
-            if !s.policy.lossy && s.client_cookie == 0 {
-                s.client_cookie = self.rng.cookie();
-            }
-            let ci = ClientIdent {
-                addrs,
-                target_addr: s.peer_addrs.primary().copied().expect("dialled address"),
-                gid,
-                global_seq: s.global_seq,
-                features_supported: s.policy.features_supported,
-                features_required: s.policy.required_on_wire(),
-                flags: if s.policy.lossy { IDENT_FLAG_LOSSY } else { 0 },
-                client_cookie: s.client_cookie,
-            };
-            self.send_control(cid, Control::ClientIdent(ci));
+            self.send_client_ident_frame(cid, sid);
         }
         Ok(())
+    }
+
+    fn send_client_ident_frame(&mut self, cid: ConnId, sid: SessionId) {
+        let addrs = self.my_ident_addrs(cid);
+        let gid = self.my_gid;
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        if !s.policy.lossy && s.client_cookie == 0 {
+            s.client_cookie = self.rng.cookie();
+        }
+        let ci = ClientIdent {
+            addrs,
+            target_addr: s.peer_addrs.primary().copied().expect("dialled address"),
+            gid,
+            global_seq: s.global_seq,
+            features_supported: s.policy.features_supported,
+            features_required: s.policy.required_on_wire(),
+            flags: if s.policy.lossy { IDENT_FLAG_LOSSY } else { 0 },
+            client_cookie: s.client_cookie,
+        };
+        self.send_control(cid, Control::ClientIdent(ci));
     }
 
     fn send_reconnect(&mut self, cid: ConnId, sid: SessionId) {
@@ -1369,23 +1373,7 @@ impl Endpoint {
                     s.in_seq = 0;
                 }
                 // Straight on to CLIENT_IDENT on the same connection.
-                let addrs = self.my_ident_addrs(cid);
-                let gid = self.my_gid;
-                let s = self.sessions.get_mut(&sid).expect("session exists");
-                if !s.policy.lossy && s.client_cookie == 0 {
-                    s.client_cookie = self.rng.cookie();
-                }
-                let ci = ClientIdent {
-                    addrs,
-                    target_addr: s.peer_addrs.primary().copied().expect("dialled address"),
-                    gid,
-                    global_seq: s.global_seq,
-                    features_supported: s.policy.features_supported,
-                    features_required: s.policy.required_on_wire(),
-                    flags: if s.policy.lossy { IDENT_FLAG_LOSSY } else { 0 },
-                    client_cookie: s.client_cookie,
-                };
-                self.send_control(cid, Control::ClientIdent(ci));
+                self.send_client_ident_frame(cid, sid);
                 Ok(())
             }
             Control::Wait => self.fail(cid, FaultReason::Wait),
