@@ -222,3 +222,56 @@ fn handshake_with_a_captured_ceph_client() {
     assert_eq!(messages, vec![(1, 5), (2, 15)]);
     let _ = Bytes::new();
 }
+
+/// Pauses every connection at one step, recording which connections it held.
+struct PauseAt(
+    ringwire::proto::Step,
+    std::rc::Rc<std::cell::RefCell<Vec<ringwire::proto::ConnId>>>,
+);
+
+impl ringwire::proto::Interceptor for PauseAt {
+    fn intercept(
+        &mut self,
+        conn: ringwire::proto::ConnId,
+        step: ringwire::proto::Step,
+    ) -> ringwire::proto::Action {
+        if step == self.0 {
+            self.1.borrow_mut().push(conn);
+            ringwire::proto::Action::Pause
+        } else {
+            ringwire::proto::Action::Continue
+        }
+    }
+}
+
+#[test]
+fn interceptor_pause_holds_the_step_until_resumed() {
+    let mut p = pipe(
+        config(false, Policy::lossless_client()),
+        config(true, Policy::stateful_server()),
+    );
+    let held = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    p.eps[SERVER].set_interceptor(Some(Box::new(PauseAt(
+        ringwire::proto::Step::SendServerIdentity,
+        held.clone(),
+    ))));
+    let s = connect(&mut p);
+    p.eps[CLIENT]
+        .send(p.now, s, Message::new(2).with_front(&b"held"[..]))
+        .unwrap();
+    assert!(p.run(1000));
+    assert!(!p.eps[CLIENT].is_connected(s), "paused before SERVER_IDENT");
+    let conn = *held.borrow().first().expect("paused once");
+    // The client's message waits in its queue until the session is ready.
+    assert!(!p.events[SERVER]
+        .iter()
+        .any(|e| matches!(e, Event::Message { .. })));
+    p.eps[SERVER].set_interceptor(None);
+    let now = p.now;
+    p.eps[SERVER].resume(now, conn);
+    assert!(p.run(1000));
+    assert!(p.eps[CLIENT].is_connected(s));
+    assert!(p.events[SERVER]
+        .iter()
+        .any(|e| matches!(e, Event::Message { msg, .. } if &msg.front[..] == b"held")));
+}

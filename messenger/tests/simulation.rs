@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringwire::proto::{
     Action, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType,
-    Event, Interceptor, Io, Message, Policy, SessionId, Step, Time,
+    Event, FrameCounts, Interceptor, Io, Message, Policy, SessionId, Step, Tag, Time,
 };
 
 const SEEDS: u64 = 1000;
@@ -128,6 +128,7 @@ struct Stats {
     resets: u64,
     ready: u64,
     max_time_ms: u64,
+    frames: FrameCounts,
 }
 
 struct Sim {
@@ -211,6 +212,9 @@ impl Sim {
             cfg.handshake_timeout = Duration::from_secs(3);
             cfg.idle_timeout = Duration::from_secs(60);
             cfg.inject_socket_failures = inject;
+            if rng.chance(30) {
+                cfg.keepalive_interval = Some(Duration::from_millis(300));
+            }
             cfg.seed = rng.next();
             let mut ep = Endpoint::new(cfg);
             if rng.chance(30) {
@@ -724,6 +728,9 @@ fn run_seeds(scenario: Scenario) -> Stats {
         total.resets += st.resets;
         total.ready += st.ready;
         total.max_time_ms = total.max_time_ms.max(st.max_time_ms);
+        for n in &sim.nodes {
+            total.frames.add(n.ep.frame_counts());
+        }
         let err = match result {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => e,
@@ -747,33 +754,96 @@ fn run_seeds(scenario: Scenario) -> Stats {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    eprintln!("{scenario:?}: {total:?}");
+    let f = &total.frames;
+    eprintln!(
+        "{scenario:?}: runs {} faults {} kills {} connects {} delivered {} resets {} ready {}",
+        total.runs,
+        total.faults,
+        total.kills,
+        total.connects,
+        total.delivered,
+        total.resets,
+        total.ready
+    );
+    let tags = [
+        Tag::ClientIdent,
+        Tag::SessionReconnect,
+        Tag::SessionReconnectOk,
+        Tag::SessionReset,
+        Tag::SessionRetry,
+        Tag::SessionRetryGlobal,
+        Tag::Wait,
+        Tag::IdentMissingFeatures,
+        Tag::Keepalive2,
+        Tag::Keepalive2Ack,
+        Tag::Ack,
+        Tag::Message,
+    ];
+    for t in tags {
+        eprintln!(
+            "    {:<24} sent {:>7} received {:>7}",
+            t.name(),
+            f.sent(t),
+            f.received(t)
+        );
+    }
     // The faults must really have happened, or the run proves nothing.
     assert!(total.kills > SEEDS && total.faults > SEEDS, "{total:?}");
     assert!(total.connects > total.runs * 2, "{total:?}");
     total
 }
 
+/// Peers connecting at once must have gone through every race decision at least once.
+fn assert_race_paths(f: &FrameCounts) {
+    for tag in [
+        Tag::Wait,
+        Tag::SessionRetry,
+        Tag::SessionReset,
+        Tag::SessionReconnectOk,
+        Tag::Keepalive2Ack,
+    ] {
+        assert!(f.received(tag) > 0, "no {} was ever received", tag.name());
+    }
+}
+
 #[test]
 fn lossy_client_stateless_server() {
     let st = run_seeds(Scenario::ClientServer { lossy: true });
     assert!(st.resets > 0, "lossy runs with faults must report resets");
+    let f = &st.frames;
+    assert_eq!(f.sent(Tag::Ack), 0, "lossy sessions never ACK");
+    assert_eq!(
+        f.sent(Tag::SessionReconnect),
+        0,
+        "lossy sessions never resume"
+    );
 }
 
 #[test]
 fn lossless_client_stateful_server() {
     let st = run_seeds(Scenario::ClientServer { lossy: false });
     assert_eq!(st.delivered, SEEDS * 2 * MESSAGES as u64);
+    let f = &st.frames;
+    assert!(
+        f.received(Tag::SessionReconnectOk) > SEEDS / 2,
+        "sessions resumed"
+    );
+    assert!(
+        f.received(Tag::Message) < f.sent(Tag::Message),
+        "replays happened and were dropped"
+    );
 }
 
 #[test]
 fn lossless_peer_both_ways() {
     let st = run_seeds(Scenario::Peers { reuse: false });
     assert_eq!(st.delivered, SEEDS * 2 * MESSAGES as u64);
+    assert_race_paths(&st.frames);
 }
 
 #[test]
 fn lossless_peer_reuse_both_ways() {
     let st = run_seeds(Scenario::Peers { reuse: true });
     assert_eq!(st.delivered, SEEDS * 2 * MESSAGES as u64);
+    assert_race_paths(&st.frames);
 }

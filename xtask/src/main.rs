@@ -4,8 +4,9 @@
 //! - `cargo xtask build`: release build of the workspace.
 //! - `cargo xtask fuzz [SECONDS]`: runs each fuzz target (cargo-fuzz, nightly) for SECONDS.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{exit, Command};
+use std::process::{exit, Command, Stdio};
 use std::time::Instant;
 
 const FUZZ_TARGETS: &[&str] = &["frame_decoder", "handshake"];
@@ -73,13 +74,45 @@ fn ci(root: &Path) -> Result<(), String> {
             "warnings",
         ],
     )?;
-    run(
-        root,
-        "cargo",
-        &["test", "--workspace", "--locked", "--release"],
-    )?;
+    let (passed, failed) = run_tests(root, &["test", "--workspace", "--locked", "--release"])?;
     // The fuzz targets must keep building; a short run catches regressions in the harness.
-    fuzz(root, "20")
+    fuzz(root, "20")?;
+    println!("ci: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its "test result" lines.
+fn run_tests(dir: &Path, args: &[&str]) -> Result<(u64, u64), String> {
+    eprintln!("xtask: $ cargo {}", args.join(" "));
+    let mut child = Command::new("cargo")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("cargo {} failed: {status}", args.join(" ")));
+    }
+    Ok((passed, failed))
+}
+
+/// The number just before `word` ("ok. 7 passed" → 7).
+fn count_before(text: &str, word: &str) -> u64 {
+    text.find(word)
+        .and_then(|end| text[..end].rsplit([' ', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn fuzz(root: &Path, secs: &str) -> Result<(), String> {
@@ -88,6 +121,9 @@ fn fuzz(root: &Path, secs: &str) -> Result<(), String> {
     for target in FUZZ_TARGETS {
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+        if *target == "frame_decoder" {
+            seed_with_captures(root, &corpus)?;
+        }
         let max_time = format!("-max_total_time={secs}");
         run(
             &fuzz_dir,
@@ -104,6 +140,24 @@ fn fuzz(root: &Path, secs: &str) -> Result<(), String> {
                 "-rss_limit_mb=2048",
             ],
         )?;
+    }
+    Ok(())
+}
+
+/// Real Ceph byte streams make a far better starting corpus than nothing.
+fn seed_with_captures(root: &Path, corpus: &Path) -> Result<(), String> {
+    let captures = root.join("../shared/fixtures/msgr2");
+    let Ok(entries) = std::fs::read_dir(&captures) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "bin") {
+            let dest = corpus.join(entry.file_name());
+            if !dest.exists() {
+                std::fs::copy(&path, &dest).map_err(|e| e.to_string())?;
+            }
+        }
     }
     Ok(())
 }

@@ -41,6 +41,28 @@ impl Time {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// Frames sent and received by an endpoint, per tag (index = tag number).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameCounts {
+    pub sent: [u64; 23],
+    pub received: [u64; 23],
+}
+
+impl FrameCounts {
+    pub fn sent(&self, tag: Tag) -> u64 {
+        self.sent[tag as usize]
+    }
+    pub fn received(&self, tag: Tag) -> u64 {
+        self.received[tag as usize]
+    }
+    pub fn add(&mut self, other: &FrameCounts) {
+        for i in 0..self.sent.len() {
+            self.sent[i] += other.sent[i];
+            self.received[i] += other.received[i];
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
@@ -65,6 +87,8 @@ pub struct EndpointConfig {
     pub handshake_timeout: Duration,
     /// `ms_connection_idle_timeout`: a connection with no input for this long is faulted.
     pub idle_timeout: Duration,
+    /// Send a KEEPALIVE2 on every ready connection this often (`None`: only on request).
+    pub keepalive_interval: Option<Duration>,
     /// `ms_inject_socket_failures`: fault one socket operation in N (0 = never).
     pub inject_socket_failures: u32,
     /// Seeds the cookies and the failure injector (the runtime passes real randomness).
@@ -84,6 +108,7 @@ impl EndpointConfig {
             max_backoff: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(900),
+            keepalive_interval: None,
             inject_socket_failures: 0,
             seed: 0x5eed,
         }
@@ -263,6 +288,7 @@ struct Conn {
     resume_skip: Option<Step>,
     deadline: Option<Time>,
     last_input: Time,
+    next_keepalive: Option<Time>,
     closed: bool,
 }
 
@@ -400,6 +426,7 @@ pub struct Endpoint {
     io: VecDeque<Io>,
     events: VecDeque<Event>,
     interceptor: Option<Box<dyn Interceptor>>,
+    counts: FrameCounts,
     now: Time,
 }
 
@@ -421,12 +448,18 @@ impl Endpoint {
             io: VecDeque::new(),
             events: VecDeque::new(),
             interceptor: None,
+            counts: FrameCounts::default(),
             now: Time(0),
         }
     }
 
     pub fn config(&self) -> &EndpointConfig {
         &self.config
+    }
+
+    /// Frames sent and received so far, per tag.
+    pub fn frame_counts(&self) -> &FrameCounts {
+        &self.counts
     }
 
     pub fn set_interceptor(&mut self, interceptor: Option<Box<dyn Interceptor>>) {
@@ -740,9 +773,22 @@ impl Endpoint {
         let idle_at = c.last_input.after(self.config.idle_timeout);
         if idle_at <= now {
             self.fault(cid, FaultReason::IdleTimeout);
-        } else {
-            self.timers.push(Reverse((idle_at, Timer::Conn(cid))));
+            return;
         }
+        let mut next = idle_at;
+        if let (Some(due), Some(every)) = (c.next_keepalive, self.config.keepalive_interval) {
+            let due = if due <= now {
+                let stamp = UTime::from_nanos(now.0);
+                self.send_control(cid, Control::Keepalive2 { stamp });
+                let due = now.after(every);
+                self.conns.get_mut(&cid).expect("checked").next_keepalive = Some(due);
+                due
+            } else {
+                due
+            };
+            next = next.min(due);
+        }
+        self.timers.push(Reverse((next, Timer::Conn(cid))));
     }
 
     fn arm_conn_timer(&mut self, cid: ConnId) {
@@ -784,6 +830,7 @@ impl Endpoint {
             resume_skip: None,
             deadline: None,
             last_input: self.now,
+            next_keepalive: None,
             closed: false,
         }
     }
@@ -840,6 +887,7 @@ impl Endpoint {
     }
 
     fn send_control(&mut self, cid: ConnId, control: Control) {
+        self.counts.sent[control.tag() as usize] += 1;
         self.queue_tx(cid, |tx| {
             control.encode_frame(tx);
         });
@@ -1036,6 +1084,13 @@ impl Endpoint {
 
     fn on_frame(&mut self, cid: ConnId, frame: Frame) -> Flow {
         let tag = frame.tag();
+        if self
+            .conns
+            .get(&cid)
+            .is_some_and(|c| c.resume_skip.is_none())
+        {
+            self.counts.received[tag as usize] += 1;
+        }
         if tag == Tag::Message {
             return self.on_message(cid, frame);
         }
@@ -1581,8 +1636,13 @@ impl Endpoint {
         c.state = ConnState::Ready;
         c.deadline = None;
         let role = c.role;
-        let idle_at = self.now.after(self.config.idle_timeout);
-        self.timers.push(Reverse((idle_at, Timer::Conn(cid))));
+        let mut next = self.now.after(self.config.idle_timeout);
+        if let Some(every) = self.config.keepalive_interval {
+            let due = self.now.after(every);
+            c.next_keepalive = Some(due);
+            next = next.min(due);
+        }
+        self.timers.push(Reverse((next, Timer::Conn(cid))));
         let s = self.sessions.get_mut(&sid).expect("exists");
         s.state = SessionState::Ready;
         s.was_ready = true;
@@ -1629,6 +1689,7 @@ impl Endpoint {
                 m.seq = s.out_seq;
             }
             m.encode_frame(&mut c.tx, m.seq, s.in_seq);
+            self.counts.sent[Tag::Message as usize] += 1;
             s.ack_pending = false;
             if !s.policy.lossy {
                 s.sent.push_back(m);

@@ -16,7 +16,9 @@ pub mod policy;
 pub mod wire;
 
 pub use control::{Control, ControlError};
-pub use endpoint::{ConnId, Endpoint, EndpointConfig, Event, FaultReason, Io, SessionId, Time};
+pub use endpoint::{
+    ConnId, Endpoint, EndpointConfig, Event, FaultReason, FrameCounts, Io, SessionId, Time,
+};
 pub use frame::{Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQueue};
 pub use intercept::{Action, Interceptor, Step};
 pub use message::{Message, MsgHeader2};
