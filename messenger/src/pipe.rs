@@ -67,6 +67,9 @@ impl Pipe {
                             self.deliver(side, &bytes);
                             buf = bytes;
                         }
+                        Io::Migrate { .. } => {
+                            unreachable!("a pipe joins two single endpoints: nothing migrates")
+                        }
                         Io::Close { remaining, .. } => {
                             self.deliver(side, &remaining.concat());
                             if let Some(peer) = self.conns[1 - side].take() {

@@ -489,6 +489,7 @@ impl Sim {
                 );
             }
             Io::Transmit { conn } => self.transmit(node, conn),
+            Io::Migrate { .. } => unreachable!("single-endpoint nodes never migrate"),
             Io::Close { conn, remaining } => {
                 let bytes: Vec<u8> = remaining.concat();
                 self.send_bytes(node, conn, bytes);

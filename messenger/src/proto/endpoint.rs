@@ -93,6 +93,54 @@ pub struct EndpointConfig {
     pub inject_socket_failures: u32,
     /// Seeds the cookies and the failure injector (the runtime passes real randomness).
     pub seed: u64,
+    /// Which of several endpoints (one per worker) this is. Sessions are owned by the endpoint
+    /// [`owner_of`] their peer's address names; an incoming connection whose peer belongs to
+    /// another endpoint is handed over ([`Io::Migrate`]) when its ident arrives.
+    pub placement: Placement,
+}
+
+/// This endpoint's index among `count` endpoints sharing the session space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub index: usize,
+    pub count: usize,
+}
+
+/// The endpoint (of `count`) that owns sessions with the peer at `addr`: FNV-1a over the
+/// address, so every worker and every process computes the same answer.
+pub fn owner_of(addr: &EntityAddr, count: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&addr.ty.to_wire().to_le_bytes());
+    eat(&addr.nonce.to_le_bytes());
+    match addr.addr {
+        Some(SocketAddr::V4(a)) => {
+            eat(&a.ip().octets());
+            eat(&a.port().to_le_bytes());
+        }
+        Some(SocketAddr::V6(a)) => {
+            eat(&a.ip().octets());
+            eat(&a.port().to_le_bytes());
+        }
+        None => {}
+    }
+    (h % count.max(1) as u64) as usize
+}
+
+/// An accepted connection on its way to the endpoint that owns its peer's session: the ident
+/// frame that decided it and any bytes that followed. Opaque; pass it to [`Endpoint::adopt`].
+#[derive(Debug)]
+pub struct Handoff {
+    peer_socket: Option<SocketAddr>,
+    peer_type: EntityType,
+    frame: Frame,
+    rest: Vec<u8>,
+    stream_offset: u64,
 }
 
 impl EndpointConfig {
@@ -111,6 +159,7 @@ impl EndpointConfig {
             keepalive_interval: None,
             inject_socket_failures: 0,
             seed: 0x5eed,
+            placement: Placement { index: 0, count: 1 },
         }
     }
 
@@ -172,12 +221,19 @@ pub enum FaultReason {
 }
 
 /// Requests for the transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Io {
     /// Open a stream to `addr`, then call [`Endpoint::on_connected`] or [`Endpoint::on_closed`].
     Connect { conn: ConnId, addr: SocketAddr },
     /// Bytes are queued for `conn`: see [`Endpoint::tx_queue`].
     Transmit { conn: ConnId },
+    /// Hand the socket of `conn` (no longer known here) and `handoff` to endpoint `to`, which
+    /// continues with [`Endpoint::adopt`].
+    Migrate {
+        conn: ConnId,
+        to: usize,
+        handoff: Box<Handoff>,
+    },
     /// Write `remaining` (the last frames, e.g. a WAIT; often empty), then close `conn`.
     /// The connection is already gone from the endpoint.
     Close { conn: ConnId, remaining: Vec<Bytes> },
@@ -427,6 +483,9 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     interceptor: Option<Box<dyn Interceptor>>,
     counts: FrameCounts,
+    /// A connection handed over while its input was being processed; the rest of that
+    /// input joins it before `Io::Migrate` goes out.
+    migrating: Option<(ConnId, usize, Handoff)>,
     now: Time,
 }
 
@@ -449,6 +508,7 @@ impl Endpoint {
             events: VecDeque::new(),
             interceptor: None,
             counts: FrameCounts::default(),
+            migrating: None,
             now: Time(0),
         }
     }
@@ -604,13 +664,14 @@ impl Endpoint {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.resume_skip = None;
         }
-        if flow.is_ok() {
-            let pending = self
-                .conns
-                .get_mut(&conn)
-                .map(|c| std::mem::take(&mut c.pending_input))
-                .unwrap_or_default();
-            self.process_input(conn, &pending);
+        let pending = self
+            .conns
+            .get_mut(&conn)
+            .map(|c| std::mem::take(&mut c.pending_input))
+            .unwrap_or_default();
+        match flow {
+            Ok(()) => self.process_input(conn, &pending),
+            Err(_) => self.finish_migration(conn, &pending),
         }
         self.after_input(conn);
     }
@@ -627,6 +688,24 @@ impl Endpoint {
         if self.start_banner(cid).is_ok() {
             self.after_input(cid);
         }
+        cid
+    }
+
+    /// Takes over a connection another endpoint handed over ([`Io::Migrate`]).
+    pub fn adopt(&mut self, now: Time, handoff: Handoff) -> ConnId {
+        self.now = now;
+        let cid = ConnId(self.alloc_id());
+        let mut conn = self.new_conn(Role::Server, None, handoff.peer_socket);
+        conn.state = ConnState::Session;
+        conn.peer_type = handoff.peer_type;
+        conn.decoder = Some(FrameDecoder::new(self.config.limits, handoff.stream_offset));
+        self.conns.insert(cid, conn);
+        self.arm_conn_timer(cid);
+        match self.on_frame(cid, handoff.frame) {
+            Ok(()) => self.process_input(cid, &handoff.rest),
+            Err(_) => self.finish_migration(cid, &handoff.rest),
+        }
+        self.after_input(cid);
         cid
     }
 
@@ -706,7 +785,9 @@ impl Endpoint {
         };
         match d.advance(n) {
             Ok(Some(frame)) => {
-                let _ = self.on_frame(conn, frame);
+                if self.on_frame(conn, frame).is_err() {
+                    self.finish_migration(conn, &[]);
+                }
             }
             Ok(None) => {}
             Err(e) => self.fault(conn, e.into()),
@@ -976,6 +1057,7 @@ impl Endpoint {
                 Ok(Some(frame)) => {
                     if self.on_frame(cid, frame).is_err() {
                         self.stash_rest(cid, data);
+                        self.finish_migration(cid, data);
                         return;
                     }
                 }
@@ -1165,10 +1247,23 @@ impl Endpoint {
                 Ok(())
             }
             (Role::Server, ConnState::Session, Control::ClientIdent(ci)) => {
-                self.on_client_ident(cid, frame, ci)
+                let lossy = ci.flags & IDENT_FLAG_LOSSY != 0;
+                let registers =
+                    !lossy || self.config.policy_for(c.peer_type).register_lossy_clients;
+                match ci.addrs.primary().copied() {
+                    Some(key) if registers && self.owner(&key) != self.config.placement.index => {
+                        self.migrate(cid, key, frame)
+                    }
+                    _ => self.on_client_ident(cid, frame, ci),
+                }
             }
             (Role::Server, ConnState::Session, Control::SessionReconnect(r)) => {
-                self.on_reconnect(cid, frame, r)
+                match r.addrs.primary().copied() {
+                    Some(key) if self.owner(&key) != self.config.placement.index => {
+                        self.migrate(cid, key, frame)
+                    }
+                    _ => self.on_reconnect(cid, frame, r),
+                }
             }
             (Role::Client, ConnState::Session, control) => {
                 self.on_session_reply(cid, frame, control)
@@ -1191,6 +1286,42 @@ impl Endpoint {
                 Ok(())
             }
             _ => self.unexpected(cid, tag),
+        }
+    }
+
+    fn owner(&self, key: &EntityAddr) -> usize {
+        owner_of(key, self.config.placement.count)
+    }
+
+    fn migrate(&mut self, cid: ConnId, key: EntityAddr, frame: Frame) -> Flow {
+        let c = self.conns.remove(&cid).ok_or(Halt::Closed)?;
+        let stream_offset = c.decoder.as_ref().map_or(0, |d| d.frame_offset());
+        let to = self.owner(&key);
+        let handoff = Handoff {
+            peer_socket: c.peer_socket,
+            peer_type: c.peer_type,
+            frame,
+            rest: Vec::new(),
+            stream_offset,
+        };
+        self.migrating = Some((cid, to, handoff));
+        Err(Halt::Closed)
+    }
+
+    /// Sends a connection handed over during input processing on its way, with the input
+    /// that followed its ident frame.
+    fn finish_migration(&mut self, cid: ConnId, rest: &[u8]) {
+        if let Some((mcid, to, mut handoff)) = self.migrating.take() {
+            if mcid == cid {
+                handoff.rest.extend_from_slice(rest);
+                self.io.push_back(Io::Migrate {
+                    conn: cid,
+                    to,
+                    handoff: Box::new(handoff),
+                });
+            } else {
+                self.migrating = Some((mcid, to, handoff));
+            }
         }
     }
 

@@ -17,7 +17,8 @@ pub mod wire;
 
 pub use control::{Control, ControlError};
 pub use endpoint::{
-    ConnId, Endpoint, EndpointConfig, Event, FaultReason, FrameCounts, Io, SessionId, Time,
+    owner_of, ConnId, Endpoint, EndpointConfig, Event, FaultReason, FrameCounts, Handoff, Io,
+    Placement, SessionId, Time,
 };
 pub use frame::{Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQueue};
 pub use intercept::{Action, Interceptor, Step};
