@@ -25,5 +25,9 @@
 
 pub mod decode;
 pub mod demo;
+pub mod messenger;
 pub mod pipe;
 pub mod proto;
+mod runtime;
+
+pub use messenger::{Closed, Connection, Dispatcher, Error, Messenger, MessengerBuilder, Options};

@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::control::{
     AuthNonePayload, ClientIdent, Control, ControlError, Reconnect, ServerIdent, UTime,
@@ -141,6 +141,19 @@ pub struct Handoff {
     frame: Frame,
     rest: Vec<u8>,
     stream_offset: u64,
+    tx: TxQueue,
+}
+
+impl Handoff {
+    /// Bytes the old endpoint had queued and not yet seen written.
+    pub fn unsent(&self) -> usize {
+        self.tx.len()
+    }
+    /// Records that `n` of the unsent bytes were written after all (a send completed after
+    /// the hand-over began).
+    pub fn advance_tx(&mut self, n: usize) {
+        self.tx.advance(n.min(self.tx.len()));
+    }
 }
 
 impl EndpointConfig {
@@ -699,7 +712,12 @@ impl Endpoint {
         conn.state = ConnState::Session;
         conn.peer_type = handoff.peer_type;
         conn.decoder = Some(FrameDecoder::new(self.config.limits, handoff.stream_offset));
+        let unsent = !handoff.tx.is_empty();
+        conn.tx = handoff.tx;
         self.conns.insert(cid, conn);
+        if unsent {
+            self.io.push_back(Io::Transmit { conn: cid });
+        }
         self.arm_conn_timer(cid);
         match self.on_frame(cid, handoff.frame) {
             Ok(()) => self.process_input(cid, &handoff.rest),
@@ -761,29 +779,30 @@ impl Endpoint {
         self.after_input(conn);
     }
 
-    /// Direct access to a connection's frame decoder, for transports that receive large
-    /// segments straight into [`FrameDecoder::recv_buf`]. Follow with [`Endpoint::on_decoded`].
-    pub fn decoder(&mut self, conn: ConnId) -> Option<&mut FrameDecoder> {
-        self.conns.get_mut(&conn).and_then(|c| {
-            if c.paused.is_some() {
-                None
-            } else {
-                c.decoder.as_mut()
-            }
-        })
+    /// Lends the buffer of the large segment `conn` is receiving, for a transport to receive
+    /// into in place (see [`FrameDecoder::lend_segment`]). None when the next bytes are small
+    /// (use [`Endpoint::on_input`]) or the connection is paused.
+    pub fn lend_segment(&mut self, conn: ConnId) -> Option<(BytesMut, usize)> {
+        let c = self.conns.get_mut(&conn)?;
+        if c.paused.is_some() {
+            return None;
+        }
+        c.decoder.as_mut()?.lend_segment()
     }
 
-    /// After writing `n` bytes into the decoder's `recv_buf` directly.
-    pub fn on_decoded(&mut self, now: Time, conn: ConnId, n: usize) {
+    /// Gives back a lent segment buffer with `n` more bytes received into it (0: none).
+    pub fn return_segment(&mut self, now: Time, conn: ConnId, buf: BytesMut, n: usize) {
         self.now = now;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.last_input = now;
+        if n > 0 {
+            c.last_input = now;
+        }
         let Some(d) = c.decoder.as_mut() else {
             return;
         };
-        match d.advance(n) {
+        match d.return_segment(buf, n) {
             Ok(Some(frame)) => {
                 if self.on_frame(conn, frame).is_err() {
                     self.finish_migration(conn, &[]);
@@ -1296,6 +1315,7 @@ impl Endpoint {
     fn migrate(&mut self, cid: ConnId, key: EntityAddr, frame: Frame) -> Flow {
         let c = self.conns.remove(&cid).ok_or(Halt::Closed)?;
         let stream_offset = c.decoder.as_ref().map_or(0, |d| d.frame_offset());
+        let tx = c.tx;
         let to = self.owner(&key);
         let handoff = Handoff {
             peer_socket: c.peer_socket,
@@ -1303,6 +1323,7 @@ impl Endpoint {
             frame,
             rest: Vec::new(),
             stream_offset,
+            tx,
         };
         self.migrating = Some((cid, to, handoff));
         Err(Halt::Closed)

@@ -574,6 +574,9 @@ pub struct FrameDecoder {
     unit: Unit,
     scratch: [u8; PREAMBLE_LEN],
     seg: BytesMut,
+    /// Length of the segment being received (kept apart from `seg`, which may be lent out).
+    seg_len: usize,
+    lent: bool,
     filled: usize,
     seg_crc: u32,
     preamble: Option<Preamble>,
@@ -597,6 +600,8 @@ impl FrameDecoder {
             unit: Unit::Preamble,
             scratch: [0; PREAMBLE_LEN],
             seg: BytesMut::new(),
+            seg_len: 0,
+            lent: false,
             filled: 0,
             seg_crc: SEGMENT_SEED,
             preamble: None,
@@ -631,7 +636,7 @@ impl FrameDecoder {
     fn unit_len(&self) -> usize {
         match self.unit {
             Unit::Preamble => PREAMBLE_LEN,
-            Unit::Segment(_) => self.seg.len(),
+            Unit::Segment(_) => self.seg_len,
             Unit::Seg0Crc => CRC_LEN,
             Unit::Epilogue => EPILOGUE_LEN,
         }
@@ -644,13 +649,14 @@ impl FrameDecoder {
 
     pub fn read_hint(&self) -> ReadHint {
         match self.unit {
-            Unit::Segment(_) if self.seg.len() >= DIRECT_READ_MIN => ReadHint::Segment(self.want()),
+            Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN => ReadHint::Segment(self.want()),
             _ => ReadHint::Small(self.want()),
         }
     }
 
     /// Where the next `want()` bytes go; fill a prefix of it and call [`advance`](Self::advance).
     pub fn recv_buf(&mut self) -> &mut [u8] {
+        assert!(!self.lent, "the segment buffer is lent out");
         let end = self.unit_len();
         match self.unit {
             Unit::Segment(_) => &mut self.seg[self.filled..end],
@@ -673,6 +679,30 @@ impl FrameDecoder {
         }
         self.filled = 0;
         self.complete_unit()
+    }
+
+    /// Takes the buffer of the large segment being received, with how much of it is already
+    /// filled, so a transport can receive into it with no copy and own it while the receive is
+    /// in flight. Give it back with [`return_segment`](Self::return_segment).
+    pub fn lend_segment(&mut self) -> Option<(BytesMut, usize)> {
+        match self.unit {
+            Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN && !self.lent => {
+                self.lent = true;
+                Some((std::mem::take(&mut self.seg), self.filled))
+            }
+            _ => None,
+        }
+    }
+
+    /// Returns a lent segment buffer in which `n` more bytes were received.
+    pub fn return_segment(&mut self, buf: BytesMut, n: usize) -> Result<Option<Frame>, FrameError> {
+        assert!(
+            self.lent && buf.len() == self.seg_len,
+            "not the lent segment"
+        );
+        self.lent = false;
+        self.seg = buf;
+        self.advance(n)
     }
 
     /// Copies as much of `input` as the decoder takes, until one frame completes; advances
@@ -706,6 +736,7 @@ impl FrameDecoder {
         let p = self.preamble.as_ref().expect("preamble decoded");
         let len = p.segments[index].len as usize;
         self.unit = Unit::Segment(index);
+        self.seg_len = len;
         self.seg_crc = SEGMENT_SEED;
         if len == 0 {
             self.seg = BytesMut::new();

@@ -1,0 +1,341 @@
+//! The public API: a [`Messenger`] bound to addresses, [`Connection`] handles, and the
+//! [`Dispatcher`] that hears messages and connection events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::proto::{
+    owner_of, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason, FrameLimits, Message,
+    Policy,
+};
+use crate::runtime::{self, Command, WorkerHandle};
+
+/// Receives messages and connection events. Called on the worker thread that owns the
+/// connection (fast dispatch): return quickly, hand long work to other threads.
+pub trait Dispatcher: Send + Sync + 'static {
+    /// A message arrived, in order, exactly once per lossless session.
+    fn dispatch(&self, conn: &Connection, msg: Message);
+    /// Our connection became ready.
+    fn on_connect(&self, _conn: &Connection) {}
+    /// A peer's connection became ready on our side.
+    fn on_accept(&self, _conn: &Connection) {}
+    /// A lossy session ended; what was queued on it is lost.
+    fn on_reset(&self, _conn: &Connection) {}
+    /// The peer lost our session (restart or mark_down); what was queued is lost.
+    fn on_remote_reset(&self, _conn: &Connection) {}
+    /// The peer refused us (auth method, missing features).
+    fn on_refused(&self, _conn: &Connection, _reason: &FaultReason) {}
+    /// A KEEPALIVE2 we sent came back after `rtt`.
+    fn on_keepalive_ack(&self, _conn: &Connection, _rtt: Duration) {}
+}
+
+/// Errors of the messenger API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("io_uring is unavailable: {source}{hint}")]
+    IoUring {
+        source: std::io::Error,
+        hint: String,
+    },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("address {0} has no socket address")]
+    NoSocketAddr(EntityAddr),
+}
+
+/// Why a send was refused: the connection is closed (lossy and faulted, or marked down).
+#[derive(Debug, thiserror::Error)]
+#[error("connection is closed")]
+pub struct Closed(pub Message);
+
+pub(crate) const STATE_CONNECTING: u8 = 0;
+pub(crate) const STATE_READY: u8 = 1;
+pub(crate) const STATE_CLOSED: u8 = 2;
+
+/// What a [`Connection`] handle shares with the worker that owns it.
+pub(crate) struct ConnShared {
+    pub id: u64,
+    pub worker: usize,
+    pub state: AtomicU8,
+    pub peer: Mutex<Option<(EntityName, EntityAddrVec)>>,
+    pub messenger: Arc<Shared>,
+}
+
+/// A handle on a session with a peer. Cheap to clone; all clones are the same connection.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) inner: Arc<ConnShared>,
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+impl Eq for Connection {}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.id)
+            .field("peer", &self.peer())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Queues a message; never blocks. Fails only if the connection is closed.
+    pub fn send(&self, msg: Message) -> Result<(), Closed> {
+        if self.inner.state.load(Ordering::Acquire) == STATE_CLOSED {
+            return Err(Closed(msg));
+        }
+        self.command(Command::Send {
+            handle: self.inner.id,
+            msg,
+        });
+        Ok(())
+    }
+
+    /// Closes the connection and forgets its session; no reset callback follows.
+    pub fn mark_down(&self) {
+        self.inner.state.store(STATE_CLOSED, Ordering::Release);
+        self.command(Command::MarkDown {
+            handle: self.inner.id,
+        });
+    }
+
+    /// Sends a KEEPALIVE2; [`Dispatcher::on_keepalive_ack`] reports the round trip.
+    pub fn keepalive(&self) {
+        self.command(Command::Keepalive {
+            handle: self.inner.id,
+        });
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == STATE_READY
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == STATE_CLOSED
+    }
+
+    /// The peer's name, once a handshake completed.
+    pub fn peer(&self) -> Option<EntityName> {
+        self.inner
+            .peer
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|p| p.0.clone())
+    }
+
+    /// The peer's addresses, once known.
+    pub fn peer_addrs(&self) -> Option<EntityAddrVec> {
+        self.inner
+            .peer
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|p| p.1.clone())
+    }
+
+    fn command(&self, cmd: Command) {
+        self.inner.messenger.workers[self.inner.worker].push(cmd);
+    }
+}
+
+/// Options, with Ceph's option names where there is one.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Worker threads (each with one io_uring); default: the number of CPUs.
+    pub workers: usize,
+    pub limits: FrameLimits,
+    /// `ms_initial_backoff`.
+    pub initial_backoff: Duration,
+    /// `ms_max_backoff`.
+    pub max_backoff: Duration,
+    /// `ms_connection_ready_timeout`.
+    pub handshake_timeout: Duration,
+    /// `ms_connection_idle_timeout`.
+    pub idle_timeout: Duration,
+    /// Periodic KEEPALIVE2 on ready connections.
+    pub keepalive_interval: Option<Duration>,
+    /// `ms_inject_socket_failures`: fault one received batch in N (testing).
+    pub inject_socket_failures: u32,
+    /// io_uring submission queue entries per worker.
+    pub ring_entries: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            limits: FrameLimits::default(),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            keepalive_interval: None,
+            inject_socket_failures: 0,
+            ring_entries: 1024,
+        }
+    }
+}
+
+/// Builds a [`Messenger`].
+pub struct MessengerBuilder {
+    pub(crate) name: EntityName,
+    pub(crate) bind: Vec<EntityAddr>,
+    pub(crate) policies: Vec<(EntityType, Policy)>,
+    pub(crate) default_policy: Policy,
+    pub(crate) options: Options,
+}
+
+impl MessengerBuilder {
+    /// Listen on `addr` (e.g. `v2:127.0.0.1:0` for an ephemeral port); may be repeated.
+    pub fn bind(mut self, addr: EntityAddr) -> Self {
+        self.bind.push(addr);
+        self
+    }
+    /// The policy for peers of type `peer`.
+    pub fn policy(mut self, peer: EntityType, policy: Policy) -> Self {
+        self.policies.push((peer, policy));
+        self
+    }
+    /// The policy for peer types without their own.
+    pub fn default_policy(mut self, policy: Policy) -> Self {
+        self.default_policy = policy;
+        self
+    }
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+    /// Starts the workers; `dispatcher` hears everything.
+    pub fn start(self, dispatcher: Arc<dyn Dispatcher>) -> Result<Messenger, Error> {
+        runtime::start(self, dispatcher)
+    }
+}
+
+/// State shared by the messenger, its workers and its connection handles.
+pub(crate) struct Shared {
+    pub workers: Vec<WorkerHandle>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub origin: Instant,
+    pub next_handle: AtomicU64,
+    pub addrs: EntityAddrVec,
+    pub name: EntityName,
+    /// Open connections by peer address, for `connect` to reuse (connect/accept path only).
+    pub by_addr: Mutex<HashMap<EntityAddr, Connection>>,
+}
+
+/// A messenger: workers, listeners and sessions. See the crate docs for an example.
+pub struct Messenger {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Messenger {
+    pub fn builder(name: EntityName) -> MessengerBuilder {
+        MessengerBuilder {
+            name,
+            bind: Vec::new(),
+            policies: Vec::new(),
+            default_policy: Policy::lossy_client(),
+            options: Options::default(),
+        }
+    }
+
+    /// The addresses we listen on (ephemeral ports resolved).
+    pub fn addrs(&self) -> &EntityAddrVec {
+        &self.shared.addrs
+    }
+
+    pub fn name(&self) -> &EntityName {
+        &self.shared.name
+    }
+
+    /// A connection to `addr`: the open one if there is one, else a new one that connects in
+    /// the background. Messages sent before it is ready are queued.
+    pub fn connect(&self, addr: EntityAddr, peer_type: EntityType) -> Connection {
+        let mut map = self.shared.by_addr.lock().expect("not poisoned");
+        if let Some(c) = map.get(&addr).filter(|c| !c.is_closed()) {
+            return c.clone();
+        }
+        let conn = self.new_handle(owner_of(&addr, self.shared.workers.len()));
+        map.insert(addr, conn.clone());
+        drop(map);
+        conn.command(Command::Connect {
+            handle: conn.inner.clone(),
+            addr,
+            peer_type,
+            anon: false,
+        });
+        conn
+    }
+
+    /// A new connection to `addr` that shares nothing with existing ones (Ceph's anonymous
+    /// connect).
+    pub fn connect_anon(&self, addr: EntityAddr, peer_type: EntityType) -> Connection {
+        let conn = self.new_handle(owner_of(&addr, self.shared.workers.len()));
+        conn.command(Command::Connect {
+            handle: conn.inner.clone(),
+            addr,
+            peer_type,
+            anon: true,
+        });
+        conn
+    }
+
+    fn new_handle(&self, worker: usize) -> Connection {
+        Connection {
+            inner: Arc::new(ConnShared {
+                id: self.shared.next_handle.fetch_add(1, Ordering::Relaxed),
+                worker,
+                state: AtomicU8::new(STATE_CONNECTING),
+                peer: Mutex::new(None),
+                messenger: self.shared.clone(),
+            }),
+        }
+    }
+
+    /// Closes every connection.
+    pub fn mark_down_all(&self) {
+        for w in &self.shared.workers {
+            w.push(Command::MarkDownAll);
+        }
+    }
+
+    /// Closes everything and stops the workers; [`wait`](Self::wait) joins them.
+    pub fn shutdown(&self) {
+        for w in &self.shared.workers {
+            w.push(Command::Shutdown);
+        }
+        self.shared.by_addr.lock().expect("not poisoned").clear();
+    }
+
+    /// Waits for the workers to stop.
+    pub fn wait(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Messenger {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.wait();
+    }
+}

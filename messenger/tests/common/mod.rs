@@ -1,0 +1,135 @@
+//! Shared by the socket tests: a dispatcher that records everything and can echo.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ringwire::proto::{EntityAddr, EntityName, EntityType, FaultReason, Message};
+use ringwire::{Connection, Dispatcher};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Message {
+        conn: u64,
+        seq: u64,
+        ty: u16,
+        front: Vec<u8>,
+    },
+    Connect(u64),
+    Accept(u64),
+    Reset(u64),
+    RemoteReset(u64),
+    Refused(u64, String),
+    KeepaliveAck(u64),
+}
+
+#[derive(Default)]
+pub struct Recorder {
+    pub seen: Mutex<Vec<Seen>>,
+    pub changed: Condvar,
+    /// Reply to every message with one of this type (and the same front).
+    pub echo: Option<u16>,
+    pub conns: Mutex<Vec<Connection>>,
+}
+
+pub fn conn_id(c: &Connection) -> u64 {
+    // Connections are compared by identity; the Debug form carries the handle id.
+    let s = format!("{c:?}");
+    s.split("id: ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+impl Recorder {
+    pub fn echoing(ty: u16) -> Arc<Self> {
+        Arc::new(Recorder {
+            echo: Some(ty),
+            ..Default::default()
+        })
+    }
+
+    fn push(&self, s: Seen) {
+        self.seen.lock().unwrap().push(s);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `pred` holds over what was seen, or panics after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Seen]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = self.seen.lock().unwrap();
+        while !pred(&seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; seen: {:?}",
+                &seen[seen.len().saturating_sub(10)..]
+            );
+            seen = self.changed.wait_timeout(seen, left).unwrap().0;
+        }
+    }
+
+    pub fn messages(&self) -> Vec<(u64, u64, Vec<u8>)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Message {
+                    conn, seq, front, ..
+                } => Some((*conn, *seq, front.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn count(&self, pred: impl Fn(&Seen) -> bool) -> usize {
+        self.seen.lock().unwrap().iter().filter(|s| pred(s)).count()
+    }
+}
+
+impl Dispatcher for Recorder {
+    fn dispatch(&self, conn: &Connection, msg: Message) {
+        if let Some(ty) = self.echo {
+            let _ = conn.send(Message::new(ty).with_front(msg.front.clone()));
+        }
+        self.push(Seen::Message {
+            conn: conn_id(conn),
+            seq: msg.seq,
+            ty: msg.ty,
+            front: msg.front.to_vec(),
+        });
+    }
+    fn on_connect(&self, conn: &Connection) {
+        self.push(Seen::Connect(conn_id(conn)));
+    }
+    fn on_accept(&self, conn: &Connection) {
+        self.conns.lock().unwrap().push(conn.clone());
+        self.push(Seen::Accept(conn_id(conn)));
+    }
+    fn on_reset(&self, conn: &Connection) {
+        self.push(Seen::Reset(conn_id(conn)));
+    }
+    fn on_remote_reset(&self, conn: &Connection) {
+        self.push(Seen::RemoteReset(conn_id(conn)));
+    }
+    fn on_refused(&self, conn: &Connection, reason: &FaultReason) {
+        self.push(Seen::Refused(conn_id(conn), reason.to_string()));
+    }
+    fn on_keepalive_ack(&self, conn: &Connection, _rtt: Duration) {
+        self.push(Seen::KeepaliveAck(conn_id(conn)));
+    }
+}
+
+pub fn name(ty: EntityType, id: &str) -> EntityName {
+    EntityName { ty, id: id.into() }
+}
+
+pub fn loopback() -> EntityAddr {
+    EntityAddr::parse("v2:127.0.0.1:0").unwrap()
+}
