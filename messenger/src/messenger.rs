@@ -227,6 +227,38 @@ impl MessengerBuilder {
     }
 }
 
+/// Counters of one messenger, summed over its workers.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub faults: AtomicU64,
+    pub injected_faults: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub resets: AtomicU64,
+    pub remote_resets: AtomicU64,
+    pub migrations: AtomicU64,
+}
+
+/// A snapshot of a messenger's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Messages dispatched.
+    pub messages_in: u64,
+    /// Payload bytes (front + middle + data) dispatched.
+    pub bytes_in: u64,
+    /// Connection faults of any kind.
+    pub faults: u64,
+    /// Faults injected by `inject_socket_failures`.
+    pub injected_faults: u64,
+    /// Connections that reached READY (first connects, accepts and resumed sessions).
+    pub handshakes: u64,
+    pub resets: u64,
+    pub remote_resets: u64,
+    /// Accepted connections handed to the worker owning their peer's session.
+    pub migrations: u64,
+}
+
 /// State shared by the messenger, its workers and its connection handles.
 pub(crate) struct Shared {
     pub workers: Vec<WorkerHandle>,
@@ -237,6 +269,7 @@ pub(crate) struct Shared {
     pub name: EntityName,
     /// Open connections by peer address, for `connect` to reuse (connect/accept path only).
     pub by_addr: Mutex<HashMap<EntityAddr, Connection>>,
+    pub counters: Counters,
 }
 
 /// A messenger: workers, listeners and sessions. See the crate docs for an example.
@@ -263,6 +296,22 @@ impl Messenger {
 
     pub fn name(&self) -> &EntityName {
         &self.shared.name
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            messages_in: get(&c.messages_in),
+            bytes_in: get(&c.bytes_in),
+            faults: get(&c.faults),
+            injected_faults: get(&c.injected_faults),
+            handshakes: get(&c.handshakes),
+            resets: get(&c.resets),
+            remote_resets: get(&c.remote_resets),
+            migrations: get(&c.migrations),
+        }
     }
 
     /// A connection to `addr`: the open one if there is one, else a new one that connects in

@@ -58,3 +58,153 @@ fn lossless_client_to_stateful_server_echo() {
     drop(client);
     drop(server);
 }
+
+/// Sends `n` numbered messages (some large) and waits until the receiver has them all.
+fn numbered(i: usize, big_every: usize, big: usize) -> Message {
+    let mut m = Message::new(0x10).with_front((i as u32).to_le_bytes().to_vec());
+    if big_every > 0 && i % big_every == 0 {
+        m = m.with_data(vec![(i % 251) as u8; big]);
+    }
+    m
+}
+
+fn assert_in_order(msgs: &[(u64, u64, Vec<u8>)], n: usize) {
+    assert_eq!(msgs.len(), n, "every message exactly once");
+    for (i, (_, _, front)) in msgs.iter().enumerate() {
+        assert_eq!(
+            front,
+            &(i as u32).to_le_bytes().to_vec(),
+            "message {i} in order"
+        );
+    }
+}
+
+#[test]
+fn lossless_survives_injected_socket_failures() {
+    let server_rec = std::sync::Arc::new(Recorder::default());
+    let server = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(loopback())
+        .policy(EntityType::CLIENT, Policy::stateful_server())
+        .options(Options {
+            inject_socket_failures: 30,
+            ..options(2)
+        })
+        .start(server_rec.clone())
+        .unwrap();
+    let client_rec = std::sync::Arc::new(Recorder::default());
+    let client = Messenger::builder(name(EntityType::CLIENT, "1"))
+        .policy(EntityType::OSD, Policy::lossless_client())
+        .options(Options {
+            inject_socket_failures: 30,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            ..options(2)
+        })
+        .start(client_rec.clone())
+        .unwrap();
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    const N: usize = 2000;
+    // In rounds, so that there are many receive batches for the injector to strike.
+    for round in 0..40 {
+        for i in round * 50..(round + 1) * 50 {
+            conn.send(numbered(i, 97, 1 << 20)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server_rec.wait_for(Duration::from_secs(60), "all messages", |s| {
+        s.iter()
+            .filter(|x| matches!(x, Seen::Message { .. }))
+            .count()
+            >= N
+    });
+    assert_in_order(&server_rec.messages(), N);
+    assert_eq!(server_rec.count(|s| matches!(s, Seen::RemoteReset(_))), 0);
+    assert_eq!(client_rec.count(|s| matches!(s, Seen::RemoteReset(_))), 0);
+    let injected = server.stats().injected_faults + client.stats().injected_faults;
+    assert!(injected > 0, "no failure was injected");
+    assert!(
+        server.stats().handshakes > 1,
+        "the session resumed after failures"
+    );
+}
+
+#[test]
+fn lossless_peers_connecting_both_ways_share_one_session() {
+    let recs: Vec<_> = (0..2)
+        .map(|_| std::sync::Arc::new(Recorder::default()))
+        .collect();
+    let ms: Vec<_> = (0..2)
+        .map(|i| {
+            Messenger::builder(name(EntityType::OSD, &i.to_string()))
+                .bind(loopback())
+                .policy(EntityType::OSD, Policy::lossless_peer())
+                .options(options(2))
+                .start(recs[i].clone())
+                .unwrap()
+        })
+        .collect();
+    let a_to_b = ms[0].connect(ms[1].addrs().0[0], EntityType::OSD);
+    let b_to_a = ms[1].connect(ms[0].addrs().0[0], EntityType::OSD);
+    const N: usize = 500;
+    for i in 0..N {
+        a_to_b.send(numbered(i, 0, 0)).unwrap();
+        b_to_a.send(numbered(i, 0, 0)).unwrap();
+    }
+    for rec in &recs {
+        rec.wait_for(Duration::from_secs(20), "peer messages", |s| {
+            s.iter()
+                .filter(|x| matches!(x, Seen::Message { .. }))
+                .count()
+                >= N
+        });
+    }
+    for rec in &recs {
+        let msgs = rec.messages();
+        assert_in_order(&msgs, N);
+        let conns: std::collections::HashSet<u64> = msgs.iter().map(|m| m.0).collect();
+        assert_eq!(conns.len(), 1, "one session between the peers");
+    }
+}
+
+#[test]
+fn lossy_client_sees_reset_when_the_server_marks_down() {
+    init_tracing();
+    let server_rec = Recorder::echoing(0x11);
+    let server = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(loopback())
+        .policy(EntityType::CLIENT, Policy::stateless_server())
+        .options(options(1))
+        .start(server_rec.clone())
+        .unwrap();
+    let client_rec = std::sync::Arc::new(Recorder::default());
+    let client = Messenger::builder(name(EntityType::CLIENT, "1"))
+        .policy(EntityType::OSD, Policy::lossy_client())
+        .options(options(1))
+        .start(client_rec.clone())
+        .unwrap();
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    conn.send(numbered(0, 0, 0)).unwrap();
+    client_rec.wait_for(Duration::from_secs(10), "echo", |s| {
+        s.iter().any(|x| matches!(x, Seen::Message { .. }))
+    });
+    let accepted = server_rec.conns.lock().unwrap()[0].clone();
+    accepted.mark_down();
+    client_rec.wait_for(Duration::from_secs(10), "reset", |s| {
+        s.iter().any(|x| matches!(x, Seen::Reset(_)))
+    });
+    assert!(conn.is_closed());
+    assert!(
+        conn.send(numbered(1, 0, 0)).is_err(),
+        "a closed lossy connection refuses sends"
+    );
+    // A new connection works.
+    let again = client.connect(server.addrs().0[0], EntityType::OSD);
+    assert_ne!(again, conn);
+    again.send(numbered(2, 0, 0)).unwrap();
+    client_rec.wait_for(Duration::from_secs(10), "second echo", |s| {
+        s.iter()
+            .filter(|x| matches!(x, Seen::Message { .. }))
+            .count()
+            == 2
+    });
+}

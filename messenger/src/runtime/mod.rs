@@ -282,6 +282,7 @@ pub(crate) fn start(
         addrs: EntityAddrVec(addrs),
         name: b.name.clone(),
         by_addr: Mutex::new(HashMap::new()),
+        counters: Default::default(),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -635,6 +636,26 @@ impl Worker {
 
     fn event(&mut self, ev: Event) {
         let d = self.shared.dispatcher.clone();
+        let counters = &self.shared.counters;
+        let bump = |a: &AtomicU64, n: u64| {
+            a.fetch_add(n, Ordering::Relaxed);
+        };
+        match &ev {
+            Event::Connected { .. } | Event::Accepted { .. } => bump(&counters.handshakes, 1),
+            Event::Message { msg, .. } => {
+                bump(&counters.messages_in, 1);
+                bump(&counters.bytes_in, msg.payload_len() as u64);
+            }
+            Event::Reset { .. } => bump(&counters.resets, 1),
+            Event::RemoteReset { .. } => bump(&counters.remote_resets, 1),
+            Event::Fault { reason, .. } => {
+                bump(&counters.faults, 1);
+                if *reason == crate::proto::FaultReason::Injected {
+                    bump(&counters.injected_faults, 1);
+                }
+            }
+            _ => {}
+        }
         match ev {
             Event::Connected { session, peer } => {
                 tracing::debug!(worker = self.index, ?session, %peer, "connected");
@@ -694,10 +715,9 @@ impl Worker {
                 reason,
             } => {
                 tracing::debug!(worker = self.index, ?session, ?conn, %reason, "fault");
-                if let Some(sid) = session {
-                    if self.ep.is_closed(sid) {
-                        self.session_closed(sid);
-                    } else if !self.ep.is_connected(sid) {
+                // A session closed by the fault is reported by the Reset event that follows.
+                if let Some(sid) = session.filter(|s| !self.ep.is_closed(*s)) {
+                    if !self.ep.is_connected(sid) {
                         self.set_state(sid, STATE_CONNECTING);
                     }
                 }
@@ -782,6 +802,10 @@ impl Worker {
             if s.ops == 0 {
                 let s = self.socks.remove(&key).expect("present");
                 let (to, handoff) = s.migrate.expect("checked");
+                self.shared
+                    .counters
+                    .migrations
+                    .fetch_add(1, Ordering::Relaxed);
                 self.shared.workers[to].push(Command::Adopt { fd: s.fd, handoff });
             }
             return;

@@ -133,3 +133,11 @@ pub fn name(ty: EntityType, id: &str) -> EntityName {
 pub fn loopback() -> EntityAddr {
     EntityAddr::parse("v2:127.0.0.1:0").unwrap()
 }
+
+/// Logs to stderr when RUST_LOG is set (e.g. RUST_LOG=ringwire=debug).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
