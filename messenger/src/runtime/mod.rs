@@ -245,7 +245,12 @@ pub(crate) fn start(
     dispatcher: Arc<dyn Dispatcher>,
 ) -> Result<Messenger, Error> {
     let n = b.options.workers.max(1);
-    let nonce = random_u64() as u32;
+    // Monitors are known by their address alone (monmaps carry nonce 0), as in Ceph.
+    let nonce = if b.name.ty == EntityType::MON {
+        0
+    } else {
+        random_u64() as u32
+    };
     // One listening socket per bound address per worker (SO_REUSEPORT spreads accepts).
     let mut listeners: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();

@@ -1,0 +1,324 @@
+//! Interop with real Ceph 16.2 (Debian's ceph-mon and ceph CLI), both directions, over
+//! loopback. `.ci/run` installs Ceph; without it these tests fail and say how to install it.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
+use ringwire::{Messenger, Options};
+
+const MON_GET_MAP: u16 = 5;
+const MON_MAP: u16 = 4;
+const MON_GET_VERSION: u16 = 19;
+const MON_GET_VERSION_REPLY: u16 = 20;
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} not found: install Ceph with `apt-get install ceph-mon ceph-common` (.ci/run does)"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn conf(dir: &Path, fsid: &str, mon_addr: &str, extra: &str) -> PathBuf {
+    let path = dir.join("ceph.conf");
+    let d = dir.display();
+    std::fs::write(
+        &path,
+        format!(
+            "[global]
+fsid = {fsid}
+mon host = {mon_addr}
+mon initial members = a
+public network = 127.0.0.0/8
+ms bind ipv4 = true
+ms bind ipv6 = false
+auth cluster required = none
+auth service required = none
+auth client required = none
+auth allow insecure global id reclaim = true
+mon warn on insecure global id reclaim allowed = false
+run dir = {d}/run
+admin socket = {d}/run/$name.asok
+pid file = {d}/run/$name.pid
+log file = {d}/log/$name.log
+keyring = /dev/null
+{extra}
+[mon]
+mon data = {d}/mon/ceph-$id
+"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A throw-away monitor on 127.0.0.1 (msgr2 only), stopped on drop.
+struct CephMon {
+    dir: PathBuf,
+    port: u16,
+    fsid: String,
+}
+
+impl CephMon {
+    fn start() -> CephMon {
+        require("ceph-mon");
+        require("monmaptool");
+        require("ceph");
+        let dir = std::env::temp_dir().join(format!(
+            "ringwire-mon-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["mon", "run", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let port = free_port();
+        let fsid = uuid_v4();
+        let addr = format!("[v2:127.0.0.1:{port}]");
+        let conf = conf(&dir, &fsid, &addr, "");
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let monmap = dir.join("monmap");
+        run(&[
+            "monmaptool",
+            "--create",
+            "--fsid",
+            &fsid,
+            "--addv",
+            "a",
+            &addr,
+            monmap.to_str().unwrap(),
+        ]);
+        let c = conf.to_str().unwrap();
+        run(&[
+            "ceph-mon",
+            "-c",
+            c,
+            "--mkfs",
+            "-i",
+            "a",
+            "--monmap",
+            monmap.to_str().unwrap(),
+        ]);
+        run(&["ceph-mon", "-c", c, "-i", "a"]);
+        // Until it has formed a quorum a monitor refuses authentication (-EBUSY), so wait
+        // until it answers a real client.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("timeout")
+                .args([
+                    "10",
+                    "ceph",
+                    "-c",
+                    c,
+                    "--connect-timeout",
+                    "5",
+                    "mon",
+                    "stat",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ceph-mon did not come up; see {}/log",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        CephMon { dir, port, fsid }
+    }
+
+    fn addr(&self) -> EntityAddr {
+        EntityAddr::parse(&format!("v2:127.0.0.1:{}", self.port)).unwrap()
+    }
+}
+
+impl Drop for CephMon {
+    fn drop(&mut self) {
+        if std::env::var_os("RINGWIRE_KEEP_MON_LOG").is_some() {
+            let log = std::fs::read_to_string(self.dir.join("log/mon.a.log")).unwrap_or_default();
+            eprintln!("{log}");
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("run/mon.a.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+fn uuid_bytes(s: &str) -> Vec<u8> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn ringwire_client_talks_to_a_real_monitor() {
+    init_tracing();
+    let mon = CephMon::start();
+    let rec = Arc::new(Recorder::default());
+    let client = Messenger::builder(name(EntityType::CLIENT, "admin"))
+        .policy(EntityType::MON, Policy::lossy_client())
+        .options(Options {
+            workers: 1,
+            ..Options::default()
+        })
+        .start(rec.clone())
+        .unwrap();
+    let conn = client.connect(mon.addr(), EntityType::MON);
+    conn.send(Message::new(MON_GET_MAP)).unwrap();
+    let mut what = Vec::new();
+    what.extend_from_slice(&7u64.to_le_bytes()); // handle
+    what.extend_from_slice(&6u32.to_le_bytes());
+    what.extend_from_slice(b"osdmap");
+    conn.send(Message::new(MON_GET_VERSION).with_front(what))
+        .unwrap();
+    rec.wait_for(
+        Duration::from_secs(20),
+        "MON_MAP and GET_VERSION_REPLY",
+        |s| {
+            let has = |ty| {
+                s.iter()
+                    .any(|x| matches!(x, Seen::Message { ty: t, .. } if *t == ty))
+            };
+            has(MON_MAP) && has(MON_GET_VERSION_REPLY)
+        },
+    );
+    assert!(conn.is_connected());
+    assert_eq!(conn.peer().unwrap().ty, EntityType::MON);
+    let seen = rec.seen.lock().unwrap().clone();
+    for s in &seen {
+        let Seen::Message { ty, front, seq, .. } = s else {
+            continue;
+        };
+        assert!(*seq >= 1);
+        if *ty == MON_MAP {
+            // MMonMap: bufferlist(monmap); MonMap::encode: ENCODE_START (6 bytes), fsid, ...
+            let bl_len = u32::from_le_bytes(front[0..4].try_into().unwrap()) as usize;
+            assert_eq!(bl_len + 4, front.len());
+            assert_eq!(
+                &front[4 + 6..4 + 6 + 16],
+                &uuid_bytes(&mon.fsid)[..],
+                "our cluster's fsid"
+            );
+        }
+        if *ty == MON_GET_VERSION_REPLY {
+            let handle = u64::from_le_bytes(front[0..8].try_into().unwrap());
+            let version = u64::from_le_bytes(front[8..16].try_into().unwrap());
+            assert_eq!(handle, 7);
+            assert!(version >= 1, "the osdmap exists from epoch 1");
+        }
+    }
+}
+
+#[test]
+fn real_ceph_client_talks_to_a_ringwire_monitor() {
+    require("ceph");
+    let rec = Arc::new(Recorder::default());
+    let port = free_port();
+    let server = Messenger::builder(name(EntityType::MON, "a"))
+        .bind(EntityAddr::parse(&format!("v2:127.0.0.1:{port}")).unwrap())
+        .policy(EntityType::CLIENT, Policy::stateless_server())
+        .options(Options {
+            workers: 2,
+            ..Options::default()
+        })
+        .start(rec.clone())
+        .unwrap();
+    assert_eq!(
+        server.addrs().0[0].nonce,
+        0,
+        "monitors listen with nonce 0, as Ceph's do"
+    );
+    let dir = std::env::temp_dir().join(format!("ringwire-cli-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let conf = conf(&dir, &uuid_v4(), &format!("[v2:127.0.0.1:{port}]"), "");
+    let mut cli: Child = Command::new("ceph")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "--connect-timeout",
+            "15",
+            "mon",
+            "stat",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    rec.wait_for(
+        Duration::from_secs(20),
+        "the ceph CLI's first message",
+        |s| s.iter().any(|x| matches!(x, Seen::Message { .. })),
+    );
+    let _ = cli.kill();
+    let _ = cli.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = rec
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|s| match s {
+            Seen::Message { seq, ty, .. } => Some((*seq, *ty)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        first,
+        (1, MON_GET_MAP),
+        "MonClient starts with MON_GET_MAP as seq 1"
+    );
+    let peer = rec.conns.lock().unwrap()[0].peer().unwrap();
+    assert_eq!(peer.ty, EntityType::CLIENT);
+}
