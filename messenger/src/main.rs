@@ -5,8 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
+use std::time::Duration;
+
 use ringwire::decode::{decode_stream, render_text};
-use ringwire::proto::FrameLimits;
+use ringwire::proto::{EntityAddr, EntityName, EntityType, FrameLimits};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +37,40 @@ enum Command {
         #[arg(long, default_value_t = FrameLimits::default().max_segment)]
         max_segment: u32,
     },
+    /// Echo server: every message comes back on its connection.
+    Serve {
+        /// Address to listen on, Ceph syntax (v2:127.0.0.1:3300, v2:[::1]:3300); repeatable.
+        #[arg(long, required = true, value_parser = cli::parse_addr)]
+        bind: Vec<EntityAddr>,
+        /// Our entity name.
+        #[arg(long, default_value = "osd.0", value_parser = cli::parse_entity_name)]
+        name: EntityName,
+        /// Worker threads (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Address nonce; clients must name it (v2:IP:PORT/NONCE) unless it is 0.
+        #[arg(long, default_value_t = 0)]
+        nonce: u32,
+    },
+    /// Round-trip times to any msgr2 peer, measured with KEEPALIVE2.
+    Ping {
+        /// The peer, Ceph syntax (v2:127.0.0.1:3300).
+        #[arg(value_parser = cli::parse_addr)]
+        addr: EntityAddr,
+        /// What the peer is (mon, osd, mgr, mds, client).
+        #[arg(long, default_value = "mon", value_parser = cli::parse_entity_type)]
+        peer_type: EntityType,
+        #[arg(long, default_value = "client.admin", value_parser = cli::parse_entity_name)]
+        name: EntityName,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Milliseconds between pings.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Seconds to wait for the handshake or a reply.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Loopback demo: a lossless client and a stateful server over an in-memory pipe,
     /// measured against copying and checksumming the same bytes in the same run.
     Demo {
@@ -53,6 +91,27 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            bind,
+            name,
+            workers,
+            nonce,
+        } => report(cli::serve::run(name, bind, workers, nonce)),
+        Command::Ping {
+            addr,
+            peer_type,
+            name,
+            count,
+            interval_ms,
+            timeout,
+        } => report(cli::ping::run(cli::ping::PingArgs {
+            addr,
+            peer_type,
+            name,
+            count,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_secs(timeout),
+        })),
         Command::Demo {
             messages,
             size,
@@ -135,6 +194,16 @@ fn main() -> ExitCode {
                 }
             }
             status
+        }
+    }
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringwire: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -174,6 +174,9 @@ pub struct Options {
     pub inject_socket_failures: u32,
     /// io_uring submission queue entries per worker.
     pub ring_entries: u32,
+    /// The nonce in our addresses (peers must name it to reach us). Default: 0 for monitors,
+    /// as in Ceph, random otherwise.
+    pub nonce: Option<u32>,
 }
 
 impl Default for Options {
@@ -188,6 +191,7 @@ impl Default for Options {
             keepalive_interval: None,
             inject_socket_failures: 0,
             ring_entries: 1024,
+            nonce: None,
         }
     }
 }

@@ -322,3 +322,34 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
     let peer = rec.conns.lock().unwrap()[0].peer().unwrap();
     assert_eq!(peer.ty, EntityType::CLIENT);
 }
+
+#[test]
+fn ringwire_ping_measures_round_trips_to_a_real_monitor() {
+    let mon = CephMon::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringwire"))
+        .args([
+            "ping",
+            &format!("v2:127.0.0.1:{}", mon.port),
+            "--peer-type",
+            "mon",
+        ])
+        .args(["--count", "5", "--interval-ms", "10"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(mon."), "the peer is a monitor: {stdout}");
+    let summary = stdout.lines().last().unwrap();
+    assert!(
+        summary.starts_with("5 sent, 5 received, rtt min "),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(" p50 ") && summary.contains(" p99 "),
+        "{summary}"
+    );
+}

@@ -246,11 +246,13 @@ pub(crate) fn start(
 ) -> Result<Messenger, Error> {
     let n = b.options.workers.max(1);
     // Monitors are known by their address alone (monmaps carry nonce 0), as in Ceph.
-    let nonce = if b.name.ty == EntityType::MON {
-        0
-    } else {
-        random_u64() as u32
-    };
+    let nonce = b.options.nonce.unwrap_or_else(|| {
+        if b.name.ty == EntityType::MON {
+            0
+        } else {
+            random_u64() as u32
+        }
+    });
     // One listening socket per bound address per worker (SO_REUSEPORT spreads accepts).
     let mut listeners: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();

@@ -1,0 +1,42 @@
+//! `ringwire serve`: an echo server. Every message comes back on its connection, same type,
+//! same payload.
+
+use std::sync::Arc;
+
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
+use ringwire::{Connection, Dispatcher, Messenger, Options};
+
+struct Echo;
+
+impl Dispatcher for Echo {
+    fn dispatch(&self, conn: &Connection, msg: Message) {
+        let _ = conn.send(msg);
+    }
+}
+
+pub fn run(
+    name: EntityName,
+    bind: Vec<EntityAddr>,
+    workers: Option<usize>,
+    nonce: u32,
+) -> Result<(), String> {
+    let mut options = Options {
+        nonce: Some(nonce),
+        ..Options::default()
+    };
+    if let Some(w) = workers {
+        options.workers = w;
+    }
+    let mut b = Messenger::builder(name.clone())
+        .default_policy(Policy::stateless_server())
+        .policy(EntityType::OSD, Policy::lossless_peer())
+        .policy(EntityType::CLIENT, Policy::stateful_server())
+        .options(options);
+    for a in bind {
+        b = b.bind(a);
+    }
+    let m = b.start(Arc::new(Echo)).map_err(|e| e.to_string())?;
+    println!("{name} listening on {}", m.addrs());
+    m.wait();
+    Ok(())
+}
