@@ -71,6 +71,42 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Loopback benchmark: server and client in this process, against raw std and io_uring
+    /// baselines measured in the same run.
+    Bench {
+        /// Policy pair: lossless (lossless_client/stateful_server), lossy, or peer.
+        #[arg(long, default_value = "lossless")]
+        policy: String,
+        /// Ping-pong message size (front bytes).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Streaming message size (data bytes).
+        #[arg(long, default_value_t = 4 << 20)]
+        large: usize,
+        /// Connections for the many-connection message rate (all on one worker).
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Seconds of the many-connection phase, per round.
+        #[arg(long, default_value_t = 1.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Ping-pong round trips per round.
+        #[arg(long, default_value_t = 5000)]
+        iters: usize,
+        /// Fault one received batch in N on both sides, and report lost, duplicated and
+        /// reordered messages (lossless policies recover; nothing may be lost).
+        #[arg(long, default_value_t = 0)]
+        inject_socket_failures: u32,
+        /// CPU to pin the whole benchmark to (default: CPU 1 when there are several).
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// Do not pin.
+        #[arg(long)]
+        no_pin: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Loopback demo: a lossless client and a stateful server over an in-memory pipe,
     /// measured against copying and checksumming the same bytes in the same run.
     Demo {
@@ -89,8 +125,66 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG=ringwire=debug shows every connection event; warnings by default.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            policy,
+            size,
+            large,
+            connections,
+            duration,
+            rounds,
+            iters,
+            inject_socket_failures,
+            cpu,
+            no_pin,
+            json,
+        } => {
+            if policy == "lossy" && inject_socket_failures > 0 {
+                eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
+                return ExitCode::from(2);
+            }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let cpu = if no_pin {
+                None
+            } else {
+                cpu.or(Some(if cpus > 1 { 1 } else { 0 }))
+            };
+            let args = cli::bench::BenchArgs {
+                policy,
+                small: size.max(8),
+                large: large.max(8),
+                connections,
+                duration: Duration::from_secs_f64(duration),
+                rounds: rounds.max(1),
+                iters: iters.max(10),
+                inject: inject_socket_failures,
+                cpu,
+                json,
+            };
+            match cli::bench::run(args) {
+                Ok(report) if json => {
+                    println!("{}", serde_json::to_string(&report).expect("serialisable"));
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    cli::bench::print(&report);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringwire bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve {
             bind,
             name,

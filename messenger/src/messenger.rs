@@ -94,6 +94,11 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// A number unique to this connection within its messenger.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
     /// Queues a message; never blocks. Fails only if the connection is closed.
     pub fn send(&self, msg: Message) -> Result<(), Closed> {
         if self.inner.state.load(Ordering::Acquire) == STATE_CLOSED {

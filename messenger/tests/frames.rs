@@ -114,16 +114,27 @@ fn decoder_reads_large_segments_in_place() {
     let mut dec = FrameDecoder::new(FrameLimits::default(), 0);
     let mut pos = 0;
     let mut frame = None;
+    let mut lent_reads = 0;
     while frame.is_none() {
         if let ringwire::proto::frame::ReadHint::Segment(n) = dec.read_hint() {
-            assert_eq!(n, 100_000, "the whole data segment is announced");
+            // What a transport does: receive into the lent buffer's spare room, hand it back.
+            let (mut buf, want) = dec.lend_segment().expect("a large segment is lent");
+            assert_eq!(want, n);
+            let start = buf.as_ptr();
+            let chunk = want.min(30_000).min(wire.len() - pos);
+            buf.extend_from_slice(&wire[pos..pos + chunk]);
+            assert_eq!(buf.as_ptr(), start, "received in place, never reallocated");
+            pos += chunk;
+            lent_reads += 1;
+            frame = dec.return_segment(buf, chunk).unwrap();
+        } else {
+            let mut input = &wire[pos..(pos + 7).min(wire.len())];
+            let before = input.len();
+            frame = dec.feed(&mut input).unwrap();
+            pos += before - input.len();
         }
-        let buf = dec.recv_buf();
-        let n = buf.len().min(wire.len() - pos);
-        buf[..n].copy_from_slice(&wire[pos..pos + n]);
-        pos += n;
-        frame = dec.advance(n).unwrap();
     }
+    assert_eq!(lent_reads, 4, "100 000 bytes in 30 000-byte receives");
     assert_eq!(pos, wire.len());
     let (_, back) = Message::from_frame(frame.unwrap()).unwrap();
     assert_eq!(back.data_contiguous(), msg.data_contiguous());

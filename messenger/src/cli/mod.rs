@@ -1,5 +1,6 @@
 //! Subcommands of the `ringwire` binary other than `decode` and `demo`.
 
+pub mod bench;
 pub mod ping;
 pub mod serve;
 

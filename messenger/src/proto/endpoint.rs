@@ -390,6 +390,7 @@ struct Session {
     /// Written but not yet acknowledged (lossless only).
     sent: VecDeque<Message>,
     ack_pending: bool,
+    ack_queued: bool,
     backoff: Duration,
     reconnect_at: Option<Time>,
     /// Whether the last connection reached READY (then reconnect at once, not after backoff).
@@ -499,6 +500,8 @@ pub struct Endpoint {
     /// A connection handed over while its input was being processed; the rest of that
     /// input joins it before `Io::Migrate` goes out.
     migrating: Option<(ConnId, usize, Handoff)>,
+    /// Sessions owed an ACK (see `after_input`).
+    ack_due: Vec<SessionId>,
     now: Time,
 }
 
@@ -522,6 +525,7 @@ impl Endpoint {
             interceptor: None,
             counts: FrameCounts::default(),
             migrating: None,
+            ack_due: Vec::new(),
             now: Time(0),
         }
     }
@@ -820,7 +824,12 @@ impl Endpoint {
         self.conns.get_mut(&conn).map(|c| &mut c.tx)
     }
 
+    /// The next I/O request. Pending ACKs are generated once both the I/O and the event
+    /// queues are empty, so drain events between calls.
     pub fn poll_io(&mut self) -> Option<Io> {
+        if self.io.is_empty() && self.events.is_empty() && !self.ack_due.is_empty() {
+            self.flush_acks();
+        }
         self.io.pop_front()
     }
 
@@ -1102,12 +1111,30 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.state == SessionState::Ready && s.conn == Some(cid) && s.ack_pending {
+        // The ACK waits until the caller has drained the events: a reply to what just arrived
+        // carries the ack for free, and only sessions left without one get an ACK frame.
+        if s.ack_pending && !s.ack_queued && !s.policy.lossy {
+            s.ack_queued = true;
+            self.ack_due.push(sid);
+        }
+    }
+
+    /// ACK frames for sessions that received messages and sent nothing back since.
+    fn flush_acks(&mut self) {
+        for sid in std::mem::take(&mut self.ack_due) {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            s.ack_queued = false;
+            if !s.ack_pending || s.state != SessionState::Ready {
+                continue;
+            }
+            let Some(cid) = s.conn else {
+                continue;
+            };
             s.ack_pending = false;
             let seq = s.in_seq;
-            if !s.policy.lossy {
-                self.send_control(cid, Control::Ack { seq });
-            }
+            self.send_control(cid, Control::Ack { seq });
         }
     }
 
@@ -1981,6 +2008,7 @@ fn new_session(
         out_queue: VecDeque::new(),
         sent: VecDeque::new(),
         ack_pending: false,
+        ack_queued: false,
         backoff: Duration::ZERO,
         reconnect_at: None,
         was_ready: false,

@@ -3,9 +3,10 @@
 //!
 //! Encoding appends small pieces (preamble, CRCs, epilogue) to a [`TxQueue`] and hands payload
 //! [`Bytes`] over as they are, so the transport can write a frame with one vectored send and
-//! no payload copy. Decoding is incremental: [`FrameDecoder::want`] says how many bytes the
-//! current unit still needs and [`FrameDecoder::recv_buf`] exposes where they go, so a large
-//! segment is received straight into the buffer that becomes the message's payload.
+//! no payload copy. Decoding is incremental: [`FrameDecoder::want`] and
+//! [`FrameDecoder::read_hint`] say how many bytes the current unit still needs, and
+//! [`FrameDecoder::lend_segment`] hands out a large segment's buffer so it is received in place
+//! into what becomes the message's payload.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -564,7 +565,7 @@ impl Unit {
 pub enum ReadHint {
     /// A small unit (preamble, CRC, epilogue, small segment): read through any buffer.
     Small(usize),
-    /// A segment of this many bytes: worth receiving straight into [`FrameDecoder::recv_buf`].
+    /// A segment of this many bytes: worth receiving in place ([`FrameDecoder::lend_segment`]).
     Segment(usize),
 }
 
@@ -654,20 +655,16 @@ impl FrameDecoder {
         }
     }
 
-    /// Where the next `want()` bytes go; fill a prefix of it and call [`advance`](Self::advance).
-    pub fn recv_buf(&mut self) -> &mut [u8] {
-        assert!(!self.lent, "the segment buffer is lent out");
+    /// Where the next bytes of a small unit (preamble, CRC, epilogue) go.
+    fn scratch_buf(&mut self) -> &mut [u8] {
         let end = self.unit_len();
-        match self.unit {
-            Unit::Segment(_) => &mut self.seg[self.filled..end],
-            _ => &mut self.scratch[self.filled..end],
-        }
+        &mut self.scratch[self.filled..end]
     }
 
-    /// Records that `n` bytes were written into [`recv_buf`](Self::recv_buf). Returns a frame
-    /// when one completed (after all its CRCs were checked).
-    pub fn advance(&mut self, n: usize) -> Result<Option<Frame>, FrameError> {
-        assert!(n <= self.want(), "advanced past the current unit");
+    /// Records that `n` more bytes of the current unit are in place (in the scratch buffer,
+    /// or appended to the segment buffer). Returns a frame when one completed, CRCs checked.
+    fn advance(&mut self, n: usize) -> Result<Option<Frame>, FrameError> {
+        debug_assert!(n <= self.want(), "advanced past the current unit");
         if let Unit::Segment(_) = self.unit {
             // CRC while the bytes are still hot in cache.
             self.seg_crc = ceph_crc32c(self.seg_crc, &self.seg[self.filled..self.filled + n]);
@@ -681,24 +678,25 @@ impl FrameDecoder {
         self.complete_unit()
     }
 
-    /// Takes the buffer of the large segment being received, with how much of it is already
-    /// filled, so a transport can receive into it with no copy and own it while the receive is
-    /// in flight. Give it back with [`return_segment`](Self::return_segment).
+    /// Takes the buffer of the large segment being received so a transport can receive into
+    /// it in place and own it while the receive is in flight. The buffer holds the bytes
+    /// received so far (`len`) and has room for the rest; receive at most the returned count
+    /// into its spare capacity, then give it back with [`return_segment`](Self::return_segment).
     pub fn lend_segment(&mut self) -> Option<(BytesMut, usize)> {
         match self.unit {
             Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN && !self.lent => {
                 self.lent = true;
-                Some((std::mem::take(&mut self.seg), self.filled))
+                Some((std::mem::take(&mut self.seg), self.want()))
             }
             _ => None,
         }
     }
 
-    /// Returns a lent segment buffer in which `n` more bytes were received.
+    /// Returns a lent segment buffer whose length grew by the `n` bytes received into it.
     pub fn return_segment(&mut self, buf: BytesMut, n: usize) -> Result<Option<Frame>, FrameError> {
         assert!(
-            self.lent && buf.len() == self.seg_len,
-            "not the lent segment"
+            self.lent && buf.len() == self.filled + n && n <= self.want(),
+            "not the lent segment, or more bytes than it wanted"
         );
         self.lent = false;
         self.seg = buf;
@@ -708,9 +706,13 @@ impl FrameDecoder {
     /// Copies as much of `input` as the decoder takes, until one frame completes; advances
     /// `input` past what was used. Call again while input remains.
     pub fn feed(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        assert!(!self.lent, "the segment buffer is lent out");
         while !input.is_empty() {
             let n = self.want().min(input.len());
-            self.recv_buf()[..n].copy_from_slice(&input[..n]);
+            match self.unit {
+                Unit::Segment(_) => self.seg.extend_from_slice(&input[..n]),
+                _ => self.scratch_buf()[..n].copy_from_slice(&input[..n]),
+            }
             *input = &input[n..];
             if let Some(frame) = self.advance(n)? {
                 return Ok(Some(frame));
@@ -742,8 +744,9 @@ impl FrameDecoder {
             self.seg = BytesMut::new();
             return self.complete_unit();
         }
-        // Sized by the peer, but only after the preamble's limits check.
-        self.seg = BytesMut::zeroed(len);
+        // Sized by the peer, but only after the preamble's limits check; filled by appending,
+        // so it is never zeroed first.
+        self.seg = BytesMut::with_capacity(len);
         Ok(None)
     }
 

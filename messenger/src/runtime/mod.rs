@@ -834,9 +834,12 @@ impl Worker {
         if matches!(s.recv, RecvState::Idle) && !self.shutting_down {
             let fd = s.fd.as_raw_fd();
             let entry = match self.ep.lend_segment(conn) {
-                Some((mut buf, filled)) => {
-                    let dst = buf[filled..].as_mut_ptr();
-                    let len = (buf.len() - filled) as u32;
+                Some((mut buf, want)) => {
+                    debug_assert!(buf.capacity() - buf.len() >= want);
+                    // Into the spare capacity after the bytes already received.
+                    // SAFETY: the pointer stays within the allocation (len + want <= capacity).
+                    let dst = unsafe { buf.as_mut_ptr().add(buf.len()) };
+                    let len = want as u32;
                     let e = opcode::Recv::new(types::Fd(fd), dst, len)
                         .flags(libc::MSG_WAITALL)
                         .build();
@@ -1012,9 +1015,13 @@ impl Worker {
                     }
                 }
             }
-            RecvState::Direct(buf) => {
+            RecvState::Direct(mut buf) => {
                 if live {
-                    self.ep.return_segment(now, conn, buf, res.max(0) as usize);
+                    let n = res.max(0) as usize;
+                    // SAFETY: the kernel wrote `n` bytes right after the buffer's length, inside
+                    // its capacity (the receive asked for at most the spare room it was given).
+                    unsafe { buf.set_len(buf.len() + n) };
+                    self.ep.return_segment(now, conn, buf, n);
                     if res <= 0 {
                         self.ep.on_closed(now, conn);
                     }

@@ -1,0 +1,632 @@
+//! `ringwire bench`: server and client messengers in one process on loopback, measured against
+//! raw baselines (`ringwire-bench`: blocking std and io_uring, same bytes) in the same run.
+//! Each round measures Ringwire and the baselines back to back; ratios are paired within a
+//! round and the median over rounds is reported. By default everything is pinned to one CPU
+//! (as `shared/recipes/baselines.md` measured): on a shared 2-vCPU machine, spreading client
+//! and server across CPUs mostly measures the neighbours.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
+use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire_bench as baseline;
+use serde::Serialize;
+
+const PING: u16 = 0x5001;
+const PONG: u16 = 0x5002;
+const DATA: u16 = 0x5003;
+const DATA_ACK: u16 = 0x5004;
+
+pub struct BenchArgs {
+    pub policy: String,
+    pub small: usize,
+    pub large: usize,
+    pub connections: usize,
+    pub duration: Duration,
+    pub rounds: usize,
+    pub iters: usize,
+    pub inject: u32,
+    pub cpu: Option<usize>,
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Round {
+    pub rw_p50_us: f64,
+    pub rw_p99_us: f64,
+    pub rw_p999_us: f64,
+    pub std_p50_us: f64,
+    pub uring_p50_us: f64,
+    pub rw_stream_mbps: f64,
+    pub std_stream_mbps: f64,
+    pub uring_stream_mbps: f64,
+    pub rw_many_msgs_per_sec: f64,
+    pub std_one_msgs_per_sec: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Integrity {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub injected_faults: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub policy: String,
+    pub pinned_cpu: Option<usize>,
+    pub small_bytes: usize,
+    pub large_bytes: usize,
+    pub connections: usize,
+    pub rounds: Vec<Round>,
+    pub median: Round,
+    /// Median over rounds of the paired ratios.
+    pub ratio_p50_vs_std: f64,
+    pub ratio_p50_vs_uring: f64,
+    pub ratio_stream_vs_uring: f64,
+    pub ratio_stream_vs_std: f64,
+    pub ratio_many_vs_one_std: f64,
+    pub idle_connection_bytes: Option<u64>,
+    pub integrity: Integrity,
+}
+
+fn policies(name: &str) -> Result<(Policy, Policy), String> {
+    Ok(match name {
+        "lossless" => (Policy::lossless_client(), Policy::stateful_server()),
+        "lossy" => (Policy::lossy_client(), Policy::stateless_server()),
+        "peer" => (Policy::lossless_peer(), Policy::lossless_peer()),
+        _ => {
+            return Err(format!(
+                "unknown policy pair {name:?} (lossless, lossy, peer)"
+            ))
+        }
+    })
+}
+
+/// Per-connection order check on the receiving side: sequence numbers the sender put in the
+/// front must arrive each once, in order.
+#[derive(Default)]
+struct Checker {
+    last: Mutex<HashMap<u64, u64>>,
+    seen: AtomicU64,
+    duplicated: AtomicU64,
+    reordered: AtomicU64,
+    gaps: AtomicU64,
+}
+
+impl Checker {
+    fn check(&self, conn_key: u64, seq: u64) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().expect("not poisoned");
+        let l = last.entry(conn_key).or_insert(0);
+        if seq == *l {
+            self.duplicated.fetch_add(1, Ordering::Relaxed);
+        } else if seq < *l {
+            self.reordered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.gaps.fetch_add(seq - *l - 1, Ordering::Relaxed);
+            *l = seq;
+        }
+    }
+}
+
+fn key(c: &Connection) -> u64 {
+    c.id()
+}
+
+fn seq_of(m: &Message) -> u64 {
+    let f = &m.front;
+    if f.len() >= 8 {
+        u64::from_le_bytes(f[..8].try_into().expect("8 bytes"))
+    } else {
+        0
+    }
+}
+
+fn numbered(ty: u16, seq: u64) -> Message {
+    Message::new(ty).with_front(seq.to_le_bytes().to_vec())
+}
+
+/// The server side: echoes pings, acknowledges data, checks order.
+struct Server {
+    checker: Arc<Checker>,
+}
+
+impl Dispatcher for Server {
+    fn dispatch(&self, conn: &Connection, msg: Message) {
+        self.checker.check(key(conn), seq_of(&msg));
+        let reply = match msg.ty {
+            PING => msg.front.clone(),
+            _ => Bytes::new(),
+        };
+        let ty = if msg.ty == PING { PONG } else { DATA_ACK };
+        let _ = conn.send(Message::new(ty).with_front(reply));
+    }
+}
+
+/// What a client connection is doing.
+#[derive(Default)]
+struct Flow {
+    next_seq: u64,
+    sent_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct ClientState {
+    flows: HashMap<u64, Flow>,
+    rtts: Vec<Duration>,
+    record: bool,
+    remaining: u64,
+    done: Option<Sender<()>>,
+}
+
+/// The client side: ping-pong and windowed streaming, driven from the dispatcher so the
+/// next message leaves from the worker thread as soon as the previous answer arrives.
+struct Client {
+    state: Mutex<ClientState>,
+    data: Bytes,
+    stop: AtomicBool,
+    pongs: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Client {
+    fn send(&self, conn: &Connection, flow: &mut Flow, ty: u16) {
+        flow.next_seq += 1;
+        let mut m = numbered(ty, flow.next_seq);
+        if ty == DATA {
+            m = m.with_data(self.data.clone());
+        }
+        flow.sent_at = Some(Instant::now());
+        if conn.send(m).is_ok() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn start(&self, conn: &Connection, ty: u16, in_flight: usize) {
+        let mut st = self.state.lock().expect("not poisoned");
+        let flow = st.flows.entry(key(conn)).or_default();
+        let mut flow = std::mem::take(flow);
+        for _ in 0..in_flight {
+            self.send(conn, &mut flow, ty);
+        }
+        st.flows.insert(key(conn), flow);
+    }
+}
+
+impl Dispatcher for Client {
+    fn dispatch(&self, conn: &Connection, msg: Message) {
+        let next = match msg.ty {
+            PONG => PING,
+            DATA_ACK => DATA,
+            _ => return,
+        };
+        self.pongs.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("not poisoned");
+        let k = key(conn);
+        let mut flow = st.flows.remove(&k).unwrap_or_default();
+        if st.record {
+            if let Some(t) = flow.sent_at {
+                st.rtts.push(t.elapsed());
+            }
+        }
+        let more = if self.stop.load(Ordering::Relaxed) {
+            false
+        } else if st.remaining > 0 {
+            st.remaining -= 1;
+            true
+        } else {
+            st.remaining == u64::MAX
+        };
+        if more {
+            self.send(conn, &mut flow, next);
+        } else if let Some(done) = st.done.take() {
+            let _ = done.send(());
+        }
+        st.flows.insert(k, flow);
+    }
+}
+
+struct Pair {
+    server: Messenger,
+    client: Messenger,
+    /// Many anonymous connections need unregistered (lossy) sessions: anonymous lossless
+    /// connections from one messenger would all claim the same session at the server.
+    many_client: Messenger,
+    server_checker: Arc<Checker>,
+    client_side: Arc<Client>,
+    target: EntityAddr,
+}
+
+fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
+    let (cp, sp) = policies(&args.policy)?;
+    let options = Options {
+        workers: 1,
+        inject_socket_failures: args.inject,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let server_checker = Arc::new(Checker::default());
+    let server = Messenger::builder(EntityName {
+        ty: EntityType::OSD,
+        id: "0".into(),
+    })
+    .bind(EntityAddr::parse("v2:127.0.0.1:0").expect("valid"))
+    .policy(EntityType::CLIENT, sp)
+    .policy(EntityType::OSD, sp)
+    .policy(EntityType::MGR, Policy::stateless_server())
+    .options(options.clone())
+    .start(Arc::new(Server {
+        checker: server_checker.clone(),
+    }))
+    .map_err(|e| e.to_string())?;
+    let client_side = Arc::new(Client {
+        state: Mutex::new(ClientState::default()),
+        data: Bytes::from(vec![0x5a; args.large]),
+        stop: AtomicBool::new(false),
+        pongs: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+    });
+    let client_type = if args.policy == "peer" {
+        EntityType::OSD
+    } else {
+        EntityType::CLIENT
+    };
+    let mut cb = Messenger::builder(EntityName {
+        ty: client_type,
+        id: "1".into(),
+    })
+    .policy(EntityType::OSD, cp)
+    .options(options);
+    if args.policy == "peer" {
+        cb = cb.bind(EntityAddr::parse("v2:127.0.0.1:0").expect("valid"));
+    }
+    let client = cb.start(client_side.clone()).map_err(|e| e.to_string())?;
+    let many_client = Messenger::builder(EntityName {
+        ty: EntityType::MGR,
+        id: "many".into(),
+    })
+    .policy(EntityType::OSD, Policy::lossy_client())
+    .options(Options {
+        workers: 1,
+        ..Options::default()
+    })
+    .start(client_side.clone())
+    .map_err(|e| e.to_string())?;
+    let target = server.addrs().0[0];
+    Ok(Pair {
+        server,
+        client,
+        many_client,
+        server_checker,
+        client_side,
+        target,
+    })
+}
+
+fn wait_connected(conns: &[Connection], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !conns.iter().all(|c| c.is_connected()) {
+        if Instant::now() > deadline {
+            let n = conns.iter().filter(|c| c.is_connected()).count();
+            return Err(format!("only {n} of {} connections came up", conns.len()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// 64 B ping-pong on one connection: returns sorted round trips.
+fn rw_pingpong(p: &Pair, args: &BenchArgs, conn: &Connection) -> Result<Vec<Duration>, String> {
+    let c = &p.client_side;
+    let (tx, rx) = channel();
+    {
+        let mut st = c.state.lock().expect("not poisoned");
+        st.rtts = Vec::with_capacity(args.iters);
+        st.record = true;
+        c.stop.store(false, Ordering::Relaxed);
+        st.remaining = args.iters as u64 - 1;
+        st.done = Some(tx);
+    }
+    c.start(conn, PING, 1);
+    rx.recv_timeout(Duration::from_secs(120))
+        .map_err(|_| "ping-pong stalled".to_string())?;
+    let mut st = c.state.lock().expect("not poisoned");
+    st.record = false;
+    let mut rtts = std::mem::take(&mut st.rtts);
+    rtts.sort();
+    Ok(rtts)
+}
+
+/// `count` messages of `large` bytes with 4 in flight; returns bytes per second.
+fn rw_stream(p: &Pair, args: &BenchArgs, conn: &Connection, count: u64) -> Result<f64, String> {
+    let c = &p.client_side;
+    let (tx, rx) = channel();
+    let in_flight = 4u64.min(count);
+    {
+        let mut st = c.state.lock().expect("not poisoned");
+        st.record = false;
+        st.remaining = count - in_flight;
+        st.done = Some(tx);
+        c.stop.store(false, Ordering::Relaxed);
+    }
+    let acks_at_start = c.pongs.load(Ordering::Relaxed);
+    let t = Instant::now();
+    c.start(conn, DATA, in_flight as usize);
+    rx.recv_timeout(Duration::from_secs(120))
+        .map_err(|_| "stream stalled".to_string())?;
+    // `done` fires when the last message is sent; wait for every acknowledgement.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.pongs.load(Ordering::Relaxed) < acks_at_start + count {
+        if Instant::now() > deadline {
+            return Err("stream acknowledgements stalled".into());
+        }
+        std::thread::yield_now();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok((count as usize * args.large) as f64 / secs)
+}
+
+/// Ping-pong on `conns` connections at once for `duration`; returns messages per second.
+fn rw_many(p: &Pair, conns: &[Connection], duration: Duration) -> f64 {
+    let c = &p.client_side;
+    {
+        let mut st = c.state.lock().expect("not poisoned");
+        st.record = false;
+        st.remaining = u64::MAX;
+        st.done = None;
+    }
+    c.stop.store(false, Ordering::Relaxed);
+    let before = c.pongs.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for conn in conns {
+        c.start(conn, PING, 1);
+    }
+    std::thread::sleep(duration);
+    let n = c.pongs.load(Ordering::Relaxed) - before;
+    let secs = t.elapsed().as_secs_f64();
+    c.stop.store(true, Ordering::Relaxed);
+    // Let the last round trips drain before the next phase.
+    std::thread::sleep(Duration::from_millis(50));
+    n as f64 / secs
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Progress {
+    tty: bool,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        if self.tty {
+            let width = 30;
+            let filled = width * self.done / self.total;
+            eprint!(
+                "\r[{}{}] {:>3}% {what:<40}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                100 * self.done / self.total
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    fn finish(&self) {
+        if self.tty {
+            eprint!("\r{}\r", " ".repeat(80));
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<Report, String> {
+    if let Some(cpu) = args.cpu {
+        if !baseline::pin_to_cpu(cpu) {
+            return Err(format!(
+                "cannot pin to CPU {cpu} (use --no-pin or another --cpu)"
+            ));
+        }
+    }
+    let p = start_pair(&args)?;
+    let main = p.client.connect(p.target, EntityType::OSD);
+    let many: Vec<Connection> = (0..args.connections)
+        .map(|_| p.many_client.connect_anon(p.target, EntityType::OSD))
+        .collect();
+    let rss_before = rss_bytes();
+    wait_connected(std::slice::from_ref(&main), Duration::from_secs(10))?;
+    wait_connected(&many, Duration::from_secs(30))?;
+    // Both ends of every idle connection live in this process.
+    let idle_connection_bytes = (args.connections >= 100)
+        .then(|| rss_bytes().saturating_sub(rss_before) / (2 * args.connections as u64));
+    let stream_count = ((512 << 20) / args.large.max(1)).clamp(8, 4096) as u64;
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        total: args.rounds * 6 + 1,
+        done: 0,
+    };
+    progress.step("warm-up");
+    rw_pingpong(
+        &p,
+        &BenchArgs {
+            iters: 500,
+            ..clone_args(&args)
+        },
+        &main,
+    )?;
+    let mut rounds = Vec::new();
+    for r in 0..args.rounds {
+        let round = format!("round {}/{}", r + 1, args.rounds);
+        let rtts = rw_pingpong(&p, &args, &main)?;
+        progress.step(&format!("{round}: ringwire ping-pong"));
+        let mut std_rtts = baseline::std_pingpong(args.small, 200, args.iters);
+        std_rtts.sort();
+        progress.step(&format!("{round}: std ping-pong"));
+        let mut uring_rtts = baseline::uring_pingpong(args.small, 200, args.iters);
+        uring_rtts.sort();
+        progress.step(&format!("{round}: io_uring ping-pong"));
+        let rw_bps = rw_stream(&p, &args, &main, stream_count)?;
+        progress.step(&format!("{round}: ringwire stream"));
+        let uring_bps = baseline::uring_stream(args.large, stream_count as usize);
+        let std_bps = baseline::std_stream(args.large, stream_count as usize);
+        progress.step(&format!("{round}: baseline streams"));
+        let rate = rw_many(&p, &many, args.duration);
+        let std_total: Duration = std_rtts.iter().sum();
+        progress.step(&format!("{round}: ringwire many connections"));
+        rounds.push(Round {
+            rw_p50_us: us(baseline::percentile(&rtts, 0.5)),
+            rw_p99_us: us(baseline::percentile(&rtts, 0.99)),
+            rw_p999_us: us(baseline::percentile(&rtts, 0.999)),
+            std_p50_us: us(baseline::percentile(&std_rtts, 0.5)),
+            uring_p50_us: us(baseline::percentile(&uring_rtts, 0.5)),
+            rw_stream_mbps: rw_bps / 1e6,
+            std_stream_mbps: std_bps / 1e6,
+            uring_stream_mbps: uring_bps / 1e6,
+            rw_many_msgs_per_sec: rate,
+            std_one_msgs_per_sec: std_rtts.len() as f64 / std_total.as_secs_f64(),
+        });
+    }
+    progress.finish();
+    let col = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let med = Round {
+        rw_p50_us: col(|r| r.rw_p50_us),
+        rw_p99_us: col(|r| r.rw_p99_us),
+        rw_p999_us: col(|r| r.rw_p999_us),
+        std_p50_us: col(|r| r.std_p50_us),
+        uring_p50_us: col(|r| r.uring_p50_us),
+        rw_stream_mbps: col(|r| r.rw_stream_mbps),
+        std_stream_mbps: col(|r| r.std_stream_mbps),
+        uring_stream_mbps: col(|r| r.uring_stream_mbps),
+        rw_many_msgs_per_sec: col(|r| r.rw_many_msgs_per_sec),
+        std_one_msgs_per_sec: col(|r| r.std_one_msgs_per_sec),
+    };
+    // Quiesce, then account for every message the client sent.
+    std::thread::sleep(Duration::from_millis(200));
+    let ck = &p.server_checker;
+    let sent = p.client_side.sent.load(Ordering::Relaxed);
+    let received = ck.seen.load(Ordering::Relaxed);
+    let duplicated = ck.duplicated.load(Ordering::Relaxed);
+    let integrity = Integrity {
+        sent,
+        received,
+        lost: sent.saturating_sub(received - duplicated),
+        duplicated,
+        reordered: ck.reordered.load(Ordering::Relaxed),
+        injected_faults: p.server.stats().injected_faults + p.client.stats().injected_faults,
+    };
+    Ok(Report {
+        policy: args.policy.clone(),
+        pinned_cpu: args.cpu,
+        small_bytes: args.small,
+        large_bytes: args.large,
+        connections: args.connections,
+        ratio_p50_vs_std: col(|r| r.rw_p50_us / r.std_p50_us),
+        ratio_p50_vs_uring: col(|r| r.rw_p50_us / r.uring_p50_us),
+        ratio_stream_vs_uring: col(|r| r.rw_stream_mbps / r.uring_stream_mbps),
+        ratio_stream_vs_std: col(|r| r.rw_stream_mbps / r.std_stream_mbps),
+        ratio_many_vs_one_std: col(|r| r.rw_many_msgs_per_sec / r.std_one_msgs_per_sec),
+        rounds,
+        median: med,
+        idle_connection_bytes,
+        integrity,
+    })
+}
+
+fn clone_args(a: &BenchArgs) -> BenchArgs {
+    BenchArgs {
+        policy: a.policy.clone(),
+        small: a.small,
+        large: a.large,
+        connections: a.connections,
+        duration: a.duration,
+        rounds: a.rounds,
+        iters: a.iters,
+        inject: a.inject,
+        cpu: a.cpu,
+        json: a.json,
+    }
+}
+
+pub fn print(r: &Report) {
+    let m = &r.median;
+    println!(
+        "ringwire bench: policy {}, {} B ping-pong, {} B stream, {} connections, {} rounds{}",
+        r.policy,
+        r.small_bytes,
+        r.large_bytes,
+        r.connections,
+        r.rounds.len(),
+        r.pinned_cpu
+            .map(|c| format!(", pinned to CPU {c}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>16}",
+        "figure (median)", "ringwire", "std", "io_uring", "ratio"
+    );
+    println!(
+        "{:<34} {:>9.1} us {:>9.1} us {:>9.1} us {:>9.2} x std",
+        "ping-pong p50", m.rw_p50_us, m.std_p50_us, m.uring_p50_us, r.ratio_p50_vs_std
+    );
+    println!("{:<34} {:>9.1} us", "ping-pong p99", m.rw_p99_us);
+    println!("{:<34} {:>9.1} us", "ping-pong p999", m.rw_p999_us);
+    println!(
+        "{:<34} {:>7.0} MB/s {:>7.0} MB/s {:>7.0} MB/s {:>7.2} x uring",
+        "one-connection stream",
+        m.rw_stream_mbps,
+        m.std_stream_mbps,
+        m.uring_stream_mbps,
+        r.ratio_stream_vs_uring
+    );
+    println!(
+        "{:<34} {:>9.0}/s {:>9.0}/s {:>12} {:>9.2} x std",
+        format!("ping-pong rate, {} conns vs 1", r.connections),
+        m.rw_many_msgs_per_sec,
+        m.std_one_msgs_per_sec,
+        "",
+        r.ratio_many_vs_one_std
+    );
+    if let Some(b) = r.idle_connection_bytes {
+        println!(
+            "{:<34} {:>9.1} KiB",
+            "memory per idle connection",
+            b as f64 / 1024.0
+        );
+    }
+    let i = &r.integrity;
+    println!(
+        "messages: {} sent, {} received, {} lost, {} duplicated, {} reordered ({} injected socket failures)",
+        i.sent, i.received, i.lost, i.duplicated, i.reordered, i.injected_faults
+    );
+}
