@@ -25,6 +25,27 @@ use super::message::Message;
 use super::policy::Policy;
 use super::wire::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, WireError};
 
+/// A hasher for maps keyed by ids this process allocated: they need no defence against
+/// chosen keys, so SipHash's cost buys nothing. Maps keyed by what peers send keep SipHash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A point on the runtime's monotonic clock, in nanoseconds from an arbitrary origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Time(pub u64);
@@ -485,8 +506,8 @@ enum Halt {
 pub struct Endpoint {
     config: EndpointConfig,
     my_gid: i64,
-    conns: HashMap<ConnId, Conn>,
-    sessions: HashMap<SessionId, Session>,
+    conns: IdMap<ConnId, Conn>,
+    sessions: IdMap<SessionId, Session>,
     registry: HashMap<EntityAddr, SessionId>,
     next_id: u64,
     global_seq: u64,
@@ -512,8 +533,8 @@ impl Endpoint {
         Endpoint {
             config,
             my_gid,
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
+            conns: IdMap::default(),
+            sessions: IdMap::default(),
             registry: HashMap::new(),
             next_id: 1,
             global_seq: 0,

@@ -29,6 +29,7 @@ use crate::messenger::{
     ConnShared, Connection, Dispatcher, Error, Messenger, MessengerBuilder, Shared, STATE_CLOSED,
     STATE_CONNECTING, STATE_READY,
 };
+use crate::proto::endpoint::IdMap;
 use crate::proto::{
     AddrType, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityType, Event,
     Handoff, Io, Message, Placement, SessionId, Time,
@@ -99,8 +100,9 @@ impl WorkerHandle {
         }
     }
 
-    fn take(&self) -> VecDeque<Command> {
-        std::mem::take(&mut *self.queue.lock().expect("not poisoned"))
+    /// Moves the queued commands into `into` (swapping buffers, so neither side allocates).
+    fn take_into(&self, into: &mut VecDeque<Command>) {
+        std::mem::swap(&mut *self.queue.lock().expect("not poisoned"), into);
     }
 }
 
@@ -175,15 +177,18 @@ struct Worker {
     index: usize,
     shared: Arc<Shared>,
     ep: Endpoint,
-    socks: HashMap<u64, Sock>,
+    socks: IdMap<u64, Sock>,
     dirty: Vec<u64>,
     listeners: Vec<OwnedFd>,
     accepts_armed: usize,
     eventfd_buf: Box<[u8; 8]>,
     /// Handles per session (several when `connect` raced an accepted session).
-    handles: HashMap<SessionId, Vec<Arc<ConnShared>>>,
-    sessions: HashMap<u64, SessionId>,
+    handles: IdMap<SessionId, Vec<Arc<ConnShared>>>,
+    sessions: IdMap<u64, SessionId>,
     cqes: Vec<(u64, i32, u32)>,
+    commands: VecDeque<Command>,
+    /// The time read once after each wait, for everything handled until the next one.
+    now: Time,
     shutting_down: bool,
 }
 
@@ -361,14 +366,16 @@ impl Worker {
             index,
             shared,
             ep: Endpoint::new(cfg),
-            socks: HashMap::new(),
+            socks: IdMap::default(),
             dirty: Vec::new(),
             listeners,
             accepts_armed: 0,
             eventfd_buf: Box::new([0; 8]),
-            handles: HashMap::new(),
-            sessions: HashMap::new(),
+            handles: IdMap::default(),
+            sessions: IdMap::default(),
             cqes: Vec::with_capacity(256),
+            commands: VecDeque::new(),
+            now: Time(0),
             shutting_down: false,
         };
         for i in 0..w.listeners.len() {
@@ -379,7 +386,11 @@ impl Worker {
     }
 
     fn now(&self) -> Time {
-        Time(self.shared.origin.elapsed().as_nanos() as u64)
+        self.now
+    }
+
+    fn tick(&mut self) {
+        self.now = Time(self.shared.origin.elapsed().as_nanos() as u64);
     }
 
     fn push_sqe(&mut self, e: squeue::Entry) {
@@ -412,6 +423,7 @@ impl Worker {
 
     fn run(&mut self) {
         loop {
+            self.tick();
             self.drain();
             if self.shutting_down && self.socks.is_empty() && self.accepts_armed == 0 {
                 return;
@@ -435,6 +447,7 @@ impl Worker {
                     _ => tracing::error!(worker = self.index, "io_uring_enter: {e}"),
                 }
             }
+            self.tick();
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.extend(
                 self.ring
@@ -454,11 +467,13 @@ impl Worker {
     /// Commands, endpoint output and socket work until nothing is left to do without waiting.
     fn drain(&mut self) {
         loop {
-            let commands = self.shared.workers[self.index].take();
+            let mut commands = std::mem::take(&mut self.commands);
+            self.shared.workers[self.index].take_into(&mut commands);
             let idle = commands.is_empty();
-            for cmd in commands {
+            for cmd in commands.drain(..) {
                 self.command(cmd);
             }
+            self.commands = commands;
             let moved = self.endpoint_output();
             self.arm_dirty();
             if idle && !moved {
