@@ -30,4 +30,7 @@ pub mod pipe;
 pub mod proto;
 mod runtime;
 
-pub use messenger::{Closed, Connection, Dispatcher, Error, Messenger, MessengerBuilder, Options};
+pub use messenger::{
+    Closed, Connection, Dispatcher, Error, Messenger, MessengerBuilder, MessengerInterceptor,
+    Options, Stats,
+};

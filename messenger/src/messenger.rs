@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::proto::{
-    owner_of, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason, FrameLimits, Message,
-    Policy,
+    owner_of, Action, ConnId, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason,
+    FrameLimits, Message, Policy, Step,
 };
 use crate::runtime::{self, Command, WorkerHandle};
 
@@ -31,6 +31,13 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn on_refused(&self, _conn: &Connection, _reason: &FaultReason) {}
     /// A KEEPALIVE2 we sent came back after `rtt`.
     fn on_keepalive_ack(&self, _conn: &Connection, _rtt: Duration) {}
+}
+
+/// Fault injection for a whole messenger (Ceph's `Interceptor`): asked at every protocol
+/// step of every connection, on the worker that owns it. [`Action::Pause`] holds the connection
+/// until [`Messenger::resume`].
+pub trait MessengerInterceptor: Send + Sync + 'static {
+    fn intercept(&self, worker: usize, conn: ConnId, step: Step) -> Action;
 }
 
 /// Errors of the messenger API.
@@ -208,9 +215,15 @@ pub struct MessengerBuilder {
     pub(crate) policies: Vec<(EntityType, Policy)>,
     pub(crate) default_policy: Policy,
     pub(crate) options: Options,
+    pub(crate) interceptor: Option<Arc<dyn MessengerInterceptor>>,
 }
 
 impl MessengerBuilder {
+    /// Fault injection at protocol steps (tests).
+    pub fn interceptor(mut self, i: Arc<dyn MessengerInterceptor>) -> Self {
+        self.interceptor = Some(i);
+        self
+    }
     /// Listen on `addr` (e.g. `v2:127.0.0.1:0` for an ephemeral port); may be repeated.
     pub fn bind(mut self, addr: EntityAddr) -> Self {
         self.bind.push(addr);
@@ -295,6 +308,7 @@ impl Messenger {
             policies: Vec::new(),
             default_policy: Policy::lossy_client(),
             options: Options::default(),
+            interceptor: None,
         }
     }
 
@@ -364,6 +378,13 @@ impl Messenger {
                 peer: Mutex::new(None),
                 messenger: self.shared.clone(),
             }),
+        }
+    }
+
+    /// Releases a connection the interceptor paused (`worker` and `conn` as it was told).
+    pub fn resume(&self, worker: usize, conn: ConnId) {
+        if let Some(w) = self.shared.workers.get(worker) {
+            w.push(Command::Resume { conn });
         }
     }
 

@@ -54,6 +54,10 @@ pub(crate) enum Command {
         handle: u64,
     },
     MarkDownAll,
+    /// Release a connection the interceptor paused.
+    Resume {
+        conn: ConnId,
+    },
     /// A connection accepted by another worker whose peer's session lives here.
     Adopt {
         fd: OwnedFd,
@@ -315,6 +319,7 @@ pub(crate) fn start(
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let entries = b.options.ring_entries;
+        let interceptor = b.interceptor.clone();
         let t = std::thread::Builder::new()
             .name(format!("ringwire-w{index}"))
             .spawn(move || {
@@ -323,6 +328,9 @@ pub(crate) fn start(
                     .set(std::thread::current().id());
                 match Worker::new(index, shared, cfg, own_listeners, entries) {
                     Ok(mut w) => {
+                        if let Some(i) = interceptor {
+                            w.ep.set_interceptor(Some(Box::new(OnWorker(index, i))));
+                        }
                         let _ = ready.send(Ok(()));
                         w.run();
                     }
@@ -347,6 +355,15 @@ pub(crate) fn start(
         }
     }
     Ok(messenger)
+}
+
+/// Adapts the messenger's interceptor to one worker's endpoint.
+struct OnWorker(usize, Arc<dyn crate::messenger::MessengerInterceptor>);
+
+impl crate::proto::Interceptor for OnWorker {
+    fn intercept(&mut self, conn: ConnId, step: crate::proto::Step) -> crate::proto::Action {
+        self.1.intercept(self.0, conn, step)
+    }
 }
 
 impl Worker {
@@ -539,6 +556,7 @@ impl Worker {
                     self.session_closed(sid);
                 }
             }
+            Command::Resume { conn } => self.ep.resume(now, conn),
             Command::Adopt { fd, handoff } => {
                 let cid = self.ep.adopt(now, *handoff);
                 self.socks.insert(cid.0, Sock::new(fd));

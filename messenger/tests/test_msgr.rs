@@ -1,0 +1,606 @@
+//! Ports of Ceph's src/test/msgr/test_msgr.cc scenarios (msgr2.md §2) over real loopback
+//! sockets, with the interceptor counting, failing and pausing protocol steps.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringwire::proto::policy::{FEATURES_PACIFIC, FEATURE_MSG_ADDR2};
+use ringwire::proto::{Action, ConnId, EntityType, Message, Policy, Step};
+use ringwire::{Connection, Dispatcher, Messenger, MessengerInterceptor, Options};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Counts steps; fails the n-th occurrence of chosen steps; pauses at chosen steps.
+#[derive(Default)]
+struct Steps {
+    counts: Mutex<HashMap<Step, usize>>,
+    fail: Mutex<Vec<(Step, usize)>>,
+    pause: Mutex<Vec<Step>>,
+    paused: Mutex<Vec<(usize, ConnId)>>,
+}
+
+impl Steps {
+    fn count(&self, step: Step) -> usize {
+        *self.counts.lock().unwrap().get(&step).unwrap_or(&0)
+    }
+    fn fail_nth(&self, step: Step, nth: usize) {
+        self.fail.lock().unwrap().push((step, nth));
+    }
+}
+
+impl MessengerInterceptor for Steps {
+    fn intercept(&self, worker: usize, conn: ConnId, step: Step) -> Action {
+        let n = {
+            let mut c = self.counts.lock().unwrap();
+            let e = c.entry(step).or_insert(0);
+            *e += 1;
+            *e
+        };
+        if self.fail.lock().unwrap().contains(&(step, n)) {
+            return Action::Fail;
+        }
+        if self.pause.lock().unwrap().contains(&step) {
+            self.paused.lock().unwrap().push((worker, conn));
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+}
+
+struct Node {
+    m: Messenger,
+    rec: Arc<Recorder>,
+    steps: Arc<Steps>,
+}
+
+fn node(
+    ty: EntityType,
+    id: &str,
+    bind: bool,
+    policies: &[(EntityType, Policy)],
+    options: Options,
+    rec: Arc<Recorder>,
+) -> Node {
+    let steps = Arc::new(Steps::default());
+    let mut b = Messenger::builder(name(ty, id))
+        .options(options)
+        .interceptor(steps.clone());
+    if bind {
+        b = b.bind(loopback());
+    }
+    for (t, p) in policies {
+        b = b.policy(*t, *p);
+    }
+    Node {
+        m: b.start(rec.clone()).unwrap(),
+        rec,
+        steps,
+    }
+}
+
+fn opts() -> Options {
+    Options {
+        workers: 1,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..Options::default()
+    }
+}
+
+fn ping(i: u32) -> Message {
+    Message::new(0x10).with_front(i.to_le_bytes().to_vec())
+}
+
+fn count_msgs(s: &[Seen]) -> usize {
+    s.iter()
+        .filter(|x| matches!(x, Seen::Message { .. }))
+        .count()
+}
+
+fn wait_until(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + T;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn osd_server(policy: Policy, rec: Arc<Recorder>) -> Node {
+    node(
+        EntityType::OSD,
+        "0",
+        true,
+        &[(EntityType::CLIENT, policy), (EntityType::OSD, policy)],
+        opts(),
+        rec,
+    )
+}
+
+fn client(policy: Policy, bind: bool) -> Node {
+    node(
+        EntityType::CLIENT,
+        "1",
+        bind,
+        &[(EntityType::OSD, policy)],
+        opts(),
+        Arc::new(Recorder::default()),
+    )
+}
+
+#[test]
+fn simple_test() {
+    let server = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));
+    let c = client(Policy::lossy_client(), false);
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
+    assert!(conn.is_connected());
+    assert_eq!(
+        server.rec.count(|s| matches!(s, Seen::Accept(_))),
+        1,
+        "one session"
+    );
+    conn.mark_down();
+    assert!(!conn.is_connected());
+    // A new connection, then the server goes away: the lossy connection ends, sends fail.
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(2)).unwrap();
+    c.rec.wait_for(T, "second echo", |s| count_msgs(s) == 2);
+    server.m.shutdown();
+    server.m.wait();
+    wait_until("reset after server shutdown", || conn.is_closed());
+    assert!(conn.send(ping(3)).is_err());
+}
+
+#[test]
+fn feature_test() {
+    let required = (1 << 13) | FEATURE_MSG_ADDR2;
+    let server = node(
+        EntityType::OSD,
+        "0",
+        true,
+        &[(
+            EntityType::CLIENT,
+            Policy::stateless_server().requiring(required),
+        )],
+        opts(),
+        Recorder::echoing(0x11),
+    );
+    let lacking = client(
+        Policy::lossy_client().supporting(FEATURES_PACIFIC & !(1 << 13)),
+        false,
+    );
+    let conn = lacking.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    lacking.rec.wait_for(T, "refusal", |s| {
+        s.iter().any(|x| matches!(x, Seen::Refused(..)))
+    });
+    assert!(!conn.is_connected());
+    let full = client(Policy::lossy_client(), false);
+    let conn = full.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(2)).unwrap();
+    full.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
+}
+
+#[test]
+fn timeout_test() {
+    let idle = Options {
+        idle_timeout: Duration::from_secs(1),
+        ..opts()
+    };
+    let server = node(
+        EntityType::OSD,
+        "0",
+        true,
+        &[(EntityType::CLIENT, Policy::stateless_server())],
+        idle.clone(),
+        Recorder::echoing(0x11),
+    );
+    let c = node(
+        EntityType::CLIENT,
+        "1",
+        false,
+        &[(EntityType::OSD, Policy::lossy_client())],
+        idle,
+        Arc::new(Recorder::default()),
+    );
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!conn.is_connected(), "idle connection closed");
+    assert!(c.rec.count(|s| matches!(s, Seen::Reset(_))) == 1);
+}
+
+#[test]
+fn stateful_test() {
+    let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
+    let c = client(Policy::lossless_client(), false);
+    let target = server.m.addrs().0[0];
+    let conn = c.m.connect(target, EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
+    // (1) The client forgets its session and starts a new one: the server detects the peer's
+    // reset (resetcheck) and the new session works.
+    conn.mark_down();
+    let conn = c.m.connect(target, EntityType::OSD);
+    conn.send(ping(2)).unwrap();
+    c.rec
+        .wait_for(T, "echo on the new session", |s| count_msgs(s) == 2);
+    server.rec.wait_for(T, "server sees the remote reset", |s| {
+        s.iter().any(|x| matches!(x, Seen::RemoteReset(_)))
+    });
+    // (2) The server forgets the session: the client reconnects, learns of the reset, and goes
+    // on with a fresh session.
+    let accepted = server.rec.conns.lock().unwrap().last().unwrap().clone();
+    accepted.mark_down();
+    conn.send(ping(3)).unwrap();
+    c.rec.wait_for(T, "client sees the remote reset", |s| {
+        s.iter().any(|x| matches!(x, Seen::RemoteReset(_)))
+    });
+    conn.send(ping(4)).unwrap();
+    c.rec.wait_for(T, "echo after the reset", |s| {
+        s.iter()
+            .any(|x| matches!(x, Seen::Message { front, .. } if front == &4u32.to_le_bytes()))
+    });
+}
+
+#[test]
+fn stateless_test() {
+    let server = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));
+    let c = client(Policy::lossy_client(), false);
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
+    server.rec.conns.lock().unwrap()[0].mark_down();
+    wait_until("client notices", || conn.is_closed());
+    let again = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    again.send(ping(2)).unwrap();
+    c.rec
+        .wait_for(T, "echo on a new connection", |s| count_msgs(s) == 2);
+    assert_eq!(
+        server.rec.count(|s| matches!(s, Seen::Accept(_))),
+        2,
+        "no state kept"
+    );
+}
+
+#[test]
+fn anon_test() {
+    let server = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));
+    let c = client(Policy::lossy_client(), false);
+    let a = c.m.connect_anon(server.m.addrs().0[0], EntityType::OSD);
+    let b = c.m.connect_anon(server.m.addrs().0[0], EntityType::OSD);
+    assert_ne!(a, b);
+    a.send(ping(1)).unwrap();
+    b.send(ping(2)).unwrap();
+    c.rec.wait_for(T, "both echoes", |s| count_msgs(s) == 2);
+    let conns: std::collections::HashSet<u64> = c.rec.messages().iter().map(|m| m.0).collect();
+    assert_eq!(conns.len(), 2, "distinct connections on the client");
+    assert_eq!(
+        server.rec.count(|s| matches!(s, Seen::Accept(_))),
+        2,
+        "and on the server"
+    );
+}
+
+#[test]
+fn client_standby_test() {
+    let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
+    let c = node(
+        EntityType::OSD,
+        "1",
+        true,
+        &[(EntityType::OSD, Policy::lossless_peer())],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
+    server.rec.conns.lock().unwrap()[0].mark_down();
+    wait_until("client in standby", || !conn.is_connected());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!conn.is_connected(), "nothing to send: stays in standby");
+    // The send wakes the session; the server no longer knows it, so the client learns of the
+    // reset and (as Ceph's reset_session does) drops what it had queued.
+    conn.send(ping(2)).unwrap();
+    c.rec.wait_for(T, "remote reset and a new connect", |s| {
+        s.iter().any(|x| matches!(x, Seen::RemoteReset(_)))
+            && s.iter().filter(|x| matches!(x, Seen::Connect(_))).count() == 2
+    });
+    conn.send(ping(3)).unwrap();
+    c.rec
+        .wait_for(T, "the echo on the new session", |s| count_msgs(s) == 2);
+    let fronts: Vec<Vec<u8>> = c.rec.messages().into_iter().map(|m| m.2).collect();
+    assert_eq!(
+        fronts,
+        vec![1u32.to_le_bytes().to_vec(), 3u32.to_le_bytes().to_vec()]
+    );
+}
+
+#[test]
+fn message_test() {
+    let server = osd_server(Policy::stateful_server(), Arc::new(Recorder::default()));
+    let c = node(
+        EntityType::OSD,
+        "1",
+        true,
+        &[(EntityType::OSD, Policy::lossless_peer())],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    // A large front (as MCommand with 30 720 strings) and ~800 KB of data.
+    let mut front = Vec::new();
+    for i in 0..30_720u32 {
+        let s = format!("string {i}");
+        front.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        front.extend_from_slice(s.as_bytes());
+    }
+    let data: Vec<u8> = (0..800_000u32).map(|i| (i % 251) as u8).collect();
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(
+        Message::new(0x10)
+            .with_front(front.clone())
+            .with_data(data.clone()),
+    )
+    .unwrap();
+    server
+        .rec
+        .wait_for(T, "the large message", |s| count_msgs(s) == 1);
+    let got = server.rec.messages();
+    assert_eq!(got[0].2, front, "front intact");
+}
+
+#[test]
+fn connection_race_test() {
+    let policy = Policy::lossless_peer_reuse();
+    let a = node(
+        EntityType::OSD,
+        "0",
+        true,
+        &[(EntityType::OSD, policy)],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    let b = node(
+        EntityType::OSD,
+        "1",
+        true,
+        &[(EntityType::OSD, policy)],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    for n in [&a, &b] {
+        n.steps.pause.lock().unwrap().push(Step::SendClientIdentity);
+    }
+    let ab = a.m.connect(b.m.addrs().0[0], EntityType::OSD);
+    let ba = b.m.connect(a.m.addrs().0[0], EntityType::OSD);
+    ab.send(ping(1)).unwrap();
+    ba.send(ping(2)).unwrap();
+    wait_until("both paused before CLIENT_IDENT", || {
+        a.steps.paused.lock().unwrap().len() == 1 && b.steps.paused.lock().unwrap().len() == 1
+    });
+    for n in [&a, &b] {
+        n.steps.pause.lock().unwrap().clear();
+        let paused = n.steps.paused.lock().unwrap().clone();
+        for (w, conn) in paused {
+            n.m.resume(w, conn);
+        }
+    }
+    a.rec.wait_for(T, "b's message", |s| count_msgs(s) == 1);
+    b.rec.wait_for(T, "a's message", |s| count_msgs(s) == 1);
+    wait_until("both connected", || ab.is_connected() && ba.is_connected());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        count_msgs(&a.rec.seen.lock().unwrap()),
+        1,
+        "exactly one message each"
+    );
+    assert_eq!(count_msgs(&b.rec.seen.lock().unwrap()), 1);
+    assert_eq!(ab.peer().unwrap().ty, EntityType::OSD);
+}
+
+#[test]
+fn missing_server_ident_test() {
+    let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
+    server.steps.fail_nth(Step::SendServerIdentity, 1);
+    let c = client(Policy::lossless_client(), false);
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec
+        .wait_for(T, "echo after the retry", |s| count_msgs(s) == 1);
+    assert!(conn.is_connected());
+    assert_eq!(
+        server.steps.count(Step::SendServerIdentity),
+        2,
+        "failed once, then sent"
+    );
+    assert_eq!(
+        count_msgs(&server.rec.seen.lock().unwrap()),
+        1,
+        "exactly one message"
+    );
+}
+
+#[test]
+fn reconnect_test() {
+    let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
+    let c = node(
+        EntityType::OSD,
+        "1",
+        true,
+        &[(EntityType::OSD, Policy::lossless_peer())],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    conn.send(ping(1)).unwrap();
+    c.rec.wait_for(T, "first echo", |s| count_msgs(s) == 1);
+    // The client fails while handling the next message (the echo of 2), then sends again.
+    c.steps
+        .fail_nth(Step::HandleMessage, c.steps.count(Step::HandleMessage) + 1);
+    conn.send(ping(2)).unwrap();
+    conn.send(ping(3)).unwrap();
+    c.rec
+        .wait_for(T, "echoes after the reconnect", |s| count_msgs(s) == 3);
+    let fronts: Vec<Vec<u8>> = c.rec.messages().into_iter().map(|m| m.2).collect();
+    assert_eq!(
+        fronts,
+        (1..=3u32)
+            .map(|i| i.to_le_bytes().to_vec())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(c.steps.count(Step::SendReconnect), 1);
+    assert_eq!(c.steps.count(Step::SendReconnectOk), 0);
+    assert_eq!(server.steps.count(Step::SendReconnect), 0);
+    assert_eq!(server.steps.count(Step::SendReconnectOk), 1);
+    assert_eq!(
+        count_msgs(&server.rec.seen.lock().unwrap()),
+        3,
+        "nothing duplicated"
+    );
+}
+
+/// Marks down the client's connection to the *other* server from inside dispatch.
+struct MarkOther {
+    conns: Mutex<Vec<Connection>>,
+    rounds: AtomicUsize,
+}
+
+impl Dispatcher for MarkOther {
+    fn dispatch(&self, conn: &Connection, _msg: Message) {
+        for c in self.conns.lock().unwrap().iter() {
+            if c != conn {
+                c.mark_down();
+            }
+        }
+        self.rounds.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn markdown_test() {
+    let s1 = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));
+    let s2 = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));
+    let d = Arc::new(MarkOther {
+        conns: Mutex::new(Vec::new()),
+        rounds: AtomicUsize::new(0),
+    });
+    let c = Messenger::builder(name(EntityType::CLIENT, "1"))
+        .policy(EntityType::OSD, Policy::lossy_client())
+        .options(opts())
+        .start(d.clone())
+        .unwrap();
+    const ROUNDS: usize = 200;
+    for round in 0..ROUNDS {
+        let c1 = c.connect(s1.m.addrs().0[0], EntityType::OSD);
+        let c2 = c.connect(s2.m.addrs().0[0], EntityType::OSD);
+        *d.conns.lock().unwrap() = vec![c1.clone(), c2.clone()];
+        c1.send(ping(round as u32)).unwrap();
+        let _ = c2.send(ping(round as u32));
+        wait_until("progress in this round", || {
+            d.rounds.load(Ordering::SeqCst) > round
+        });
+        c1.mark_down();
+        c2.mark_down();
+    }
+}
+
+#[test]
+fn synthetic_inject_test() {
+    // Scaled for CI: 4 servers × 4 clients, 2000 sends, payloads 32 B – 4 MiB, one received
+    // batch in 30 failed on every messenger. Lossless: per-connection order and content
+    // verified, nothing lost or duplicated.
+    let inject = Options {
+        inject_socket_failures: 30,
+        workers: 2,
+        ..opts()
+    };
+    let servers: Vec<Node> = (0..4)
+        .map(|i| {
+            node(
+                EntityType::OSD,
+                &i.to_string(),
+                true,
+                &[(EntityType::CLIENT, Policy::stateful_server())],
+                inject.clone(),
+                Arc::new(Recorder::default()),
+            )
+        })
+        .collect();
+    let clients: Vec<Node> = (0..4)
+        .map(|i| {
+            node(
+                EntityType::CLIENT,
+                &(10 + i).to_string(),
+                false,
+                &[(EntityType::OSD, Policy::lossless_client())],
+                inject.clone(),
+                Arc::new(Recorder::default()),
+            )
+        })
+        .collect();
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut sent: HashMap<(usize, usize), Vec<Vec<u8>>> = HashMap::new();
+    for op in 0..2000u32 {
+        let (ci, si) = ((next() % 4) as usize, (next() % 4) as usize);
+        let conn = clients[ci]
+            .m
+            .connect(servers[si].m.addrs().0[0], EntityType::OSD);
+        let size = match next() % 100 {
+            0 => 1 + (next() % (4 << 20)) as usize,
+            1..=9 => 1 + (next() % 65_536) as usize,
+            _ => 32 + (next() % 512) as usize,
+        };
+        let mut front = op.to_le_bytes().to_vec();
+        front.extend_from_slice(&(ci as u32).to_le_bytes());
+        let data: Vec<u8> = (0..size).map(|i| (i as u32 ^ op) as u8).collect();
+        conn.send(Message::new(0x20).with_front(front.clone()).with_data(data))
+            .unwrap();
+        sent.entry((ci, si)).or_default().push(front);
+    }
+    for (si, s) in servers.iter().enumerate() {
+        let want: usize = sent
+            .iter()
+            .filter(|(k, _)| k.1 == si)
+            .map(|(_, v)| v.len())
+            .sum();
+        s.rec
+            .wait_for(Duration::from_secs(120), "every message", |seen| {
+                count_msgs(seen) >= want
+            });
+    }
+    let injected: u64 = servers
+        .iter()
+        .chain(&clients)
+        .map(|n| n.m.stats().injected_faults)
+        .sum();
+    assert!(injected > 0, "failures were injected");
+    for (si, s) in servers.iter().enumerate() {
+        let got = s.rec.messages();
+        for ci in 0..4 {
+            let from_ci: Vec<Vec<u8>> = got
+                .iter()
+                .filter(|m| m.2[4..8] == (ci as u32).to_le_bytes())
+                .map(|m| m.2.clone())
+                .collect();
+            let expected = sent.get(&(ci, si)).cloned().unwrap_or_default();
+            assert_eq!(
+                from_ci, expected,
+                "client {ci} → server {si}: in order, once each"
+            );
+        }
+    }
+}
