@@ -186,6 +186,14 @@ pub struct Options {
     pub inject_socket_failures: u32,
     /// io_uring submission queue entries per worker.
     pub ring_entries: u32,
+    /// `ms_dispatch_throttle_bytes`: bytes of dispatched messages the application may hold
+    /// before workers stop reading (0: unlimited).
+    pub dispatch_throttle_bytes: u64,
+    /// Dispatched messages the application may hold before workers stop reading (0: unlimited).
+    pub dispatch_throttle_messages: u64,
+    /// A connection whose unsent bytes exceed this is not read until they drain: a peer that
+    /// sends but never reads cannot make us buffer its replies without bound.
+    pub max_send_backlog: usize,
     /// The nonce in our addresses (peers must name it to reach us). Default: 0 for monitors,
     /// as in Ceph, random otherwise.
     pub nonce: Option<u32>,
@@ -203,6 +211,9 @@ impl Default for Options {
             keepalive_interval: None,
             inject_socket_failures: 0,
             ring_entries: 1024,
+            dispatch_throttle_bytes: 100 << 20,
+            dispatch_throttle_messages: 0,
+            max_send_backlog: 64 << 20,
             nonce: None,
         }
     }
@@ -260,6 +271,8 @@ pub(crate) struct Counters {
     pub resets: AtomicU64,
     pub remote_resets: AtomicU64,
     pub migrations: AtomicU64,
+    pub throttle_stalls: AtomicU64,
+    pub backlog_stalls: AtomicU64,
 }
 
 /// A snapshot of a messenger's counters.
@@ -279,6 +292,10 @@ pub struct Stats {
     pub remote_resets: u64,
     /// Accepted connections handed to the worker owning their peer's session.
     pub migrations: u64,
+    /// Times a connection was not read because the dispatch throttle was full.
+    pub throttle_stalls: u64,
+    /// Times a connection was not read because its unsent backlog was over the bound.
+    pub backlog_stalls: u64,
 }
 
 /// State shared by the messenger, its workers and its connection handles.
@@ -292,6 +309,8 @@ pub(crate) struct Shared {
     /// Open connections by peer address, for `connect` to reuse (connect/accept path only).
     pub by_addr: Mutex<HashMap<EntityAddr, Connection>>,
     pub counters: Counters,
+    pub throttle: Option<Arc<crate::proto::throttle::Throttle>>,
+    pub max_send_backlog: usize,
 }
 
 /// A messenger: workers, listeners and sessions. See the crate docs for an example.
@@ -334,6 +353,8 @@ impl Messenger {
             resets: get(&c.resets),
             remote_resets: get(&c.remote_resets),
             migrations: get(&c.migrations),
+            throttle_stalls: get(&c.throttle_stalls),
+            backlog_stalls: get(&c.backlog_stalls),
         }
     }
 

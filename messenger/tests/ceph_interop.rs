@@ -29,12 +29,26 @@ fn require(tool: &str) {
     );
 }
 
+/// A port below the ephemeral range (32768+), so that no client socket of a concurrent test
+/// takes it between this check and ceph-mon's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .as_nanos() as u64;
+    let mut seed = now
+        ^ (std::process::id() as u64) << 32
+        ^ CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 48;
+    loop {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 20_000 + (seed >> 33) as u16 % 10_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn conf(dir: &Path, fsid: &str, mon_addr: &str, extra: &str) -> PathBuf {
@@ -264,9 +278,8 @@ fn ringwire_client_talks_to_a_real_monitor() {
 fn real_ceph_client_talks_to_a_ringwire_monitor() {
     require("ceph");
     let rec = Arc::new(Recorder::default());
-    let port = free_port();
     let server = Messenger::builder(name(EntityType::MON, "a"))
-        .bind(EntityAddr::parse(&format!("v2:127.0.0.1:{port}")).unwrap())
+        .bind(loopback())
         .policy(EntityType::CLIENT, Policy::stateless_server())
         .options(Options {
             workers: 2,

@@ -624,6 +624,8 @@ impl Endpoint {
             return Err(msg);
         };
         msg.seq = 0;
+        // Handed on: no longer the application's to count against its dispatch budget.
+        msg.permit = None;
         s.out_queue.push_back(msg);
         match s.state {
             SessionState::Ready => self.flush_session(session),

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod intercept;
 pub mod message;
 pub mod policy;
+pub mod throttle;
 pub mod wire;
 
 pub use control::{Control, ControlError};

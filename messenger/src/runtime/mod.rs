@@ -54,6 +54,8 @@ pub(crate) enum Command {
         handle: u64,
     },
     MarkDownAll,
+    /// The dispatch throttle is back under its limits.
+    Unthrottle,
     /// Release a connection the interceptor paused.
     Resume {
         conn: ConnId,
@@ -191,6 +193,8 @@ struct Worker {
     sessions: IdMap<u64, SessionId>,
     cqes: Vec<(u64, i32, u32)>,
     commands: VecDeque<Command>,
+    /// Sockets not read because the dispatch throttle is full.
+    held_back: Vec<u64>,
     /// The time read once after each wait, for everything handled until the next one.
     now: Time,
     shutting_down: bool,
@@ -290,7 +294,25 @@ pub(crate) fn start(
         .map(|_| WorkerHandle::new())
         .collect::<io::Result<Vec<_>>>()
         .map_err(Error::Thread)?;
-    let shared = Arc::new(Shared {
+    let o = &b.options;
+    let (tb, tm) = (o.dispatch_throttle_bytes, o.dispatch_throttle_messages);
+    let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
+        throttle: (tb > 0 || tm > 0).then(|| {
+            let weak = weak.clone();
+            Arc::new(crate::proto::throttle::Throttle::new(
+                tb,
+                tm,
+                // Back under the limit: every worker re-arms the receives it held back.
+                Box::new(move || {
+                    if let Some(shared) = weak.upgrade() {
+                        for w in &shared.workers {
+                            w.push(Command::Unthrottle);
+                        }
+                    }
+                }),
+            ))
+        }),
+        max_send_backlog: o.max_send_backlog,
         workers,
         dispatcher,
         origin: Instant::now(),
@@ -392,6 +414,7 @@ impl Worker {
             sessions: IdMap::default(),
             cqes: Vec::with_capacity(256),
             commands: VecDeque::new(),
+            held_back: Vec::new(),
             now: Time(0),
             shutting_down: false,
         };
@@ -557,6 +580,11 @@ impl Worker {
                 }
             }
             Command::Resume { conn } => self.ep.resume(now, conn),
+            Command::Unthrottle => {
+                for key in std::mem::take(&mut self.held_back) {
+                    self.mark_dirty(key);
+                }
+            }
             Command::Adopt { fd, handoff } => {
                 let cid = self.ep.adopt(now, *handoff);
                 self.socks.insert(cid.0, Sock::new(fd));
@@ -717,7 +745,10 @@ impl Worker {
                 self.set_state(session, STATE_READY);
                 d.on_accept(&c);
             }
-            Event::Message { session, msg } => {
+            Event::Message { session, mut msg } => {
+                if let Some(t) = &self.shared.throttle {
+                    msg.permit = Some(t.acquire(msg.payload_len() as u64));
+                }
                 let c = match self.connection(session) {
                     Some(c) => c,
                     None => self.handle_for_accepted(session, &EntityAddrVec::default()),
@@ -863,8 +894,21 @@ impl Worker {
                 self.submit_send(key, chunks);
             }
         }
+        let backlog = self.ep.tx_queue(conn).map_or(0, |q| q.len());
         let s = self.socks.get_mut(&key).expect("present");
         if matches!(s.recv, RecvState::Idle) && !self.shutting_down {
+            let counters = &self.shared.counters;
+            if backlog > self.shared.max_send_backlog {
+                // Re-armed when a send completes (which marks the socket dirty).
+                counters.backlog_stalls.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if self.shared.throttle.as_ref().is_some_and(|t| t.over()) {
+                counters.throttle_stalls.fetch_add(1, Ordering::Relaxed);
+                self.held_back.push(key);
+                return;
+            }
+            let s = self.socks.get_mut(&key).expect("present");
             let fd = s.fd.as_raw_fd();
             let entry = match self.ep.lend_segment(conn) {
                 Some((mut buf, want)) => {
