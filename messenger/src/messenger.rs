@@ -62,7 +62,7 @@ pub enum Error {
 /// Why a send was refused: the connection is closed (lossy and faulted, or marked down).
 #[derive(Debug, thiserror::Error)]
 #[error("connection is closed")]
-pub struct Closed(pub Message);
+pub struct Closed(pub Box<Message>);
 
 pub(crate) const STATE_CONNECTING: u8 = 0;
 pub(crate) const STATE_READY: u8 = 1;
@@ -109,7 +109,7 @@ impl Connection {
     /// Queues a message; never blocks. Fails only if the connection is closed.
     pub fn send(&self, msg: Message) -> Result<(), Closed> {
         if self.inner.state.load(Ordering::Acquire) == STATE_CLOSED {
-            return Err(Closed(msg));
+            return Err(Closed(Box::new(msg)));
         }
         self.command(Command::Send {
             handle: self.inner.id,

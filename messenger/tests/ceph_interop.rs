@@ -292,6 +292,7 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
         0,
         "monitors listen with nonce 0, as Ceph's do"
     );
+    let port = server.addrs().0[0].addr.unwrap().port();
     let dir = std::env::temp_dir().join(format!("ringwire-cli-{}-{port}", std::process::id()));
     std::fs::create_dir_all(dir.join("run")).unwrap();
     std::fs::create_dir_all(dir.join("log")).unwrap();

@@ -618,10 +618,15 @@ impl Endpoint {
 
     /// Queues a message. Fails only when the session is closed (lossy and faulted, or marked
     /// down).
-    pub fn send(&mut self, now: Time, session: SessionId, mut msg: Message) -> Result<(), Message> {
+    pub fn send(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        mut msg: Message,
+    ) -> Result<(), Box<Message>> {
         self.now = now;
         let Some(s) = self.sessions.get_mut(&session) else {
-            return Err(msg);
+            return Err(Box::new(msg));
         };
         msg.seq = 0;
         // Handed on: no longer the application's to count against its dispatch budget.
