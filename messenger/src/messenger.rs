@@ -194,6 +194,9 @@ pub struct Options {
     /// A connection whose unsent bytes exceed this is not read until they drain: a peer that
     /// sends but never reads cannot make us buffer its replies without bound.
     pub max_send_backlog: usize,
+    /// Chunks at least this large go out with SENDMSG_ZC (0: never). A connection whose
+    /// zero-copy sends come back "copied" (loopback, some NICs) falls back to plain sends.
+    pub zerocopy_min: usize,
     /// The nonce in our addresses (peers must name it to reach us). Default: 0 for monitors,
     /// as in Ceph, random otherwise.
     pub nonce: Option<u32>,
@@ -214,6 +217,7 @@ impl Default for Options {
             dispatch_throttle_bytes: 100 << 20,
             dispatch_throttle_messages: 0,
             max_send_backlog: 64 << 20,
+            zerocopy_min: 256 << 10,
             nonce: None,
         }
     }
@@ -273,6 +277,8 @@ pub(crate) struct Counters {
     pub migrations: AtomicU64,
     pub throttle_stalls: AtomicU64,
     pub backlog_stalls: AtomicU64,
+    pub zerocopy_sends: AtomicU64,
+    pub zerocopy_copied: AtomicU64,
 }
 
 /// A snapshot of a messenger's counters.
@@ -296,6 +302,11 @@ pub struct Stats {
     pub throttle_stalls: u64,
     /// Times a connection was not read because its unsent backlog was over the bound.
     pub backlog_stalls: u64,
+    /// SENDMSG_ZC operations whose buffers the kernel really did not copy.
+    pub zerocopy_sends: u64,
+    /// SENDMSG_ZC operations the kernel copied after all (each turns zero copy off for its
+    /// connection).
+    pub zerocopy_copied: u64,
 }
 
 /// State shared by the messenger, its workers and its connection handles.
@@ -311,6 +322,7 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub throttle: Option<Arc<crate::proto::throttle::Throttle>>,
     pub max_send_backlog: usize,
+    pub zerocopy_min: usize,
 }
 
 /// A messenger: workers, listeners and sessions. See the crate docs for an example.
@@ -355,6 +367,8 @@ impl Messenger {
             migrations: get(&c.migrations),
             throttle_stalls: get(&c.throttle_stalls),
             backlog_stalls: get(&c.backlog_stalls),
+            zerocopy_sends: get(&c.zerocopy_sends),
+            zerocopy_copied: get(&c.zerocopy_copied),
         }
     }
 

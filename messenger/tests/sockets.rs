@@ -208,3 +208,40 @@ fn lossy_client_sees_reset_when_the_server_marks_down() {
             == 2
     });
 }
+
+#[test]
+fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
+    let server_rec = std::sync::Arc::new(Recorder::default());
+    let server = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(loopback())
+        .policy(EntityType::CLIENT, Policy::stateful_server())
+        .options(options(1))
+        .start(server_rec.clone())
+        .unwrap();
+    let client = Messenger::builder(name(EntityType::CLIENT, "1"))
+        .policy(EntityType::OSD, Policy::lossless_client())
+        .options(Options {
+            zerocopy_min: 64 << 10,
+            ..options(1)
+        })
+        .start(std::sync::Arc::new(Recorder::default()))
+        .unwrap();
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    for i in 0..20 {
+        conn.send(numbered(i, 1, 1 << 20)).unwrap();
+    }
+    server_rec.wait_for(Duration::from_secs(20), "all", |s| {
+        s.iter()
+            .filter(|x| matches!(x, Seen::Message { .. }))
+            .count()
+            == 20
+    });
+    assert_in_order(&server_rec.messages(), 20);
+    let st = client.stats();
+    // Loopback copies: the first zero-copy attempt says so, and the connection stops trying.
+    assert!(st.zerocopy_copied >= 1, "{st:?}");
+    assert!(
+        st.zerocopy_copied + st.zerocopy_sends < 20,
+        "fell back after learning: {st:?}"
+    );
+}

@@ -118,6 +118,11 @@ const KIND_RECV: u64 = 3;
 const KIND_SEND: u64 = 4;
 const KIND_EVENTFD: u64 = 5;
 const KEY_MASK: u64 = (1 << 56) - 1;
+/// `IORING_NOTIF_USAGE_ZC_COPIED` (include/uapi/linux/io_uring.h): the zero-copy send was
+/// copied after all.
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+/// `IORING_SEND_ZC_REPORT_USAGE`: ask the kernel to say whether it copied.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 
 fn user_data(kind: u64, key: u64) -> u64 {
     (kind << 56) | (key & KEY_MASK)
@@ -158,6 +163,10 @@ struct Sock {
     shut: bool,
     migrate: Option<(usize, Box<Handoff>)>,
     dirty: bool,
+    /// Payloads of zero-copy sends the kernel may still read (until their notification).
+    zc_pending: VecDeque<Vec<Bytes>>,
+    /// Cleared when a zero-copy send to this peer was copied anyway: it does not pay here.
+    zc_pays: bool,
 }
 
 impl Sock {
@@ -172,6 +181,8 @@ impl Sock {
             shut: false,
             migrate: None,
             dirty: true,
+            zc_pending: VecDeque::new(),
+            zc_pays: true,
         }
     }
 }
@@ -313,6 +324,7 @@ pub(crate) fn start(
             ))
         }),
         max_send_backlog: o.max_send_backlog,
+        zerocopy_min: o.zerocopy_min,
         workers,
         dispatcher,
         origin: Instant::now(),
@@ -953,10 +965,22 @@ impl Worker {
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = iov.len();
-        let e = opcode::SendMsg::new(types::Fd(s.fd.as_raw_fd()), &*msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(KIND_SEND, key));
+        let zc_min = self.shared.zerocopy_min;
+        let zerocopy = zc_min > 0 && s.zc_pays && chunks.iter().any(|c| c.len() >= zc_min);
+        let fd = types::Fd(s.fd.as_raw_fd());
+        let e = if zerocopy {
+            // One more completion will come: the notification that the buffers are free.
+            s.ops += 1;
+            opcode::SendMsgZc::new(fd, &*msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .ioprio(SEND_ZC_REPORT_USAGE)
+                .build()
+        } else {
+            opcode::SendMsg::new(fd, &*msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        }
+        .user_data(user_data(KIND_SEND, key));
         s.send = Some(SendOp {
             chunks,
             _iov: iov,
@@ -993,12 +1017,31 @@ impl Worker {
                 self.mark_dirty(key);
             }
             KIND_RECV => self.received(key, res, flags),
+            KIND_SEND if cqueue::notif(flags) => {
+                let Some(s) = self.socks.get_mut(&key) else {
+                    return;
+                };
+                s.ops -= 1;
+                s.zc_pending.pop_front();
+                let counters = &self.shared.counters;
+                if res as u32 & NOTIF_USAGE_ZC_COPIED != 0 {
+                    counters.zerocopy_copied.fetch_add(1, Ordering::Relaxed);
+                    s.zc_pays = false;
+                } else {
+                    counters.zerocopy_sends.fetch_add(1, Ordering::Relaxed);
+                }
+                self.mark_dirty(key);
+            }
             KIND_SEND => {
                 let Some(s) = self.socks.get_mut(&key) else {
                     return;
                 };
                 s.ops -= 1;
                 let op = s.send.take().expect("a send was in flight");
+                if cqueue::more(flags) {
+                    // Zero copy: the kernel still reads these buffers until the notification.
+                    s.zc_pending.push_back(op.chunks.clone());
+                }
                 let live = s.closing.is_none();
                 if res < 0 {
                     if live && s.migrate.is_none() {
