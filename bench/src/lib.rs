@@ -182,6 +182,21 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Raises the soft limit on open files to the hard limit (each loopback connection costs
+/// two descriptors here); returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        r.rlim_cur
+    }
+}
+
 /// Pins the calling process (and threads it starts later) to one CPU, as the baselines on
 /// this machine kind are measured; returns false if the CPU does not exist.
 pub fn pin_to_cpu(cpu: usize) -> bool {

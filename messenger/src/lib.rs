@@ -24,7 +24,6 @@
 //! ```
 
 pub mod decode;
-pub mod demo;
 pub mod messenger;
 pub mod pipe;
 pub mod proto;

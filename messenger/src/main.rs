@@ -107,21 +107,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Loopback demo: a lossless client and a stateful server over an in-memory pipe,
-    /// measured against copying and checksumming the same bytes in the same run.
-    Demo {
-        /// Messages per round.
-        #[arg(long, default_value_t = 20_000)]
-        messages: u64,
-        /// Payload bytes per message (data segment).
-        #[arg(long, default_value_t = 4096)]
-        size: usize,
-        /// Rounds; the median is reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 fn main() -> ExitCode {
@@ -206,40 +191,6 @@ fn main() -> ExitCode {
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_secs(timeout),
         })),
-        Command::Demo {
-            messages,
-            size,
-            rounds,
-            json,
-        } => match ringwire::demo::run(rounds, messages, size) {
-            Ok(report) if json => {
-                println!("{}", serde_json::to_string(&report).expect("serialisable"));
-                ExitCode::SUCCESS
-            }
-            Ok(report) => {
-                println!("round  messages  payload MiB  core ms  floor ms  ratio");
-                for (i, r) in report.rounds.iter().enumerate() {
-                    println!(
-                        "{:>5}  {:>8}  {:>11.1}  {:>7.1}  {:>8.1}  {:>5.2}",
-                        i + 1,
-                        r.messages,
-                        r.payload_bytes as f64 / (1 << 20) as f64,
-                        r.core_secs * 1e3,
-                        r.baseline_secs * 1e3,
-                        r.core_secs / r.baseline_secs
-                    );
-                }
-                println!(
-                    "median: core takes {:.2}x the copy+crc floor ({:.0} msgs/s, lossless, in-memory pipe)",
-                    report.median_ratio, report.median_msgs_per_sec
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ringwire demo: {e}");
-                ExitCode::FAILURE
-            }
-        },
         Command::Decode {
             files,
             json,

@@ -1,5 +1,5 @@
-//! Two [`Endpoint`]s joined by an in-memory stream: the transport for deterministic tests and
-//! for `ringwire demo` until the io_uring runtime lands. Bytes move in whole batches, in order.
+//! Two [`Endpoint`]s joined by an in-memory stream, for deterministic tests of the protocol
+//! core without sockets. Bytes move in whole batches, in order.
 
 use std::net::SocketAddr;
 

@@ -22,6 +22,10 @@ const PING: u16 = 0x5001;
 const PONG: u16 = 0x5002;
 const DATA: u16 = 0x5003;
 const DATA_ACK: u16 = 0x5004;
+/// Ping-pong of the many-connection phase, on lossy connections: not part of the integrity
+/// count, whose subject is the lossless session.
+const MANY_PING: u16 = 0x5005;
+const MANY_PONG: u16 = 0x5006;
 
 pub struct BenchArgs {
     pub policy: String,
@@ -143,13 +147,16 @@ struct Server {
 
 impl Dispatcher for Server {
     fn dispatch(&self, conn: &Connection, msg: Message) {
-        self.checker.check(key(conn), seq_of(&msg));
         let reply = match msg.ty {
-            PING => msg.front.clone(),
-            _ => Bytes::new(),
+            PING => Message::new(PONG).with_front(msg.front.clone()),
+            DATA => Message::new(DATA_ACK),
+            MANY_PING => Message::new(MANY_PONG).with_front(msg.front.clone()),
+            _ => return,
         };
-        let ty = if msg.ty == PING { PONG } else { DATA_ACK };
-        let _ = conn.send(Message::new(ty).with_front(reply));
+        if msg.ty != MANY_PING {
+            self.checker.check(key(conn), seq_of(&msg));
+        }
+        let _ = conn.send(reply);
     }
 }
 
@@ -187,7 +194,7 @@ impl Client {
             m = m.with_data(self.data.clone());
         }
         flow.sent_at = Some(Instant::now());
-        if conn.send(m).is_ok() {
+        if conn.send(m).is_ok() && ty != MANY_PING {
             self.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -208,6 +215,7 @@ impl Dispatcher for Client {
         let next = match msg.ty {
             PONG => PING,
             DATA_ACK => DATA,
+            MANY_PONG => MANY_PING,
             _ => return,
         };
         self.pongs.fetch_add(1, Ordering::Relaxed);
@@ -317,13 +325,26 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
 fn wait_connected(conns: &[Connection], timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     while !conns.iter().all(|c| c.is_connected()) {
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || conns.iter().any(|c| c.is_closed()) {
             let n = conns.iter().filter(|c| c.is_connected()).count();
             return Err(format!("only {n} of {} connections came up", conns.len()));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
+}
+
+/// Replaces closed (lossy, reset) connections and waits until all are up.
+fn refresh(p: &Pair, many: &mut [Connection]) -> Result<(), String> {
+    for _ in 0..20 {
+        for c in many.iter_mut().filter(|c| c.is_closed()) {
+            *c = p.many_client.connect_anon(p.target, EntityType::OSD);
+        }
+        if wait_connected(many, Duration::from_secs(10)).is_ok() {
+            return Ok(());
+        }
+    }
+    wait_connected(many, Duration::from_secs(1))
 }
 
 /// 64 B ping-pong on one connection: returns sorted round trips.
@@ -390,7 +411,7 @@ fn rw_many(p: &Pair, conns: &[Connection], duration: Duration) -> f64 {
     let before = c.pongs.load(Ordering::Relaxed);
     let t = Instant::now();
     for conn in conns {
-        c.start(conn, PING, 1);
+        c.start(conn, MANY_PING, 1);
     }
     std::thread::sleep(duration);
     let n = c.pongs.load(Ordering::Relaxed) - before;
@@ -459,14 +480,22 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
             ));
         }
     }
+    let fds = baseline::raise_fd_limit();
+    if (fds as usize) < 2 * args.connections + 64 {
+        return Err(format!(
+            "{} connections need about {} file descriptors; the limit is {fds} (raise ulimit -n)",
+            args.connections,
+            2 * args.connections + 64
+        ));
+    }
     let p = start_pair(&args)?;
     let main = p.client.connect(p.target, EntityType::OSD);
-    let many: Vec<Connection> = (0..args.connections)
+    let mut many: Vec<Connection> = (0..args.connections)
         .map(|_| p.many_client.connect_anon(p.target, EntityType::OSD))
         .collect();
     let rss_before = rss_bytes();
     wait_connected(std::slice::from_ref(&main), Duration::from_secs(10))?;
-    wait_connected(&many, Duration::from_secs(30))?;
+    refresh(&p, &mut many)?;
     // Both ends of every idle connection live in this process.
     let idle_connection_bytes = (args.connections >= 100)
         .then(|| rss_bytes().saturating_sub(rss_before) / (2 * args.connections as u64));
@@ -501,6 +530,8 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         let uring_bps = baseline::uring_stream(args.large, stream_count as usize);
         let std_bps = baseline::std_stream(args.large, stream_count as usize);
         progress.step(&format!("{round}: baseline streams"));
+        // Injected failures end lossy connections (by design): replace those that ended.
+        refresh(&p, &mut many)?;
         let rate = rw_many(&p, &many, args.duration);
         let std_total: Duration = std_rtts.iter().sum();
         progress.step(&format!("{round}: ringwire many connections"));

@@ -1,4 +1,4 @@
-//! Subcommands of the `ringwire` binary other than `decode` and `demo`.
+//! Subcommands of the `ringwire` binary other than `decode`.
 
 pub mod bench;
 pub mod ping;
