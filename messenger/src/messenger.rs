@@ -194,6 +194,8 @@ pub struct Options {
     /// A connection whose unsent bytes exceed this is not read until they drain: a peer that
     /// sends but never reads cannot make us buffer its replies without bound.
     pub max_send_backlog: usize,
+    /// Size of the registered payload arena ([`Messenger::alloc_payload`]); 0: none.
+    pub arena_size: usize,
     /// Chunks at least this large go out with SENDMSG_ZC (0: never). A connection whose
     /// zero-copy sends come back "copied" (loopback, some NICs) falls back to plain sends.
     pub zerocopy_min: usize,
@@ -218,6 +220,7 @@ impl Default for Options {
             dispatch_throttle_messages: 0,
             max_send_backlog: 64 << 20,
             zerocopy_min: 256 << 10,
+            arena_size: 64 << 20,
             nonce: None,
         }
     }
@@ -279,6 +282,7 @@ pub(crate) struct Counters {
     pub backlog_stalls: AtomicU64,
     pub zerocopy_sends: AtomicU64,
     pub zerocopy_copied: AtomicU64,
+    pub registered_sends: AtomicU64,
 }
 
 /// A snapshot of a messenger's counters.
@@ -307,6 +311,8 @@ pub struct Stats {
     /// SENDMSG_ZC operations the kernel copied after all (each turns zero copy off for its
     /// connection).
     pub zerocopy_copied: u64,
+    /// Sends straight from the registered arena (fixed buffer, no per-send page pinning).
+    pub registered_sends: u64,
 }
 
 /// State shared by the messenger, its workers and its connection handles.
@@ -323,6 +329,7 @@ pub(crate) struct Shared {
     pub throttle: Option<Arc<crate::proto::throttle::Throttle>>,
     pub max_send_backlog: usize,
     pub zerocopy_min: usize,
+    pub arena: Option<Arc<crate::runtime::Arena>>,
 }
 
 /// A messenger: workers, listeners and sessions. See the crate docs for an example.
@@ -352,6 +359,23 @@ impl Messenger {
         &self.shared.name
     }
 
+    /// A payload buffer from the registered arena (None when it is exhausted or disabled).
+    /// Sending it needs no copy into kernel-pinned memory: fill it, `freeze()` it into `Bytes`,
+    /// and use it as a message's front or data.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use ringwire::proto::{EntityName, EntityType, Message};
+    /// # fn f(m: &ringwire::Messenger, conn: &ringwire::Connection) {
+    /// let mut buf = m.alloc_payload(4 << 20).expect("arena space");
+    /// buf.fill(7);
+    /// conn.send(Message::new(0x10).with_data(buf.freeze())).unwrap();
+    /// # }
+    /// ```
+    pub fn alloc_payload(&self, len: usize) -> Option<crate::runtime::ArenaBuf> {
+        self.shared.arena.as_ref()?.alloc(len)
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
@@ -369,6 +393,7 @@ impl Messenger {
             backlog_stalls: get(&c.backlog_stalls),
             zerocopy_sends: get(&c.zerocopy_sends),
             zerocopy_copied: get(&c.zerocopy_copied),
+            registered_sends: get(&c.registered_sends),
         }
     }
 

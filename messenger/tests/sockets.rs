@@ -245,3 +245,58 @@ fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
         "fell back after learning: {st:?}"
     );
 }
+
+#[test]
+fn arena_payloads_go_out_from_the_registered_buffer_and_come_back() {
+    let server_rec = std::sync::Arc::new(Recorder::default());
+    let server = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(loopback())
+        .policy(EntityType::CLIENT, Policy::stateful_server())
+        .options(options(1))
+        .start(server_rec.clone())
+        .unwrap();
+    let client = Messenger::builder(name(EntityType::CLIENT, "1"))
+        .policy(EntityType::OSD, Policy::lossless_client())
+        .options(Options {
+            arena_size: 16 << 20,
+            ..options(1)
+        })
+        .start(std::sync::Arc::new(Recorder::default()))
+        .unwrap();
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    // 40 × 4 MiB through a 16 MiB arena: only possible if sent payloads return to it.
+    for i in 0..40u64 {
+        let mut buf = loop {
+            match client.alloc_payload(4 << 20) {
+                Some(b) => break b,
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        buf.fill((i % 251) as u8);
+        conn.send(
+            Message::new(0x10)
+                .with_front((i as u32).to_le_bytes().to_vec())
+                .with_data(buf.freeze()),
+        )
+        .unwrap();
+    }
+    server_rec.wait_for(Duration::from_secs(30), "all", |s| {
+        s.iter()
+            .filter(|x| matches!(x, Seen::Message { .. }))
+            .count()
+            == 40
+    });
+    let seen = server_rec.seen.lock().unwrap().clone();
+    let mut i = 0u64;
+    for s in seen {
+        if let Seen::Message { data_sum, .. } = s {
+            assert_eq!(data_sum, (i % 251) * (4 << 20), "payload {i} intact");
+            i += 1;
+        }
+    }
+    let st = client.stats();
+    assert!(
+        st.registered_sends >= 1,
+        "sent from the fixed buffer: {st:?}"
+    );
+}

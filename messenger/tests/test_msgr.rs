@@ -132,6 +132,18 @@ fn client(policy: Policy, bind: bool) -> Node {
     )
 }
 
+/// An OSD-typed client bound to an address, with the lossless_peer policy.
+fn peer_client() -> Node {
+    node(
+        EntityType::OSD,
+        "1",
+        true,
+        &[(EntityType::OSD, Policy::lossless_peer())],
+        opts(),
+        Arc::new(Recorder::default()),
+    )
+}
+
 #[test]
 fn simple_test() {
     let server = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));
@@ -292,14 +304,7 @@ fn anon_test() {
 #[test]
 fn client_standby_test() {
     let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
-    let c = node(
-        EntityType::OSD,
-        "1",
-        true,
-        &[(EntityType::OSD, Policy::lossless_peer())],
-        opts(),
-        Arc::new(Recorder::default()),
-    );
+    let c = peer_client();
     let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
     conn.send(ping(1)).unwrap();
     c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
@@ -327,14 +332,7 @@ fn client_standby_test() {
 #[test]
 fn message_test() {
     let server = osd_server(Policy::stateful_server(), Arc::new(Recorder::default()));
-    let c = node(
-        EntityType::OSD,
-        "1",
-        true,
-        &[(EntityType::OSD, Policy::lossless_peer())],
-        opts(),
-        Arc::new(Recorder::default()),
-    );
+    let c = peer_client();
     // A large front (as MCommand with 30 720 strings) and ~800 KB of data.
     let mut front = Vec::new();
     for i in 0..30_720u32 {
@@ -431,14 +429,7 @@ fn missing_server_ident_test() {
 #[test]
 fn reconnect_test() {
     let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
-    let c = node(
-        EntityType::OSD,
-        "1",
-        true,
-        &[(EntityType::OSD, Policy::lossless_peer())],
-        opts(),
-        Arc::new(Recorder::default()),
-    );
+    let c = peer_client();
     let conn = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
     conn.send(ping(1)).unwrap();
     c.rec.wait_for(T, "first echo", |s| count_msgs(s) == 1);

@@ -9,7 +9,10 @@
 //! Send: every queued chunk of a connection goes out in one `sendmsg` (vectored, payloads by
 //! reference, `MSG_NOSIGNAL`).
 
+mod arena;
 mod bufring;
+
+pub use self::arena::{Arena, ArenaBuf};
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -148,7 +151,7 @@ struct SendOp {
     // The kernel reads these while the send is in flight; they live in the heap (stable
     // addresses) and are dropped only after the completion.
     _iov: Vec<libc::iovec>,
-    _msg: Box<libc::msghdr>,
+    _msg: Option<Box<libc::msghdr>>,
 }
 
 struct Sock {
@@ -206,6 +209,8 @@ struct Worker {
     commands: VecDeque<Command>,
     /// Sockets not read because the dispatch throttle is full.
     held_back: Vec<u64>,
+    /// The payload arena is registered with this ring as fixed buffer 0.
+    fixed_arena: bool,
     /// The time read once after each wait, for everything handled until the next one.
     now: Time,
     shutting_down: bool,
@@ -307,6 +312,13 @@ pub(crate) fn start(
         .map_err(Error::Thread)?;
     let o = &b.options;
     let (tb, tm) = (o.dispatch_throttle_bytes, o.dispatch_throttle_messages);
+    let arena = match o.arena_size {
+        0 => None,
+        n => Some(Arena::new(n).map_err(|source| Error::IoUring {
+            source,
+            hint: " (cannot map the payload arena; lower Options::arena_size)".into(),
+        })?),
+    };
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
         throttle: (tb > 0 || tm > 0).then(|| {
             let weak = weak.clone();
@@ -325,6 +337,7 @@ pub(crate) fn start(
         }),
         max_send_backlog: o.max_send_backlog,
         zerocopy_min: o.zerocopy_min,
+        arena,
         workers,
         dispatcher,
         origin: Instant::now(),
@@ -411,6 +424,21 @@ impl Worker {
         let ring = build_ring(entries)?;
         let bufs = BufRing::new(&ring, BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)
             .map_err(io_uring_error)?;
+        let fixed_arena = match &shared.arena {
+            // SAFETY: the arena outlives the ring: the worker holds `shared` (which holds the
+            // arena) and drops its ring first.
+            Some(a) => match unsafe { ring.submitter().register_buffers(&[a.iovec()]) } {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        worker = index,
+                        "cannot register the payload arena ({e}); raise RLIMIT_MEMLOCK to send from it without pinning per send"
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
         let mut w = Worker {
             ring,
             bufs,
@@ -427,6 +455,7 @@ impl Worker {
             cqes: Vec::with_capacity(256),
             commands: VecDeque::new(),
             held_back: Vec::new(),
+            fixed_arena,
             now: Time(0),
             shutting_down: false,
         };
@@ -898,12 +927,35 @@ impl Worker {
         }
         let conn = ConnId(key);
         if s.send.is_none() {
-            let chunks: Vec<Bytes> = match self.ep.tx_queue(conn) {
-                Some(q) if !q.is_empty() => q.chunks().take(MAX_IOV).cloned().collect(),
-                _ => Vec::new(),
+            let zc_pays = s.zc_pays;
+            let zc_min = self.shared.zerocopy_min;
+            let arena = self.shared.arena.clone().filter(|_| self.fixed_arena);
+            // An arena chunk worth sending zero-copy goes alone from the fixed buffer; the
+            // chunks before it go in one sendmsg first.
+            let fixed = |c: &Bytes| {
+                zc_pays
+                    && zc_min > 0
+                    && c.len() >= zc_min
+                    && arena
+                        .as_ref()
+                        .is_some_and(|a| a.contains(c.as_ptr(), c.len()))
             };
-            if !chunks.is_empty() {
-                self.submit_send(key, chunks);
+            let mut chunks: Vec<Bytes> = Vec::new();
+            if let Some(q) = self.ep.tx_queue(conn).filter(|q| !q.is_empty()) {
+                for c in q.chunks().take(MAX_IOV) {
+                    if fixed(c) {
+                        if chunks.is_empty() {
+                            chunks.push(c.clone());
+                        }
+                        break;
+                    }
+                    chunks.push(c.clone());
+                }
+            }
+            match chunks.as_slice() {
+                [] => {}
+                [one] if fixed(one) => self.submit_fixed_send(key, one.clone()),
+                _ => self.submit_send(key, chunks),
             }
         }
         let backlog = self.ep.tx_queue(conn).map_or(0, |q| q.len());
@@ -952,6 +1004,33 @@ impl Worker {
         }
     }
 
+    /// A zero-copy send straight from the registered arena (fixed buffer 0).
+    fn submit_fixed_send(&mut self, key: u64, chunk: Bytes) {
+        let s = self.socks.get_mut(&key).expect("present");
+        let e = opcode::SendZc::new(
+            types::Fd(s.fd.as_raw_fd()),
+            chunk.as_ptr(),
+            chunk.len() as u32,
+        )
+        .buf_index(Some(0))
+        .flags(libc::MSG_NOSIGNAL)
+        .zc_flags(SEND_ZC_REPORT_USAGE)
+        .build()
+        .user_data(user_data(KIND_SEND, key));
+        s.send = Some(SendOp {
+            chunks: vec![chunk],
+            _iov: Vec::new(),
+            _msg: None,
+        });
+        // The send's completion and its notification.
+        s.ops += 2;
+        self.shared
+            .counters
+            .registered_sends
+            .fetch_add(1, Ordering::Relaxed);
+        self.push_sqe(e);
+    }
+
     fn submit_send(&mut self, key: u64, chunks: Vec<Bytes>) {
         let s = self.socks.get_mut(&key).expect("present");
         let mut iov: Vec<libc::iovec> = chunks
@@ -984,7 +1063,7 @@ impl Worker {
         s.send = Some(SendOp {
             chunks,
             _iov: iov,
-            _msg: msg,
+            _msg: Some(msg),
         });
         s.ops += 1;
         self.push_sqe(e);

@@ -14,6 +14,8 @@ pub enum Seen {
         seq: u64,
         ty: u16,
         front: Vec<u8>,
+        /// Sum of the data bytes: enough to check a large payload arrived intact.
+        data_sum: u64,
     },
     Connect(u64),
     Accept(u64),
@@ -98,11 +100,18 @@ impl Dispatcher for Recorder {
         if let Some(ty) = self.echo {
             let _ = conn.send(Message::new(ty).with_front(msg.front.clone()));
         }
+        let data_sum = msg
+            .data
+            .iter()
+            .flat_map(|d| d.iter())
+            .map(|b| *b as u64)
+            .sum();
         self.push(Seen::Message {
             conn: conn_id(conn),
             seq: msg.seq,
             ty: msg.ty,
             front: msg.front.to_vec(),
+            data_sum,
         });
     }
     fn on_connect(&self, conn: &Connection) {
