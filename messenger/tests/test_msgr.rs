@@ -505,7 +505,7 @@ fn markdown_test() {
 
 #[test]
 fn synthetic_inject_test() {
-    // Scaled for CI: 4 servers × 4 clients, 2000 sends, payloads 32 B – 4 MiB, one received
+    // Scaled for CI: 8 servers × 8 clients, 2000 sends, payloads 32 B – 4 MiB, one received
     // batch in 30 failed on every messenger. Lossless: per-connection order and content
     // verified, nothing lost or duplicated.
     let inject = Options {
@@ -513,7 +513,8 @@ fn synthetic_inject_test() {
         workers: 2,
         ..opts()
     };
-    let servers: Vec<Node> = (0..4)
+    const N: usize = 8;
+    let servers: Vec<Node> = (0..N)
         .map(|i| {
             node(
                 EntityType::OSD,
@@ -525,7 +526,7 @@ fn synthetic_inject_test() {
             )
         })
         .collect();
-    let clients: Vec<Node> = (0..4)
+    let clients: Vec<Node> = (0..N)
         .map(|i| {
             node(
                 EntityType::CLIENT,
@@ -546,7 +547,7 @@ fn synthetic_inject_test() {
     };
     let mut sent: HashMap<(usize, usize), Vec<Vec<u8>>> = HashMap::new();
     for op in 0..2000u32 {
-        let (ci, si) = ((next() % 4) as usize, (next() % 4) as usize);
+        let (ci, si) = ((next() % N as u64) as usize, (next() % N as u64) as usize);
         let conn = clients[ci]
             .m
             .connect(servers[si].m.addrs().0[0], EntityType::OSD);
@@ -581,7 +582,7 @@ fn synthetic_inject_test() {
     assert!(injected > 0, "failures were injected");
     for (si, s) in servers.iter().enumerate() {
         let got = s.rec.messages();
-        for ci in 0..4 {
+        for ci in 0..N {
             let from_ci: Vec<Vec<u8>> = got
                 .iter()
                 .filter(|m| m.2[4..8] == (ci as u32).to_le_bytes())
@@ -594,4 +595,121 @@ fn synthetic_inject_test() {
             );
         }
     }
+}
+
+/// Two lossless_peer_reuse peers; `low` is the one whose address sorts first (its connection
+/// wins races, as in Ceph).
+fn race_pair(policy: Policy) -> (Node, Node) {
+    let a = node(
+        EntityType::OSD,
+        "0",
+        true,
+        &[(EntityType::OSD, policy)],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    let b = node(
+        EntityType::OSD,
+        "1",
+        true,
+        &[(EntityType::OSD, policy)],
+        opts(),
+        Arc::new(Recorder::default()),
+    );
+    if a.m.addrs().0[0] < b.m.addrs().0[0] {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+fn resume_all(n: &Node) {
+    n.steps.pause.lock().unwrap().clear();
+    let paused = std::mem::take(&mut *n.steps.paused.lock().unwrap());
+    for (w, conn) in paused {
+        n.m.resume(w, conn);
+    }
+}
+
+#[test]
+fn connection_race_reuse_banner_test() {
+    let (low, high) = race_pair(Policy::lossless_peer_reuse());
+    // high → low is stuck before its banner exchange; low → high reaches the session phase.
+    high.steps
+        .pause
+        .lock()
+        .unwrap()
+        .push(Step::StartClientBannerExchange);
+    let h2l = high.m.connect(low.m.addrs().0[0], EntityType::OSD);
+    h2l.send(ping(2)).unwrap();
+    wait_until("high's dial paused", || {
+        high.steps.paused.lock().unwrap().len() == 1
+    });
+    let l2h = low.m.connect(high.m.addrs().0[0], EntityType::OSD);
+    l2h.send(ping(1)).unwrap();
+    // high's session takes over low's connection (the lower address wins) and sends its own
+    // queued message over it; its stuck dial is dropped.
+    low.rec
+        .wait_for(T, "high's message over low's connection", |s| {
+            count_msgs(s) == 1
+        });
+    high.rec
+        .wait_for(T, "low's message", |s| count_msgs(s) == 1);
+    resume_all(&high);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(h2l.is_connected() && l2h.is_connected());
+    assert_eq!(
+        count_msgs(&low.rec.seen.lock().unwrap()),
+        1,
+        "exactly one message each"
+    );
+    assert_eq!(count_msgs(&high.rec.seen.lock().unwrap()), 1);
+    assert_eq!(high.steps.count(Step::SendReconnect), 0);
+    assert_eq!(low.steps.count(Step::SendReconnect), 0);
+}
+
+#[test]
+fn reconnect_race_test() {
+    let (low, high) = race_pair(Policy::lossless_peer());
+    let l2h = low.m.connect(high.m.addrs().0[0], EntityType::OSD);
+    l2h.send(ping(1)).unwrap();
+    high.rec
+        .wait_for(T, "first message", |s| count_msgs(s) == 1);
+    let h2l = high.m.connect(low.m.addrs().0[0], EntityType::OSD);
+    assert!(h2l.is_connected() || h2l.peer().is_none());
+    // Both fail when the next message arrives, with something unacked: both reconnect, and
+    // both are held at SEND_RECONNECT, then released together.
+    for n in [&low, &high] {
+        n.steps
+            .fail_nth(Step::HandleMessage, n.steps.count(Step::HandleMessage) + 1);
+        n.steps.pause.lock().unwrap().push(Step::SendReconnect);
+    }
+    l2h.send(ping(2)).unwrap();
+    h2l.send(ping(3)).unwrap();
+    wait_until("both held at SEND_RECONNECT", || {
+        low.steps.paused.lock().unwrap().len() == 1 && high.steps.paused.lock().unwrap().len() == 1
+    });
+    resume_all(&low);
+    resume_all(&high);
+    high.rec
+        .wait_for(T, "low's messages", |s| count_msgs(s) == 2);
+    low.rec
+        .wait_for(T, "high's message", |s| count_msgs(s) == 1);
+    wait_until("connected again", || {
+        l2h.is_connected() && h2l.is_connected()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let fronts: Vec<Vec<u8>> = high.rec.messages().into_iter().map(|m| m.2).collect();
+    assert_eq!(
+        fronts,
+        vec![1u32.to_le_bytes().to_vec(), 2u32.to_le_bytes().to_vec()]
+    );
+    assert_eq!(
+        count_msgs(&low.rec.seen.lock().unwrap()),
+        1,
+        "nothing duplicated"
+    );
+    // One reconnect won (one RECONNECT_OK in all); the other side was told to wait.
+    let oks = low.steps.count(Step::SendReconnectOk) + high.steps.count(Step::SendReconnectOk);
+    assert_eq!(oks, 1, "exactly one side accepted a reconnect");
 }

@@ -333,6 +333,18 @@ enum ConnState {
     Ready,
 }
 
+impl Conn {
+    fn set_state(&mut self, to: ConnState) {
+        let _e = self.span.enter();
+        tracing::debug!(
+            from = self.state.name(self.role),
+            to = to.name(self.role),
+            "connection state"
+        );
+        self.state = to;
+    }
+}
+
 impl ConnState {
     fn name(self, role: Role) -> &'static str {
         match (self, role) {
@@ -363,6 +375,8 @@ enum Trigger {
 struct Conn {
     role: Role,
     state: ConnState,
+    /// `tracing` span of this connection (peer recorded once known).
+    span: tracing::Span,
     session: Option<SessionId>,
     /// Banner bytes until the banner is complete, then the frame decoder.
     banner_buf: Vec<u8>,
@@ -419,6 +433,21 @@ struct Session {
 }
 
 impl Session {
+    fn set_state(&mut self, id: SessionId, to: SessionState) {
+        if self.state != to {
+            tracing::debug!(
+                session = id.0,
+                peer = %self.peer_addrs,
+                lossy = self.policy.lossy,
+                server = self.policy.server,
+                from = ?self.state,
+                to = ?to,
+                "session state"
+            );
+            self.state = to;
+        }
+    }
+
     fn dial_addr(&self) -> Option<SocketAddr> {
         self.peer_addrs
             .msgr2()
@@ -728,7 +757,7 @@ impl Endpoint {
         self.now = now;
         let cid = ConnId(self.alloc_id());
         self.conns
-            .insert(cid, self.new_conn(Role::Server, None, Some(peer)));
+            .insert(cid, self.new_conn(cid, Role::Server, None, Some(peer)));
         self.arm_conn_timer(cid);
         if self.start_banner(cid).is_ok() {
             self.after_input(cid);
@@ -740,8 +769,8 @@ impl Endpoint {
     pub fn adopt(&mut self, now: Time, handoff: Handoff) -> ConnId {
         self.now = now;
         let cid = ConnId(self.alloc_id());
-        let mut conn = self.new_conn(Role::Server, None, handoff.peer_socket);
-        conn.state = ConnState::Session;
+        let mut conn = self.new_conn(cid, Role::Server, None, handoff.peer_socket);
+        conn.set_state(ConnState::Session);
         conn.peer_type = handoff.peer_type;
         conn.decoder = Some(FrameDecoder::new(self.config.limits, handoff.stream_offset));
         let unsent = !handoff.tx.is_empty();
@@ -768,7 +797,7 @@ impl Endpoint {
         if c.state != ConnState::Connecting {
             return;
         }
-        c.state = ConnState::Banner;
+        c.set_state(ConnState::Banner);
         c.last_input = now;
         if self.start_banner(conn).is_ok() {
             self.after_input(conn);
@@ -945,11 +974,20 @@ impl Endpoint {
 
     fn new_conn(
         &self,
+        id: ConnId,
         role: Role,
         session: Option<SessionId>,
         peer_socket: Option<SocketAddr>,
     ) -> Conn {
+        let span = tracing::debug_span!(
+            "conn",
+            id = id.0,
+            role = ?role,
+            socket = ?peer_socket,
+            peer = tracing::field::Empty,
+        );
         Conn {
+            span,
             role,
             state: match role {
                 Role::Client => ConnState::Connecting,
@@ -1081,6 +1119,11 @@ impl Endpoint {
     // ---------------------------------------------------------------- internals: input
 
     fn process_input(&mut self, cid: ConnId, mut data: &[u8]) {
+        let span = match self.conns.get(&cid) {
+            Some(c) => c.span.clone(),
+            None => return,
+        };
+        let _e = span.enter();
         while !data.is_empty() {
             let Some(c) = self.conns.get_mut(&cid) else {
                 return;
@@ -1206,7 +1249,7 @@ impl Endpoint {
             return self.fail(cid, e.into());
         }
         let c = self.conns.get_mut(&cid).expect("checked");
-        c.state = ConnState::Hello;
+        c.set_state(ConnState::Hello);
         let hello = match c.role {
             Role::Client => {
                 let sid = c.session.expect("client conns belong to a session");
@@ -1291,7 +1334,10 @@ impl Endpoint {
                 if con_mode != CON_MODE_CRC {
                     return self.fail(cid, FaultReason::UnsupportedConMode(con_mode));
                 }
-                self.conns.get_mut(&cid).expect("checked").state = ConnState::AuthSign;
+                self.conns
+                    .get_mut(&cid)
+                    .expect("checked")
+                    .set_state(ConnState::AuthSign);
                 self.send_control(cid, Control::AuthSignature { sha256: [0; 32] });
                 Ok(())
             }
@@ -1317,7 +1363,10 @@ impl Endpoint {
                 if sha256 != [0; 32] {
                     return self.fail(cid, FaultReason::BadSignature);
                 }
-                self.conns.get_mut(&cid).expect("checked").state = ConnState::Session;
+                self.conns
+                    .get_mut(&cid)
+                    .expect("checked")
+                    .set_state(ConnState::Session);
                 Ok(())
             }
             (Role::Server, ConnState::Session, Control::ClientIdent(ci)) => {
@@ -1421,6 +1470,7 @@ impl Endpoint {
         self.intercept(cid, step, || Some(Trigger::Frame(frame)))?;
         let c = self.conns.get_mut(&cid).expect("checked");
         c.peer_type = peer_type;
+        c.span.record("peer", tracing::field::display(peer_type));
         match role {
             Role::Client => {
                 let sid = c.session.expect("client conns belong to a session");
@@ -1435,7 +1485,7 @@ impl Endpoint {
                     );
                 }
                 c.learned_addr = Some(peer_addr);
-                c.state = ConnState::Auth;
+                c.set_state(ConnState::Auth);
                 self.intercept(cid, Step::SendAuthRequest, || None)?;
                 let payload = self.auth_payload(peer_type);
                 self.send_control(
@@ -1447,7 +1497,7 @@ impl Endpoint {
                     },
                 );
             }
-            Role::Server => c.state = ConnState::Auth,
+            Role::Server => c.set_state(ConnState::Auth),
         }
         Ok(())
     }
@@ -1489,7 +1539,10 @@ impl Endpoint {
             self.next_global_id += 1;
             self.next_global_id
         };
-        self.conns.get_mut(&cid).expect("checked").state = ConnState::AuthSign;
+        self.conns
+            .get_mut(&cid)
+            .expect("checked")
+            .set_state(ConnState::AuthSign);
         self.send_control(
             cid,
             Control::AuthDone {
@@ -1529,7 +1582,10 @@ impl Endpoint {
             Step::SendClientIdentity
         };
         self.intercept(cid, step, || Some(Trigger::Frame(frame)))?;
-        self.conns.get_mut(&cid).expect("checked").state = ConnState::Session;
+        self.conns
+            .get_mut(&cid)
+            .expect("checked")
+            .set_state(ConnState::Session);
         if reconnecting {
             self.send_reconnect(cid, sid);
         } else {
@@ -1840,7 +1896,7 @@ impl Endpoint {
     fn become_ready(&mut self, cid: ConnId, sid: SessionId) -> Flow {
         self.intercept(cid, Step::Ready, || None)?;
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
-        c.state = ConnState::Ready;
+        c.set_state(ConnState::Ready);
         c.deadline = None;
         let role = c.role;
         let mut next = self.now.after(self.config.idle_timeout);
@@ -1851,7 +1907,7 @@ impl Endpoint {
         }
         self.timers.push(Reverse((next, Timer::Conn(cid))));
         let s = self.sessions.get_mut(&sid).expect("exists");
-        s.state = SessionState::Ready;
+        s.set_state(sid, SessionState::Ready);
         s.was_ready = true;
         s.backoff = Duration::ZERO;
         s.conn = Some(cid);
@@ -1940,6 +1996,7 @@ impl Endpoint {
         let Some(c) = self.conns.get(&cid) else {
             return;
         };
+        c.span.in_scope(|| tracing::debug!(%reason, "fault"));
         let sid = c.session;
         self.events.push_back(Event::Fault {
             session: sid,
@@ -1964,10 +2021,10 @@ impl Endpoint {
         }
         s.requeue_sent();
         if s.policy.server || (s.policy.standby && !s.has_pending()) || s.dial_addr().is_none() {
-            s.state = SessionState::Standby;
+            s.set_state(sid, SessionState::Standby);
             return;
         }
-        s.state = SessionState::Connecting;
+        s.set_state(sid, SessionState::Connecting);
         if s.was_ready && reason != FaultReason::Wait {
             s.was_ready = false;
             self.start_connect(sid);
@@ -1994,10 +2051,10 @@ impl Endpoint {
             return;
         }
         let Some(addr) = s.dial_addr() else {
-            s.state = SessionState::Standby;
+            s.set_state(sid, SessionState::Standby);
             return;
         };
-        s.state = SessionState::Connecting;
+        s.set_state(sid, SessionState::Connecting);
         s.reconnect_at = None;
         self.global_seq += 1;
         s.global_seq = self.global_seq;
@@ -2005,7 +2062,7 @@ impl Endpoint {
             s.connect_seq += 1;
         }
         s.conn = Some(cid);
-        let conn = self.new_conn(Role::Client, Some(sid), Some(addr));
+        let conn = self.new_conn(cid, Role::Client, Some(sid), Some(addr));
         self.conns.insert(cid, conn);
         self.arm_conn_timer(cid);
         self.io.push_back(Io::Connect { conn: cid, addr });

@@ -826,8 +826,8 @@ impl Worker {
                 conn,
                 reason,
             } => {
-                tracing::debug!(worker = self.index, ?session, ?conn, %reason, "fault");
-                // A session closed by the fault is reported by the Reset event that follows.
+                let _ = (conn, reason); // logged by the endpoint, in the connection's span
+                                        // A session closed by the fault is reported by the Reset event that follows.
                 if let Some(sid) = session.filter(|s| !self.ep.is_closed(*s)) {
                     if !self.ep.is_connected(sid) {
                         self.set_state(sid, STATE_CONNECTING);
