@@ -51,6 +51,9 @@ enum Command {
         /// Address nonce; clients must name it (v2:IP:PORT/NONCE) unless it is 0.
         #[arg(long, default_value_t = 0)]
         nonce: u32,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Round-trip times to any msgr2 peer, measured with KEEPALIVE2.
     Ping {
@@ -106,6 +109,9 @@ enum Command {
         no_pin: bool,
         #[arg(long)]
         json: bool,
+        /// Serve the server messenger's Prometheus metrics at http://ADDR/metrics while running.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
 }
 
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
             cpu,
             no_pin,
             json,
+            metrics,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -154,6 +161,7 @@ fn main() -> ExitCode {
                 inject: inject_socket_failures,
                 cpu,
                 json,
+                metrics,
             };
             match cli::bench::run(args) {
                 Ok(report) if json => {
@@ -175,7 +183,8 @@ fn main() -> ExitCode {
             name,
             workers,
             nonce,
-        } => report(cli::serve::run(name, bind, workers, nonce)),
+            metrics,
+        } => report(cli::serve::run(name, bind, workers, nonce, metrics)),
         Command::Ping {
             addr,
             peer_type,

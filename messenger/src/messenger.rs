@@ -73,6 +73,11 @@ pub(crate) struct ConnShared {
     pub id: u64,
     pub worker: usize,
     pub state: AtomicU8,
+    /// Whether this session was ever ready (a later ready counts as a reconnect).
+    pub was_ready: std::sync::atomic::AtomicBool,
+    /// The state the worker counts this session under in the gauges (only the worker touches
+    /// it; `state` may change first, e.g. on `mark_down`).
+    pub counted: AtomicU8,
     pub peer: Mutex<Option<(EntityName, EntityAddrVec)>>,
     pub messenger: Arc<Shared>,
 }
@@ -111,6 +116,10 @@ impl Connection {
         if self.inner.state.load(Ordering::Acquire) == STATE_CLOSED {
             return Err(Closed(Box::new(msg)));
         }
+        let c = &self.inner.messenger.counters;
+        c.messages_out.fetch_add(1, Ordering::Relaxed);
+        c.bytes_out
+            .fetch_add(msg.payload_len() as u64, Ordering::Relaxed);
         self.command(Command::Send {
             handle: self.inner.id,
             msg,
@@ -272,6 +281,11 @@ impl MessengerBuilder {
 pub(crate) struct Counters {
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Sessions per state (index: STATE_CONNECTING, STATE_READY).
+    pub sessions: [std::sync::atomic::AtomicI64; 2],
     pub faults: AtomicU64,
     pub injected_faults: AtomicU64,
     pub handshakes: AtomicU64,
@@ -292,6 +306,15 @@ pub struct Stats {
     pub messages_in: u64,
     /// Payload bytes (front + middle + data) dispatched.
     pub bytes_in: u64,
+    /// Messages the application queued for sending.
+    pub messages_out: u64,
+    /// Payload bytes the application queued for sending.
+    pub bytes_out: u64,
+    /// Sessions that became ready again after having been ready (resumed or re-established).
+    pub reconnects: u64,
+    /// Sessions connecting (dialling, handshaking, backing off or in standby) and ready.
+    pub sessions_connecting: i64,
+    pub sessions_ready: i64,
     /// Connection faults of any kind.
     pub faults: u64,
     /// Faults injected by `inject_socket_failures`.
@@ -376,25 +399,20 @@ impl Messenger {
         self.shared.arena.as_ref()?.alloc(len)
     }
 
+    /// Serves Prometheus metrics at `http://addr/metrics` from a small thread; returns the
+    /// address it listens on (useful with port 0).
+    pub fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        crate::metrics::serve(Arc::downgrade(&self.shared), addr)
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.stats(), &self.shared.name)
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
-            messages_in: get(&c.messages_in),
-            bytes_in: get(&c.bytes_in),
-            faults: get(&c.faults),
-            injected_faults: get(&c.injected_faults),
-            handshakes: get(&c.handshakes),
-            resets: get(&c.resets),
-            remote_resets: get(&c.remote_resets),
-            migrations: get(&c.migrations),
-            throttle_stalls: get(&c.throttle_stalls),
-            backlog_stalls: get(&c.backlog_stalls),
-            zerocopy_sends: get(&c.zerocopy_sends),
-            zerocopy_copied: get(&c.zerocopy_copied),
-            registered_sends: get(&c.registered_sends),
-        }
+        stats_of(&self.shared)
     }
 
     /// A connection to `addr`: the open one if there is one, else a new one that connects in
@@ -435,6 +453,8 @@ impl Messenger {
                 id: self.shared.next_handle.fetch_add(1, Ordering::Relaxed),
                 worker,
                 state: AtomicU8::new(STATE_CONNECTING),
+                was_ready: Default::default(),
+                counted: AtomicU8::new(STATE_CLOSED),
                 peer: Mutex::new(None),
                 messenger: self.shared.clone(),
             }),
@@ -476,5 +496,31 @@ impl Drop for Messenger {
     fn drop(&mut self) {
         self.shutdown();
         self.wait();
+    }
+}
+
+/// A snapshot of the counters shared by a messenger's workers.
+pub(crate) fn stats_of(shared: &Shared) -> Stats {
+    let c = &shared.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Stats {
+        messages_in: get(&c.messages_in),
+        bytes_in: get(&c.bytes_in),
+        messages_out: get(&c.messages_out),
+        bytes_out: get(&c.bytes_out),
+        reconnects: get(&c.reconnects),
+        sessions_connecting: c.sessions[0].load(Ordering::Relaxed),
+        sessions_ready: c.sessions[1].load(Ordering::Relaxed),
+        faults: get(&c.faults),
+        injected_faults: get(&c.injected_faults),
+        handshakes: get(&c.handshakes),
+        resets: get(&c.resets),
+        remote_resets: get(&c.remote_resets),
+        migrations: get(&c.migrations),
+        throttle_stalls: get(&c.throttle_stalls),
+        backlog_stalls: get(&c.backlog_stalls),
+        zerocopy_sends: get(&c.zerocopy_sends),
+        zerocopy_copied: get(&c.zerocopy_copied),
+        registered_sends: get(&c.registered_sends),
     }
 }

@@ -38,6 +38,7 @@ pub struct BenchArgs {
     pub inject: u32,
     pub cpu: Option<usize>,
     pub json: bool,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -489,6 +490,13 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         ));
     }
     let p = start_pair(&args)?;
+    if let Some(addr) = args.metrics {
+        let at = p
+            .server
+            .serve_metrics(addr)
+            .map_err(|e| format!("metrics on {addr}: {e}"))?;
+        eprintln!("server metrics at http://{at}/metrics");
+    }
     let main = p.client.connect(p.target, EntityType::OSD);
     let mut many: Vec<Connection> = (0..args.connections)
         .map(|_| p.many_client.connect_anon(p.target, EntityType::OSD))
@@ -606,6 +614,7 @@ fn clone_args(a: &BenchArgs) -> BenchArgs {
         inject: a.inject,
         cpu: a.cpu,
         json: a.json,
+        metrics: a.metrics,
     }
 }
 

@@ -19,6 +19,7 @@ pub fn run(
     bind: Vec<EntityAddr>,
     workers: Option<usize>,
     nonce: u32,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     let mut options = Options {
         nonce: Some(nonce),
@@ -37,6 +38,12 @@ pub fn run(
     }
     let m = b.start(Arc::new(Echo)).map_err(|e| e.to_string())?;
     println!("{name} listening on {}", m.addrs());
+    if let Some(addr) = metrics {
+        let at = m
+            .serve_metrics(addr)
+            .map_err(|e| format!("metrics on {addr}: {e}"))?;
+        println!("metrics at http://{at}/metrics");
+    }
     m.wait();
     Ok(())
 }

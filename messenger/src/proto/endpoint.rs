@@ -20,6 +20,7 @@ use super::control::{
 use super::frame::{
     Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQueue, BANNER_LEN,
 };
+use super::hooks;
 use super::intercept::{Action, Interceptor, Step};
 use super::message::Message;
 use super::policy::Policy;
@@ -254,6 +255,34 @@ pub enum FaultReason {
     Replaced,
 }
 
+impl FaultReason {
+    /// A stable number per kind of fault, for the `ringwire_fault` probe.
+    pub fn code(&self) -> u32 {
+        match self {
+            FaultReason::SocketClosed => 1,
+            FaultReason::ConnectFailed => 2,
+            FaultReason::Frame(_) => 3,
+            FaultReason::Control(_) => 4,
+            FaultReason::Message(_) => 5,
+            FaultReason::UnexpectedFrame { .. } => 6,
+            FaultReason::WrongPeerType { .. } => 7,
+            FaultReason::AuthMethodRefused { .. } => 8,
+            FaultReason::UnsupportedConMode(_) => 9,
+            FaultReason::BadSignature => 10,
+            FaultReason::MissingFeatures(_) => 11,
+            FaultReason::PeerMissingFeatures(_) => 12,
+            FaultReason::BadIdent(_) => 13,
+            FaultReason::HandshakeTimeout => 14,
+            FaultReason::IdleTimeout => 15,
+            FaultReason::Injected => 16,
+            FaultReason::Intercepted(_) => 17,
+            FaultReason::Wait => 18,
+            FaultReason::Stale => 19,
+            FaultReason::Replaced => 20,
+        }
+    }
+}
+
 /// Requests for the transport.
 #[derive(Debug)]
 pub enum Io {
@@ -317,11 +346,13 @@ pub enum Event {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 enum Role {
     Client,
     Server,
 }
 
+/// Numbered as the `ringwire_conn_state` probe reports them (7 = closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
     Connecting,
@@ -340,6 +371,13 @@ impl Conn {
             from = self.state.name(self.role),
             to = to.name(self.role),
             "connection state"
+        );
+        hooks::ringwire_conn_state(
+            self.global_id,
+            self.session.map_or(0, |s| s.0),
+            self.role as u32,
+            self.state as u32,
+            to as u32,
         );
         self.state = to;
     }
@@ -373,6 +411,8 @@ enum Trigger {
 }
 
 struct Conn {
+    /// Process-wide id (worker << 48 | id), as the probes report it.
+    global_id: u64,
     role: Role,
     state: ConnState,
     /// `tracing` span of this connection (peer recorded once known).
@@ -396,6 +436,10 @@ struct Conn {
     closed: bool,
 }
 
+const CONN_CLOSED: u32 = 7;
+const SESSION_CLOSED: u32 = 3;
+
+/// Numbered as the `ringwire_session_state` probe reports them (3 = closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionState {
     /// Waiting for a connection (dialling, handshaking, or in backoff).
@@ -435,6 +479,7 @@ struct Session {
 impl Session {
     fn set_state(&mut self, id: SessionId, to: SessionState) {
         if self.state != to {
+            hooks::ringwire_session_state(id.0, self.state as u32, to as u32);
             tracing::debug!(
                 session = id.0,
                 peer = %self.peer_addrs,
@@ -593,9 +638,11 @@ impl Endpoint {
         self.interceptor = interceptor;
     }
 
+    /// Ids are unique in the process (worker index in the top bits), so probes and logs of
+    /// different workers never mix them up.
     fn alloc_id(&mut self) -> u64 {
         self.next_id += 1;
-        self.next_id
+        ((self.config.placement.index as u64) << 48) | self.next_id
     }
 
     fn my_race_addr(&self) -> Option<&EntityAddr> {
@@ -660,6 +707,7 @@ impl Endpoint {
         msg.seq = 0;
         // Handed on: no longer the application's to count against its dispatch budget.
         msg.permit = None;
+        hooks::ringwire_msg_queued(session.0, msg.ty as u32, msg.payload_len() as u64);
         s.out_queue.push_back(msg);
         match s.state {
             SessionState::Ready => self.flush_session(session),
@@ -987,6 +1035,7 @@ impl Endpoint {
             peer = tracing::field::Empty,
         );
         Conn {
+            global_id: id.0,
             span,
             role,
             state: match role {
@@ -1070,6 +1119,13 @@ impl Endpoint {
 
     fn drop_conn(&mut self, cid: ConnId, flush: bool) {
         if let Some(mut c) = self.conns.remove(&cid) {
+            hooks::ringwire_conn_state(
+                cid.0,
+                c.session.map_or(0, |s| s.0),
+                c.role as u32,
+                c.state as u32,
+                CONN_CLOSED,
+            );
             if !c.closed {
                 c.closed = true;
                 let remaining = if flush {
@@ -1102,6 +1158,7 @@ impl Endpoint {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        hooks::ringwire_session_state(sid.0, s.state as u32, SESSION_CLOSED);
         let conn = s.conn.take();
         if s.registered {
             let key = s.peer_addrs.primary().copied();
@@ -1857,6 +1914,10 @@ impl Endpoint {
         } else {
             None
         };
+        let outcome = reply
+            .as_ref()
+            .map_or(Some(hooks::RECONNECT_OK), hooks::reconnect_outcome);
+        hooks::ringwire_reconnect(eid.0, r.connect_seq, outcome.unwrap_or(0));
         if let Some(reply) = reply {
             // A reset makes the client send CLIENT_IDENT next, where a restarted peer is
             // detected and the old session reset (if resetcheck).
@@ -1952,6 +2013,7 @@ impl Endpoint {
                 m.seq = s.out_seq;
             }
             m.encode_frame(&mut c.tx, m.seq, s.in_seq);
+            hooks::ringwire_msg_sent(sid.0, m.seq, m.ty as u32, m.payload_len() as u64);
             self.counts.sent[Tag::Message as usize] += 1;
             s.ack_pending = false;
             if !s.policy.lossy {
@@ -1986,6 +2048,7 @@ impl Endpoint {
         }
         s.in_seq = header.seq;
         s.ack_pending = true;
+        hooks::ringwire_msg_dispatched(sid.0, msg.seq, msg.ty as u32, msg.payload_len() as u64);
         self.events.push_back(Event::Message { session: sid, msg });
         self.intercept(cid, Step::ReadMessageComplete, || None)
     }
@@ -1998,6 +2061,7 @@ impl Endpoint {
         };
         c.span.in_scope(|| tracing::debug!(%reason, "fault"));
         let sid = c.session;
+        hooks::ringwire_fault(cid.0, sid.map_or(0, |s| s.0), reason.code());
         self.events.push_back(Event::Fault {
             session: sid,
             conn: cid,

@@ -10,6 +10,7 @@ pub mod control;
 pub mod crc;
 pub mod endpoint;
 pub mod frame;
+pub mod hooks;
 pub mod intercept;
 pub mod message;
 pub mod policy;

@@ -587,6 +587,9 @@ impl Worker {
                     STATE_CONNECTING
                 };
                 handle.state.store(state, Ordering::Release);
+                if !self.handles.contains_key(&sid) {
+                    self.count_as(&handle, state);
+                }
                 if let Some(first) = self.handles.get(&sid).and_then(|h| h.first()) {
                     let peer = first.peer.lock().expect("not poisoned").clone();
                     *handle.peer.lock().expect("not poisoned") = peer;
@@ -656,13 +659,47 @@ impl Worker {
             })
     }
 
+    /// Moves a session (its first handle) to `state` in the per-state gauges.
+    fn count_as(&self, first: &ConnShared, state: u8) {
+        let sessions = &self.shared.counters.sessions;
+        let old = first.counted.swap(state, Ordering::Relaxed);
+        if old == state {
+            return;
+        }
+        if let Some(g) = sessions.get(old as usize) {
+            g.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(g) = sessions.get(state as usize) {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn set_state(&self, sid: SessionId, state: u8) {
-        for h in self.handles.get(&sid).into_iter().flatten() {
+        let Some(hs) = self.handles.get(&sid) else {
+            return;
+        };
+        if let Some(first) = hs.first() {
+            let old = first.counted.load(Ordering::Relaxed);
+            self.count_as(first, state);
+            let ready_again = old != state
+                && state == STATE_READY
+                && first.was_ready.swap(true, Ordering::Relaxed);
+            if ready_again {
+                self.shared
+                    .counters
+                    .reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for h in hs {
             h.state.store(state, Ordering::Release);
         }
     }
 
     fn session_closed(&mut self, sid: SessionId) {
+        if let Some(first) = self.handles.get(&sid).and_then(|h| h.first()) {
+            self.count_as(first, STATE_CLOSED);
+        }
         if let Some(hs) = self.handles.remove(&sid) {
             let mut by_addr = self.shared.by_addr.lock().expect("not poisoned");
             for h in hs {
@@ -860,11 +897,14 @@ impl Worker {
             id: self.shared.next_handle.fetch_add(1, Ordering::Relaxed),
             worker: self.index,
             state: std::sync::atomic::AtomicU8::new(STATE_CONNECTING),
+            was_ready: Default::default(),
+            counted: std::sync::atomic::AtomicU8::new(STATE_CLOSED),
             peer: Mutex::new(None),
             messenger: self.shared.clone(),
         });
         self.sessions.insert(inner.id, sid);
         self.handles.insert(sid, vec![inner.clone()]);
+        self.count_as(&inner, STATE_CONNECTING);
         let conn = Connection { inner };
         if let Some(key) = addrs.primary() {
             let mut by_addr = self.shared.by_addr.lock().expect("not poisoned");

@@ -1,0 +1,158 @@
+//! Prometheus metrics of a messenger (the `prometheus` crate's registry and text format),
+//! rendered from its counters at each scrape, and a minimal `/metrics` HTTP endpoint.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Weak;
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::messenger::{stats_of, Shared, Stats};
+use crate::proto::EntityName;
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+/// The metrics in the Prometheus text exposition format.
+pub fn render(st: &Stats, name: &EntityName) -> String {
+    let reg = Registry::new_custom(Some("ringwire".into()), None).expect("valid registry");
+    let entity = name.to_string();
+    let sessions = IntGaugeVec::new(
+        Opts::new("sessions", "Sessions by state").const_label("entity", &entity),
+        &["state"],
+    )
+    .expect("valid metric");
+    reg.register(Box::new(sessions.clone()))
+        .expect("unique metric");
+    sessions
+        .with_label_values(&["connecting"])
+        .set(st.sessions_connecting);
+    sessions
+        .with_label_values(&["ready"])
+        .set(st.sessions_ready);
+    let e = entity.as_str();
+    let messages = counter(
+        &reg,
+        "messages_total",
+        "Messages by direction",
+        &["entity", "direction"],
+    );
+    messages
+        .with_label_values(&[e, "in"])
+        .inc_by(st.messages_in);
+    messages
+        .with_label_values(&[e, "out"])
+        .inc_by(st.messages_out);
+    let bytes = counter(
+        &reg,
+        "payload_bytes_total",
+        "Payload bytes by direction",
+        &["entity", "direction"],
+    );
+    bytes.with_label_values(&[e, "in"]).inc_by(st.bytes_in);
+    bytes.with_label_values(&[e, "out"]).inc_by(st.bytes_out);
+    let plain: [(&str, &str, u64); 9] = [
+        ("faults_total", "Connection faults", st.faults),
+        (
+            "injected_faults_total",
+            "Faults injected by inject_socket_failures",
+            st.injected_faults,
+        ),
+        (
+            "handshakes_total",
+            "Connections that reached READY",
+            st.handshakes,
+        ),
+        (
+            "reconnects_total",
+            "Sessions ready again after having been ready",
+            st.reconnects,
+        ),
+        (
+            "migrations_total",
+            "Accepted connections handed to the worker owning their session",
+            st.migrations,
+        ),
+        (
+            "throttle_stalls_total",
+            "Receives held back by the dispatch throttle",
+            st.throttle_stalls,
+        ),
+        (
+            "backlog_stalls_total",
+            "Receives held back by a connection's send backlog",
+            st.backlog_stalls,
+        ),
+        (
+            "registered_sends_total",
+            "Sends from the registered payload arena",
+            st.registered_sends,
+        ),
+        (
+            "remote_resets_total",
+            "Sessions the peer reset",
+            st.remote_resets,
+        ),
+    ];
+    for (n, help, v) in plain {
+        counter(&reg, n, help, &["entity"])
+            .with_label_values(&[e])
+            .inc_by(v);
+    }
+    counter(&reg, "resets_total", "Lossy sessions reset", &["entity"])
+        .with_label_values(&[e])
+        .inc_by(st.resets);
+    let zc = counter(
+        &reg,
+        "zerocopy_sends_total",
+        "SENDMSG_ZC operations by outcome",
+        &["entity", "outcome"],
+    );
+    zc.with_label_values(&[e, "zerocopy"])
+        .inc_by(st.zerocopy_sends);
+    zc.with_label_values(&[e, "copied"])
+        .inc_by(st.zerocopy_copied);
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&reg.gather(), &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// Serves `GET /metrics` until the messenger is gone.
+pub fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("ringwire-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Some(shared) = shared.upgrade() else { return };
+                let mut request_line = String::new();
+                let mut reader = BufReader::new(&stream);
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Drain the headers; the request has no body.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let response = if request_line.starts_with("GET /metrics") {
+                    let body = render(&stats_of(&shared), &shared.name);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        })?;
+    Ok(local)
+}
