@@ -355,7 +355,42 @@ pub(crate) struct Shared {
     pub arena: Option<Arc<crate::runtime::Arena>>,
 }
 
-/// A messenger: workers, listeners and sessions. See the crate docs for an example.
+/// A messenger: workers, listeners and sessions.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
+/// use ringwire::{Connection, Dispatcher, Messenger, Options};
+///
+/// /// Echoes every message back.
+/// struct Echo;
+/// impl Dispatcher for Echo {
+///     fn dispatch(&self, conn: &Connection, msg: Message) {
+///         let _ = conn.send(msg);
+///     }
+/// }
+///
+/// // An OSD-like server: stateful sessions for clients, lossless peers for other OSDs.
+/// let server = Messenger::builder(EntityName { ty: EntityType::OSD, id: "0".into() })
+///     .bind(EntityAddr::parse("v2:127.0.0.1:6800").unwrap())
+///     .bind(EntityAddr::parse("v2:[::1]:6800").unwrap())
+///     .policy(EntityType::CLIENT, Policy::stateful_server())
+///     .policy(EntityType::OSD, Policy::lossless_peer())
+///     .options(Options { workers: 2, ..Options::default() })
+///     .start(Arc::new(Echo))?;
+/// println!("listening on {}", server.addrs());
+///
+/// // A client whose messages survive reconnects.
+/// let client = Messenger::builder(EntityName { ty: EntityType::CLIENT, id: "admin".into() })
+///     .policy(EntityType::OSD, Policy::lossless_client())
+///     .start(Arc::new(Echo))?;
+/// let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+/// conn.send(Message::new(0x10).with_front(&b"hello"[..])).expect("open");
+/// conn.keepalive();
+/// client.shutdown();
+/// client.wait();
+/// # Ok::<(), ringwire::Error>(())
+/// ```
 pub struct Messenger {
     pub(crate) shared: Arc<Shared>,
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
