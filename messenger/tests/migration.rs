@@ -123,7 +123,11 @@ fn sessions_follow_their_owner_across_reconnects() {
                 },
                 EntityAddrVec(vec![server_addr]),
             );
-            c.placement = Placement { index, count: 2 };
+            c.placement = Placement {
+                index,
+                count: 2,
+                messenger: 0,
+            };
             c.default_policy = Policy::stateful_server();
             c.seed = index as u64 + 7;
             Endpoint::new(c)

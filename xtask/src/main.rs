@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's build and test entry points.
 //!
 //! - `cargo xtask ci`: formatting check, clippy with warnings denied, every test.
-//! - `cargo xtask build`: release build of the workspace.
+//! - `cargo xtask build`: the BPF object, then a release build of the workspace.
+//! - `cargo xtask build-ebpf`: only the BPF object (installs nightly rust-src and bpf-linker
+//!   when missing).
 //! - `cargo xtask fuzz [SECONDS]`: runs each fuzz target (cargo-fuzz, nightly) for SECONDS.
 
 use std::io::{BufRead, BufReader};
@@ -16,13 +18,15 @@ fn main() {
     let root = project_root();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
-        Some("build") => run(&root, "cargo", &["build", "--release", "--workspace"]),
+        Some("build") => build_ebpf(&root)
+            .and_then(|_| run(&root, "cargo", &["build", "--release", "--workspace"])),
+        Some("build-ebpf") => build_ebpf(&root).map(|obj| println!("{}", obj.display())),
         Some("fuzz") => {
             let secs = args.get(1).map(String::as_str).unwrap_or("60");
             fuzz(&root, secs)
         }
         _ => {
-            eprintln!("usage: cargo xtask <ci | build | fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS]>");
             exit(2);
         }
     };
@@ -61,6 +65,8 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> Result<(), String> {
 
 fn ci(root: &Path) -> Result<(), String> {
     run(root, "cargo", &["fmt", "--all", "--check"])?;
+    // ringwire-trace embeds the BPF object: build it first; cargo finds it through the env.
+    build_ebpf(root)?;
     run(
         root,
         "cargo",
@@ -160,6 +166,137 @@ fn seed_with_captures(root: &Path, corpus: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Where the BPF object is built (outside the clone, so rebuilds are incremental).
+fn ebpf_target_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
+    home.join(".cache").join("ringwire-ebpf-target")
+}
+
+/// Builds ebpf/ringwire-trace-ebpf for bpfel-unknown-none with nightly and bpf-linker, and
+/// points RINGWIRE_TRACE_BPF (for this process and the cargo commands it runs) at the object.
+fn build_ebpf(root: &Path) -> Result<PathBuf, String> {
+    ensure_bpf_toolchain()?;
+    let crate_dir = root.join("ebpf").join("ringwire-trace-ebpf");
+    let target_dir = ebpf_target_dir();
+    let started = Instant::now();
+    eprintln!("xtask: building the BPF object (nightly, bpfel-unknown-none)");
+    let status = Command::new("cargo")
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .current_dir(&crate_dir)
+        .status()
+        .map_err(|e| format!("cannot run cargo +nightly: {e}"))?;
+    if !status.success() {
+        return Err("building the BPF object failed".into());
+    }
+    let obj = target_dir.join("bpfel-unknown-none/release/ringwire-trace");
+    eprintln!(
+        "xtask: BPF object {} in {:.1}s",
+        obj.display(),
+        started.elapsed().as_secs_f64()
+    );
+    // SAFETY: single-threaded at this point; the variable is read by child processes.
+    unsafe { std::env::set_var("RINGWIRE_TRACE_BPF", &obj) };
+    Ok(obj)
+}
+
+/// nightly with rust-src, and bpf-linker linked against that nightly's own libLLVM (Debian
+/// has no LLVM as new as nightly's), as shared/recipes/ebpf.md found to work.
+fn ensure_bpf_toolchain() -> Result<(), String> {
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        run(
+            Path::new("."),
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
+    }
+    run(
+        Path::new("."),
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )?;
+    let have_linker = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_linker {
+        return Ok(());
+    }
+    let out = |args: &[&str]| -> Result<String, String> {
+        let o = Command::new("rustc")
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let sysroot = out(&["+nightly", "--print", "sysroot"])?;
+    let version = out(&["+nightly", "-vV"])?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .ok_or("cannot read nightly's LLVM version")?
+        .to_string();
+    let lib = std::fs::read_dir(Path::new(&sysroot).join("lib"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .ok_or("nightly ships no libLLVM.so")?;
+    // bpf-linker links -lLLVM from $LLVM_PREFIX/lib and keeps that directory as its RUNPATH.
+    let home = std::env::var("HOME").map_err(|e| e.to_string())?;
+    let shim = Path::new(&home).join(".cargo/llvm-shim/lib");
+    std::fs::create_dir_all(&shim).map_err(|e| e.to_string())?;
+    for name in [
+        "libLLVM.so".to_string(),
+        lib.file_name().unwrap().to_string_lossy().to_string(),
+    ] {
+        let link = shim.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).map_err(|e| e.to_string())?;
+    }
+    let feature = format!("llvm-{major}");
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            &feature,
+        ])
+        .arg("bpf-linker@0.13.0")
+        .env("LLVM_PREFIX", shim.parent().expect("shim has a parent"))
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("installing bpf-linker failed".into())
+    }
 }
 
 fn ensure_cargo_fuzz() -> Result<(), String> {

@@ -121,11 +121,13 @@ pub struct EndpointConfig {
     pub placement: Placement,
 }
 
-/// This endpoint's index among `count` endpoints sharing the session space.
+/// This endpoint's index among `count` endpoints sharing the session space, and the
+/// messenger it belongs to (its number in the process, for process-unique ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub index: usize,
     pub count: usize,
+    pub messenger: u8,
 }
 
 /// The endpoint (of `count`) that owns sessions with the peer at `addr`: FNV-1a over the
@@ -194,7 +196,11 @@ impl EndpointConfig {
             keepalive_interval: None,
             inject_socket_failures: 0,
             seed: 0x5eed,
-            placement: Placement { index: 0, count: 1 },
+            placement: Placement {
+                index: 0,
+                count: 1,
+                messenger: 0,
+            },
         }
     }
 
@@ -411,7 +417,7 @@ enum Trigger {
 }
 
 struct Conn {
-    /// Process-wide id (worker << 48 | id), as the probes report it.
+    /// Process-wide id, as the probes report it.
     global_id: u64,
     role: Role,
     state: ConnState,
@@ -638,11 +644,12 @@ impl Endpoint {
         self.interceptor = interceptor;
     }
 
-    /// Ids are unique in the process (worker index in the top bits), so probes and logs of
-    /// different workers never mix them up.
+    /// Ids are unique in the process (messenger and worker in the top bits: 8 + 8 + 40 bits),
+    /// so probes and logs of different workers and messengers never mix them up.
     fn alloc_id(&mut self) -> u64 {
         self.next_id += 1;
-        ((self.config.placement.index as u64) << 48) | self.next_id
+        let p = self.config.placement;
+        ((p.messenger as u64) << 48) | ((p.index as u64 & 0xff) << 40) | self.next_id
     }
 
     fn my_race_addr(&self) -> Option<&EntityAddr> {
@@ -1690,6 +1697,10 @@ impl Endpoint {
         let sid = self.conns[&cid]
             .session
             .expect("client conns belong to a session");
+        if let Some(outcome) = hooks::reconnect_outcome(&control) {
+            let cs = self.sessions.get(&sid).map_or(0, |s| s.connect_seq);
+            hooks::ringwire_reconnect(sid.0, cs, outcome);
+        }
         match control {
             Control::ServerIdent(si) => {
                 let s = self.sessions.get_mut(&sid).expect("session exists");

@@ -4,8 +4,8 @@
 //! arguments. `black_box` keeps the optimiser from deleting calls to an empty function, and a
 //! distinct constant in each body keeps the linker from folding two probes into one address.
 //!
-//! Ids are global within a process: `worker << 48 | id`, so connections of different workers
-//! never collide.
+//! Ids are unique within a process: messenger (8 bits) | worker (8 bits) | counter (40 bits),
+//! so connections of different workers and messengers never collide.
 
 use std::hint::black_box;
 

@@ -274,6 +274,9 @@ pub(crate) fn start(
     dispatcher: Arc<dyn Dispatcher>,
 ) -> Result<Messenger, Error> {
     let n = b.options.workers.max(1);
+    // Numbers messengers in this process, so that probe ids of two messengers never collide.
+    static MESSENGERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let messenger = MESSENGERS.fetch_add(1, Ordering::Relaxed);
     // Monitors are known by their address alone (monmaps carry nonce 0), as in Ceph.
     let nonce = b.options.nonce.unwrap_or_else(|| {
         if b.name.ty == EntityType::MON {
@@ -362,7 +365,11 @@ pub(crate) fn start(
         cfg.keepalive_interval = b.options.keepalive_interval;
         cfg.inject_socket_failures = b.options.inject_socket_failures;
         cfg.seed = random_u64();
-        cfg.placement = Placement { index, count: n };
+        cfg.placement = Placement {
+            index,
+            count: n,
+            messenger,
+        };
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let entries = b.options.ring_entries;
