@@ -709,7 +709,12 @@ fn reconnect_race_test() {
         1,
         "nothing duplicated"
     );
-    // One reconnect won (one RECONNECT_OK in all); the other side was told to wait.
+    // One reconnect won; the other side was told to wait, and (depending on the order the
+    // frames crossed) may have retried once afterwards, as Ceph's test allows (1–2).
     let oks = low.steps.count(Step::SendReconnectOk) + high.steps.count(Step::SendReconnectOk);
-    assert_eq!(oks, 1, "exactly one side accepted a reconnect");
+    assert!((1..=2).contains(&oks), "{oks} reconnects accepted");
+    assert!(
+        low.steps.count(Step::SendReconnect) + high.steps.count(Step::SendReconnect) >= 2,
+        "both sides tried to reconnect"
+    );
 }

@@ -11,6 +11,8 @@
 
 mod arena;
 mod bufring;
+mod tcp;
+mod transport;
 
 pub use self::arena::{Arena, ArenaBuf};
 
@@ -23,11 +25,9 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use socket2::{Domain, SockAddr, Socket, Type};
+use io_uring::{opcode, types, IoUring};
+use socket2::{Domain, Socket, Type};
 
-use self::bufring::BufRing;
 use crate::messenger::{
     ConnShared, Connection, Dispatcher, Error, Messenger, MessengerBuilder, Shared, STATE_CLOSED,
     STATE_CONNECTING, STATE_READY,
@@ -115,108 +115,31 @@ impl WorkerHandle {
     }
 }
 
-const KIND_ACCEPT: u64 = 1;
-const KIND_CONNECT: u64 = 2;
-const KIND_RECV: u64 = 3;
-const KIND_SEND: u64 = 4;
-const KIND_EVENTFD: u64 = 5;
-const KEY_MASK: u64 = (1 << 56) - 1;
-/// `IORING_NOTIF_USAGE_ZC_COPIED` (include/uapi/linux/io_uring.h): the zero-copy send was
-/// copied after all.
-const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
-/// `IORING_SEND_ZC_REPORT_USAGE`: ask the kernel to say whether it copied.
-const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// The eventfd read's operation kind (the transport's kinds are below it).
+const KIND_EVENTFD: u64 = 0x7f;
 
-fn user_data(kind: u64, key: u64) -> u64 {
-    (kind << 56) | (key & KEY_MASK)
-}
-
-/// At most this many chunks per `sendmsg` (well under IOV_MAX).
-const MAX_IOV: usize = 256;
-/// Provided receive buffers per worker, and their size.
-const RECV_BUFFERS: u16 = 256;
-const RECV_BUFFER_SIZE: usize = 16 * 1024;
-const BUFFER_GROUP: u16 = 1;
-
-enum RecvState {
-    Idle,
-    /// A receive into the provided-buffer ring is in flight.
-    Pooled,
-    /// A receive straight into a lent segment buffer is in flight.
-    Direct(BytesMut),
-}
-
-struct SendOp {
-    chunks: Vec<Bytes>,
-    // The kernel reads these while the send is in flight; they live in the heap (stable
-    // addresses) and are dropped only after the completion.
-    _iov: Vec<libc::iovec>,
-    _msg: Option<Box<libc::msghdr>>,
-}
-
-struct Sock {
-    fd: OwnedFd,
-    recv: RecvState,
-    send: Option<SendOp>,
-    connect_addr: Option<Box<SockAddr>>,
-    /// Operations in flight; the fd and buffers are released only at zero.
-    ops: u32,
-    /// Closing: these bytes still go out first, then the socket is shut down.
-    closing: Option<Vec<Bytes>>,
-    shut: bool,
-    migrate: Option<(usize, Box<Handoff>)>,
-    dirty: bool,
-    /// Payloads of zero-copy sends the kernel may still read (until their notification).
-    zc_pending: VecDeque<Vec<Bytes>>,
-    /// Cleared when a zero-copy send to this peer was copied anyway: it does not pay here.
-    zc_pays: bool,
-}
-
-impl Sock {
-    fn new(fd: OwnedFd) -> Self {
-        Sock {
-            fd,
-            recv: RecvState::Idle,
-            send: None,
-            connect_addr: None,
-            ops: 0,
-            closing: None,
-            shut: false,
-            migrate: None,
-            dirty: true,
-            zc_pending: VecDeque::new(),
-            zc_pays: true,
-        }
-    }
-}
+use self::tcp::{user_data, Tcp};
+use self::transport::{Cx, Transport};
 
 struct Worker {
-    // Dropped first: unregisters the buffer ring before its memory goes.
+    // Dropped first: unregisters the transport's buffers before their memory goes.
     ring: IoUring,
-    bufs: BufRing,
+    tcp: Tcp,
     index: usize,
     shared: Arc<Shared>,
     ep: Endpoint,
-    socks: IdMap<u64, Sock>,
-    dirty: Vec<u64>,
-    listeners: Vec<OwnedFd>,
-    accepts_armed: usize,
     eventfd_buf: Box<[u8; 8]>,
     /// Handles per session (several when `connect` raced an accepted session).
     handles: IdMap<SessionId, Vec<Arc<ConnShared>>>,
     sessions: IdMap<u64, SessionId>,
     cqes: Vec<(u64, i32, u32)>,
     commands: VecDeque<Command>,
-    /// Sockets not read because the dispatch throttle is full.
-    held_back: Vec<u64>,
-    /// The payload arena is registered with this ring as fixed buffer 0.
-    fixed_arena: bool,
     /// The time read once after each wait, for everything handled until the next one.
     now: Time,
     shutting_down: bool,
 }
 
-fn io_uring_error(source: io::Error) -> Error {
+pub(crate) fn io_uring_error(source: io::Error) -> Error {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -420,6 +343,19 @@ impl crate::proto::Interceptor for OnWorker {
     }
 }
 
+/// Borrows the worker's ring, endpoint and shared state for a transport call.
+macro_rules! cx {
+    ($w:ident) => {
+        Cx {
+            ring: &mut $w.ring,
+            ep: &mut $w.ep,
+            shared: &$w.shared,
+            now: $w.now,
+            shutting_down: $w.shutting_down,
+        }
+    };
+}
+
 impl Worker {
     fn new(
         index: usize,
@@ -428,47 +364,32 @@ impl Worker {
         listeners: Vec<OwnedFd>,
         entries: u32,
     ) -> Result<Worker, Error> {
-        let ring = build_ring(entries)?;
-        let bufs = BufRing::new(&ring, BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)
-            .map_err(io_uring_error)?;
-        let fixed_arena = match &shared.arena {
-            // SAFETY: the arena outlives the ring: the worker holds `shared` (which holds the
-            // arena) and drops its ring first.
-            Some(a) => match unsafe { ring.submitter().register_buffers(&[a.iovec()]) } {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(
-                        worker = index,
-                        "cannot register the payload arena ({e}); raise RLIMIT_MEMLOCK to send from it without pinning per send"
-                    );
-                    false
-                }
-            },
-            None => false,
+        let mut ring = build_ring(entries)?;
+        let mut ep = Endpoint::new(cfg);
+        let tcp = {
+            let mut cx = Cx {
+                ring: &mut ring,
+                ep: &mut ep,
+                shared: &shared,
+                now: Time(0),
+                shutting_down: false,
+            };
+            Tcp::new(&mut cx, index, listeners)?
         };
         let mut w = Worker {
             ring,
-            bufs,
+            tcp,
             index,
             shared,
-            ep: Endpoint::new(cfg),
-            socks: IdMap::default(),
-            dirty: Vec::new(),
-            listeners,
-            accepts_armed: 0,
+            ep,
             eventfd_buf: Box::new([0; 8]),
             handles: IdMap::default(),
             sessions: IdMap::default(),
             cqes: Vec::with_capacity(256),
             commands: VecDeque::new(),
-            held_back: Vec::new(),
-            fixed_arena,
             now: Time(0),
             shutting_down: false,
         };
-        for i in 0..w.listeners.len() {
-            w.arm_accept(i);
-        }
         w.arm_eventfd();
         Ok(w)
     }
@@ -481,39 +402,30 @@ impl Worker {
         self.now = Time(self.shared.origin.elapsed().as_nanos() as u64);
     }
 
-    fn push_sqe(&mut self, e: squeue::Entry) {
-        // SAFETY: every buffer an entry points to is owned by a Sock, the BufRing or the
-        // Worker and outlives the operation (released only after its completion).
-        unsafe {
-            while self.ring.submission().push(&e).is_err() {
-                let _ = self.ring.submit();
-            }
-        }
-    }
-
-    fn arm_accept(&mut self, i: usize) {
-        let fd = self.listeners[i].as_raw_fd();
-        let e = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data(KIND_ACCEPT, i as u64));
-        self.push_sqe(e);
-        self.accepts_armed += 1;
-    }
-
     fn arm_eventfd(&mut self) {
         let fd = self.shared.workers[self.index].eventfd.as_raw_fd();
         let e = opcode::Read::new(types::Fd(fd), self.eventfd_buf.as_mut_ptr(), 8)
             .build()
             .user_data(user_data(KIND_EVENTFD, 0));
-        self.push_sqe(e);
+        cx!(self).push(e);
+    }
+
+    /// A completion: the eventfd's, or the transport's.
+    fn complete(&mut self, ud: u64, res: i32, flags: u32) {
+        if ud >> 56 == KIND_EVENTFD {
+            if !(self.shutting_down && self.tcp.is_idle()) {
+                self.arm_eventfd();
+            }
+            return;
+        }
+        self.tcp.complete(&mut cx!(self), ud, res, flags);
     }
 
     fn run(&mut self) {
         loop {
             self.tick();
             self.drain();
-            if self.shutting_down && self.socks.is_empty() && self.accepts_armed == 0 {
+            if self.shutting_down && self.tcp.is_idle() {
                 return;
             }
             let now = self.now();
@@ -563,7 +475,7 @@ impl Worker {
             }
             self.commands = commands;
             let moved = self.endpoint_output();
-            self.arm_dirty();
+            self.tcp.progress(&mut cx!(self));
             if idle && !moved {
                 return;
             }
@@ -631,15 +543,10 @@ impl Worker {
                 }
             }
             Command::Resume { conn } => self.ep.resume(now, conn),
-            Command::Unthrottle => {
-                for key in std::mem::take(&mut self.held_back) {
-                    self.mark_dirty(key);
-                }
-            }
+            Command::Unthrottle => self.tcp.unthrottle(),
             Command::Adopt { fd, handoff } => {
                 let cid = self.ep.adopt(now, *handoff);
-                self.socks.insert(cid.0, Sock::new(fd));
-                self.dirty.push(cid.0);
+                self.tcp.adopt(cid, fd);
             }
             Command::Shutdown => {
                 self.shutting_down = true;
@@ -648,11 +555,7 @@ impl Worker {
                 for sid in sids {
                     self.session_closed(sid);
                 }
-                for l in &self.listeners {
-                    // Wakes the multishot accepts; they complete and are not re-armed.
-                    // SAFETY: plain syscall on a descriptor we own.
-                    unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
-                }
+                self.tcp.shutdown();
             }
         }
     }
@@ -733,58 +636,12 @@ impl Worker {
 
     fn io(&mut self, io: Io) {
         match io {
-            Io::Connect { conn, addr } => self.connect(conn, addr),
-            Io::Transmit { conn } => self.mark_dirty(conn.0),
-            Io::Close { conn, remaining } => {
-                if let Some(s) = self.socks.get_mut(&conn.0) {
-                    s.closing = Some(remaining);
-                    self.mark_dirty(conn.0);
-                }
-            }
-            Io::Migrate { conn, to, handoff } => {
-                if let Some(s) = self.socks.get_mut(&conn.0) {
-                    s.migrate = Some((to, handoff));
-                    self.mark_dirty(conn.0);
-                }
-            }
+            // Every address is TCP today; the RDMA transport will be chosen here by address.
+            Io::Connect { conn, addr } => self.tcp.connect(&mut cx!(self), conn, addr),
+            Io::Transmit { conn } => self.tcp.wake(conn),
+            Io::Close { conn, remaining } => self.tcp.close(conn, remaining),
+            Io::Migrate { conn, to, handoff } => self.tcp.migrate(conn, to, handoff),
         }
-    }
-
-    fn mark_dirty(&mut self, key: u64) {
-        if let Some(s) = self.socks.get_mut(&key) {
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty.push(key);
-            }
-        }
-    }
-
-    fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)
-            .and_then(|s| s.set_tcp_nodelay(true).map(|_| s));
-        let socket = match socket {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%addr, "cannot create socket: {e}");
-                let now = self.now();
-                self.ep.on_closed(now, conn);
-                return;
-            }
-        };
-        let mut sock = Sock::new(socket.into());
-        sock.dirty = false;
-        let sa = Box::new(SockAddr::from(addr));
-        let e = opcode::Connect::new(
-            types::Fd(sock.fd.as_raw_fd()),
-            sa.as_ptr() as *const libc::sockaddr,
-            sa.len(),
-        )
-        .build()
-        .user_data(user_data(KIND_CONNECT, conn.0));
-        sock.connect_addr = Some(sa);
-        sock.ops += 1;
-        self.socks.insert(conn.0, sock);
-        self.push_sqe(e);
     }
 
     fn event(&mut self, ev: Event) {
@@ -924,357 +781,4 @@ impl Worker {
     }
 
     // ------------------------------------------------------------------ sockets
-
-    fn arm_dirty(&mut self) {
-        while let Some(key) = self.dirty.pop() {
-            if let Some(s) = self.socks.get_mut(&key) {
-                s.dirty = false;
-            }
-            self.arm(key);
-        }
-    }
-
-    /// Starts whatever a socket can do next: send, receive, close or hand-over.
-    fn arm(&mut self, key: u64) {
-        let Some(s) = self.socks.get_mut(&key) else {
-            return;
-        };
-        if let Some(remaining) = s.closing.as_mut() {
-            if s.send.is_none() && !remaining.is_empty() && !s.shut {
-                let chunks = std::mem::take(remaining);
-                self.submit_send(key, chunks);
-                return;
-            }
-            let s = self.socks.get_mut(&key).expect("present");
-            if s.send.is_none() && !s.shut {
-                s.shut = true;
-                // Completes the receive in flight (with 0); the fd closes when ops reach 0.
-                // SAFETY: plain syscall on a descriptor we own.
-                unsafe { libc::shutdown(s.fd.as_raw_fd(), libc::SHUT_RDWR) };
-            }
-            if s.ops == 0 {
-                self.socks.remove(&key);
-            }
-            return;
-        }
-        if s.migrate.is_some() {
-            if s.ops == 0 {
-                let s = self.socks.remove(&key).expect("present");
-                let (to, handoff) = s.migrate.expect("checked");
-                self.shared
-                    .counters
-                    .migrations
-                    .fetch_add(1, Ordering::Relaxed);
-                self.shared.workers[to].push(Command::Adopt { fd: s.fd, handoff });
-            }
-            return;
-        }
-        if s.connect_addr.is_some() {
-            return; // still connecting
-        }
-        let conn = ConnId(key);
-        if s.send.is_none() {
-            let zc_pays = s.zc_pays;
-            let zc_min = self.shared.zerocopy_min;
-            let arena = self.shared.arena.clone().filter(|_| self.fixed_arena);
-            // An arena chunk worth sending zero-copy goes alone from the fixed buffer; the
-            // chunks before it go in one sendmsg first.
-            let fixed = |c: &Bytes| {
-                zc_pays
-                    && zc_min > 0
-                    && c.len() >= zc_min
-                    && arena
-                        .as_ref()
-                        .is_some_and(|a| a.contains(c.as_ptr(), c.len()))
-            };
-            let mut chunks: Vec<Bytes> = Vec::new();
-            if let Some(q) = self.ep.tx_queue(conn).filter(|q| !q.is_empty()) {
-                for c in q.chunks().take(MAX_IOV) {
-                    if fixed(c) {
-                        if chunks.is_empty() {
-                            chunks.push(c.clone());
-                        }
-                        break;
-                    }
-                    chunks.push(c.clone());
-                }
-            }
-            match chunks.as_slice() {
-                [] => {}
-                [one] if fixed(one) => self.submit_fixed_send(key, one.clone()),
-                _ => self.submit_send(key, chunks),
-            }
-        }
-        let backlog = self.ep.tx_queue(conn).map_or(0, |q| q.len());
-        let s = self.socks.get_mut(&key).expect("present");
-        if matches!(s.recv, RecvState::Idle) && !self.shutting_down {
-            let counters = &self.shared.counters;
-            if backlog > self.shared.max_send_backlog {
-                // Re-armed when a send completes (which marks the socket dirty).
-                counters.backlog_stalls.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            if self.shared.throttle.as_ref().is_some_and(|t| t.over()) {
-                counters.throttle_stalls.fetch_add(1, Ordering::Relaxed);
-                self.held_back.push(key);
-                return;
-            }
-            let s = self.socks.get_mut(&key).expect("present");
-            let fd = s.fd.as_raw_fd();
-            let entry = match self.ep.lend_segment(conn) {
-                Some((mut buf, want)) => {
-                    debug_assert!(buf.capacity() - buf.len() >= want);
-                    // Into the spare capacity after the bytes already received.
-                    // SAFETY: the pointer stays within the allocation (len + want <= capacity).
-                    let dst = unsafe { buf.as_mut_ptr().add(buf.len()) };
-                    let len = want as u32;
-                    let e = opcode::Recv::new(types::Fd(fd), dst, len)
-                        .flags(libc::MSG_WAITALL)
-                        .build();
-                    s.recv = RecvState::Direct(buf);
-                    e
-                }
-                None => {
-                    s.recv = RecvState::Pooled;
-                    opcode::Recv::new(
-                        types::Fd(fd),
-                        std::ptr::null_mut(),
-                        self.bufs.buf_size() as u32,
-                    )
-                    .buf_group(self.bufs.bgid)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
-                }
-            };
-            s.ops += 1;
-            self.push_sqe(entry.user_data(user_data(KIND_RECV, key)));
-        }
-    }
-
-    /// A zero-copy send straight from the registered arena (fixed buffer 0).
-    fn submit_fixed_send(&mut self, key: u64, chunk: Bytes) {
-        let s = self.socks.get_mut(&key).expect("present");
-        let e = opcode::SendZc::new(
-            types::Fd(s.fd.as_raw_fd()),
-            chunk.as_ptr(),
-            chunk.len() as u32,
-        )
-        .buf_index(Some(0))
-        .flags(libc::MSG_NOSIGNAL)
-        .zc_flags(SEND_ZC_REPORT_USAGE)
-        .build()
-        .user_data(user_data(KIND_SEND, key));
-        s.send = Some(SendOp {
-            chunks: vec![chunk],
-            _iov: Vec::new(),
-            _msg: None,
-        });
-        // The send's completion and its notification.
-        s.ops += 2;
-        self.shared
-            .counters
-            .registered_sends
-            .fetch_add(1, Ordering::Relaxed);
-        self.push_sqe(e);
-    }
-
-    fn submit_send(&mut self, key: u64, chunks: Vec<Bytes>) {
-        let s = self.socks.get_mut(&key).expect("present");
-        let mut iov: Vec<libc::iovec> = chunks
-            .iter()
-            .map(|c| libc::iovec {
-                iov_base: c.as_ptr() as *mut libc::c_void,
-                iov_len: c.len(),
-            })
-            .collect();
-        // SAFETY: an all-zero msghdr is valid; the fields we need are set below.
-        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len();
-        let zc_min = self.shared.zerocopy_min;
-        let zerocopy = zc_min > 0 && s.zc_pays && chunks.iter().any(|c| c.len() >= zc_min);
-        let fd = types::Fd(s.fd.as_raw_fd());
-        let e = if zerocopy {
-            // One more completion will come: the notification that the buffers are free.
-            s.ops += 1;
-            opcode::SendMsgZc::new(fd, &*msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .ioprio(SEND_ZC_REPORT_USAGE)
-                .build()
-        } else {
-            opcode::SendMsg::new(fd, &*msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-        }
-        .user_data(user_data(KIND_SEND, key));
-        s.send = Some(SendOp {
-            chunks,
-            _iov: iov,
-            _msg: Some(msg),
-        });
-        s.ops += 1;
-        self.push_sqe(e);
-    }
-
-    fn complete(&mut self, ud: u64, res: i32, flags: u32) {
-        let key = ud & KEY_MASK;
-        let now = self.now();
-        match ud >> 56 {
-            KIND_ACCEPT => self.accepted(key as usize, res, flags),
-            KIND_EVENTFD => {
-                if !(self.shutting_down && self.socks.is_empty()) {
-                    self.arm_eventfd();
-                }
-            }
-            KIND_CONNECT => {
-                let Some(s) = self.socks.get_mut(&key) else {
-                    return;
-                };
-                s.ops -= 1;
-                s.connect_addr = None;
-                if s.closing.is_none() {
-                    if res == 0 {
-                        self.ep.on_connected(now, ConnId(key));
-                    } else {
-                        tracing::debug!("connect failed: {}", io::Error::from_raw_os_error(-res));
-                        self.ep.on_closed(now, ConnId(key));
-                    }
-                }
-                self.mark_dirty(key);
-            }
-            KIND_RECV => self.received(key, res, flags),
-            KIND_SEND if cqueue::notif(flags) => {
-                let Some(s) = self.socks.get_mut(&key) else {
-                    return;
-                };
-                s.ops -= 1;
-                s.zc_pending.pop_front();
-                let counters = &self.shared.counters;
-                if res as u32 & NOTIF_USAGE_ZC_COPIED != 0 {
-                    counters.zerocopy_copied.fetch_add(1, Ordering::Relaxed);
-                    s.zc_pays = false;
-                } else {
-                    counters.zerocopy_sends.fetch_add(1, Ordering::Relaxed);
-                }
-                self.mark_dirty(key);
-            }
-            KIND_SEND => {
-                let Some(s) = self.socks.get_mut(&key) else {
-                    return;
-                };
-                s.ops -= 1;
-                let op = s.send.take().expect("a send was in flight");
-                if cqueue::more(flags) {
-                    // Zero copy: the kernel still reads these buffers until the notification.
-                    s.zc_pending.push_back(op.chunks.clone());
-                }
-                let live = s.closing.is_none();
-                if res < 0 {
-                    if live && s.migrate.is_none() {
-                        self.ep.on_closed(now, ConnId(key));
-                    }
-                } else {
-                    let n = res as usize;
-                    if let Some((_, handoff)) = s.migrate.as_mut() {
-                        handoff.advance_tx(n);
-                    } else if let Some(remaining) = s.closing.as_mut() {
-                        // The last words before a close: resend what did not go out.
-                        let mut left = n;
-                        let mut rest: Vec<Bytes> = Vec::new();
-                        for mut c in op.chunks {
-                            if left >= c.len() {
-                                left -= c.len();
-                            } else {
-                                let _ = c.split_to(left);
-                                left = 0;
-                                rest.push(c);
-                            }
-                        }
-                        rest.append(remaining);
-                        *remaining = rest;
-                    } else if let Some(q) = self.ep.tx_queue(ConnId(key)) {
-                        q.advance(n.min(q.len()));
-                    }
-                }
-                self.mark_dirty(key);
-            }
-            _ => tracing::error!(ud, "completion for an unknown operation"),
-        }
-    }
-
-    fn accepted(&mut self, i: usize, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.accepts_armed -= 1;
-            if !self.shutting_down {
-                self.arm_accept(i);
-            }
-        }
-        if res < 0 {
-            if !self.shutting_down {
-                tracing::warn!("accept: {}", io::Error::from_raw_os_error(-res));
-            }
-            return;
-        }
-        // SAFETY: a fresh descriptor from accept, owned from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(res) };
-        if self.shutting_down {
-            return;
-        }
-        let sock = Socket::from(fd);
-        let _ = sock.set_tcp_nodelay(true);
-        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
-        let Some(peer) = peer else {
-            return; // already gone
-        };
-        let now = self.now();
-        let cid = self.ep.accept(now, peer);
-        self.socks.insert(cid.0, Sock::new(sock.into()));
-        self.dirty.push(cid.0);
-    }
-
-    fn received(&mut self, key: u64, res: i32, flags: u32) {
-        let now = self.now();
-        let Some(s) = self.socks.get_mut(&key) else {
-            return;
-        };
-        s.ops -= 1;
-        let state = std::mem::replace(&mut s.recv, RecvState::Idle);
-        let live = s.closing.is_none() && s.migrate.is_none();
-        let conn = ConnId(key);
-        match state {
-            RecvState::Pooled => {
-                let bid = cqueue::buffer_select(flags);
-                if res > 0 {
-                    let bid = bid.expect("a selected buffer");
-                    if live {
-                        let data = self.bufs.get(bid, res as usize);
-                        self.ep.on_input(now, conn, data);
-                    }
-                    self.bufs.recycle(bid);
-                } else {
-                    if let Some(bid) = bid {
-                        self.bufs.recycle(bid);
-                    }
-                    // Out of pooled buffers: try again on the next pass.
-                    if res != -libc::ENOBUFS && live {
-                        self.ep.on_closed(now, conn);
-                    }
-                }
-            }
-            RecvState::Direct(mut buf) => {
-                if live {
-                    let n = res.max(0) as usize;
-                    // SAFETY: the kernel wrote `n` bytes right after the buffer's length, inside
-                    // its capacity (the receive asked for at most the spare room it was given).
-                    unsafe { buf.set_len(buf.len() + n) };
-                    self.ep.return_segment(now, conn, buf, n);
-                    if res <= 0 {
-                        self.ep.on_closed(now, conn);
-                    }
-                }
-            }
-            RecvState::Idle => {}
-        }
-        self.mark_dirty(key);
-    }
 }
