@@ -209,8 +209,15 @@ fn lossy_client_sees_reset_when_the_server_marks_down() {
     });
 }
 
-#[test]
-fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
+/// A stateful server (one worker) and a lossless client with `client_options`, connected.
+fn stateful_pair(
+    client_options: Options,
+) -> (
+    Messenger,
+    std::sync::Arc<Recorder>,
+    Messenger,
+    ringwire::Connection,
+) {
     let server_rec = std::sync::Arc::new(Recorder::default());
     let server = Messenger::builder(name(EntityType::OSD, "0"))
         .bind(loopback())
@@ -220,13 +227,19 @@ fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
         .unwrap();
     let client = Messenger::builder(name(EntityType::CLIENT, "1"))
         .policy(EntityType::OSD, Policy::lossless_client())
-        .options(Options {
-            zerocopy_min: 64 << 10,
-            ..options(1)
-        })
+        .options(client_options)
         .start(std::sync::Arc::new(Recorder::default()))
         .unwrap();
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    (server, server_rec, client, conn)
+}
+
+#[test]
+fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
+    let (_server, server_rec, client, conn) = stateful_pair(Options {
+        zerocopy_min: 64 << 10,
+        ..options(1)
+    });
     for i in 0..20 {
         conn.send(numbered(i, 1, 1 << 20)).unwrap();
     }
@@ -248,22 +261,10 @@ fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
 
 #[test]
 fn arena_payloads_go_out_from_the_registered_buffer_and_come_back() {
-    let server_rec = std::sync::Arc::new(Recorder::default());
-    let server = Messenger::builder(name(EntityType::OSD, "0"))
-        .bind(loopback())
-        .policy(EntityType::CLIENT, Policy::stateful_server())
-        .options(options(1))
-        .start(server_rec.clone())
-        .unwrap();
-    let client = Messenger::builder(name(EntityType::CLIENT, "1"))
-        .policy(EntityType::OSD, Policy::lossless_client())
-        .options(Options {
-            arena_size: 16 << 20,
-            ..options(1)
-        })
-        .start(std::sync::Arc::new(Recorder::default()))
-        .unwrap();
-    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    let (_server, server_rec, client, conn) = stateful_pair(Options {
+        arena_size: 16 << 20,
+        ..options(1)
+    });
     // 40 × 4 MiB through a 16 MiB arena: only possible if sent payloads return to it.
     for i in 0..40u64 {
         let mut buf = loop {

@@ -357,23 +357,7 @@ fn message_test() {
 
 #[test]
 fn connection_race_test() {
-    let policy = Policy::lossless_peer_reuse();
-    let a = node(
-        EntityType::OSD,
-        "0",
-        true,
-        &[(EntityType::OSD, policy)],
-        opts(),
-        Arc::new(Recorder::default()),
-    );
-    let b = node(
-        EntityType::OSD,
-        "1",
-        true,
-        &[(EntityType::OSD, policy)],
-        opts(),
-        Arc::new(Recorder::default()),
-    );
+    let (a, b) = race_pair(Policy::lossless_peer_reuse());
     for n in [&a, &b] {
         n.steps.pause.lock().unwrap().push(Step::SendClientIdentity);
     }
