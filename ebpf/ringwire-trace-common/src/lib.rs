@@ -30,6 +30,12 @@ pub const FAULT: u32 = 6;
 /// `ringwire_reconnect`: a = session, b = connect_seq, c = outcome.
 pub const RECONNECT: u32 = 7;
 
+/// `ringwire_conn_socket`: a = conn, b = local port, c = peer port.
+pub const CONN_SOCKET: u32 = 8;
+/// Tracepoint `sock/inet_sock_set_state` (TCP): a = source port, b = destination port,
+/// c = old state, d = new state (the kernel's TCP_* numbers).
+pub const TCP_STATE: u32 = 9;
+
 #[cfg(feature = "user")]
 // SAFETY: plain `repr(C)` integers, no padding (4 + 4 + 5 × 8 bytes).
 unsafe impl aya::Pod for Event {}

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, RingBuf};
+use aya::maps::{Array, HashMap, RingBuf};
 use aya::programs::uprobe::UProbeScope;
-use aya::programs::UProbe;
+use aya::programs::{TracePoint, UProbe};
 use aya::Ebpf;
 use clap::{Parser, Subcommand};
 use ringwire_trace_common::*;
@@ -47,7 +47,8 @@ enum Command {
 }
 
 /// (BPF program, probe symbol).
-const PROBES: [(&str, &str); 7] = [
+const PROBES: [(&str, &str); 8] = [
+    ("conn_socket", "ringwire_conn_socket"),
     ("conn_state", "ringwire_conn_state"),
     ("session_state", "ringwire_session_state"),
     ("msg_queued", "ringwire_msg_queued"),
@@ -68,6 +69,22 @@ const CONN_STATES: [&str; 8] = [
     "CLOSED",
 ];
 const SESSION_STATES: [&str; 4] = ["CONNECTING", "READY", "STANDBY", "CLOSED"];
+/// The kernel's TCP states (include/net/tcp_states.h), index = number.
+const TCP_STATES: [&str; 13] = [
+    "?",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+];
 const OUTCOMES: [&str; 7] = [
     "?",
     "OK",
@@ -133,6 +150,23 @@ fn describe(e: &Event) -> (&'static str, Vec<(&'static str, String)>) {
                 ("outcome", name(&OUTCOMES, e.c).into()),
             ],
         ),
+        CONN_SOCKET => (
+            "conn_socket",
+            vec![
+                ("conn", format!("{:#x}", e.a)),
+                ("local_port", s(e.b)),
+                ("peer_port", s(e.c)),
+            ],
+        ),
+        TCP_STATE => (
+            "tcp_state",
+            vec![
+                ("sport", s(e.a)),
+                ("dport", s(e.b)),
+                ("old", name(&TCP_STATES, e.c).into()),
+                ("new", name(&TCP_STATES, e.d).into()),
+            ],
+        ),
         _ => ("unknown", vec![("kind", s(e.kind as u64))]),
     }
 }
@@ -175,8 +209,20 @@ fn events(
             )
         })?;
     }
+    ensure_tracefs()?;
+    let tp: &mut TracePoint = ebpf
+        .program_mut("tcp_state")
+        .ok_or("program tcp_state missing from the object")?
+        .try_into()
+        .map_err(|e| format!("tcp_state: {e}"))?;
+    tp.load().map_err(|e| format!("loading tcp_state: {e}"))?;
+    tp.attach("sock", "inet_sock_set_state")
+        .map_err(|e| format!("attaching to sock/inet_sock_set_state: {e}"))?;
     let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("no EVENTS map")?)
         .map_err(|e| e.to_string())?;
+    let mut ports: HashMap<_, u16, u8> =
+        HashMap::try_from(ebpf.map_mut("PORTS").ok_or("no PORTS map")?)
+            .map_err(|e| e.to_string())?;
     eprintln!("tracing pid {pid} ({})", binary.display());
     let started = Instant::now();
     let until = duration.map(|d| started + Duration::from_secs_f64(d));
@@ -187,6 +233,11 @@ fn events(
             }
             // SAFETY: the BPF side writes whole `Event`s; read_unaligned copes with alignment.
             let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if e.kind == CONN_SOCKET && e.b != 0 {
+                // From now on the kernel also keeps this connection's socket events that run
+                // under another task (softirq).
+                let _ = ports.insert(e.b as u16, 1, 0);
+            }
             let (what, fields) = describe(&e);
             if json {
                 let mut obj = serde_json::Map::new();
@@ -220,6 +271,23 @@ fn events(
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 100) };
+    }
+}
+
+/// Classic tracepoints need tracefs: mount it if it is missing, or say how.
+fn ensure_tracefs() -> Result<(), String> {
+    let events = std::path::Path::new("/sys/kernel/tracing/events");
+    if events.exists() || std::path::Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted && events.exists() {
+        Ok(())
+    } else {
+        Err("tracefs is not mounted and could not be: run `mount -t tracefs nodev /sys/kernel/tracing` as root".into())
     }
 }
 

@@ -184,6 +184,27 @@ fn scripted_session_is_traced_end_to_end() {
             ]
         );
     }
+    // Each client connection's TCP socket, joined through the ports its conn_socket event gave.
+    for c in &conns {
+        let port = events
+            .iter()
+            .find(|e| field(e, "event") == "conn_socket" && field(e, "conn") == c)
+            .map(|e| field(e, "local_port").to_string())
+            .unwrap_or_else(|| panic!("no conn_socket event for {c}"));
+        let tcp: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| field(e, "event") == "tcp_state" && field(e, "sport") == port)
+            .map(|e| (field(e, "old"), field(e, "new")))
+            .collect();
+        // (CLOSE → SYN_SENT carries source port 0 in this tracepoint, so a dialled socket
+        // keyed by its port is first seen at SYN_SENT → ESTABLISHED.)
+        assert_eq!(
+            &tcp[..2.min(tcp.len())],
+            &[("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1")],
+            "connection {c} (port {port}): established, then closed by us first: {tcp:?}"
+        );
+        assert_eq!(tcp.last().map(|t| t.1), Some("CLOSE"), "{c}: {tcp:?}");
+    }
     let faults: Vec<&str> = events
         .iter()
         .filter(|e| field(e, "event") == "fault" && conns.iter().any(|c| c == field(e, "conn")))

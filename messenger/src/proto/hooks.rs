@@ -60,6 +60,14 @@ pub extern "C" fn ringwire_reconnect(session: u64, connect_seq: u64, outcome: u3
     black_box((7u32, session, connect_seq, outcome));
 }
 
+/// A connection's TCP socket is established (dialled or accepted): its ports, so a tracer can
+/// join the kernel's socket events (keyed by ports) with the connection.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ringwire_conn_socket(conn: u64, local_port: u32, peer_port: u32) {
+    black_box((8u32, conn, local_port, peer_port));
+}
+
 pub const RECONNECT_OK: u32 = 1;
 pub const RECONNECT_RETRY: u32 = 2;
 pub const RECONNECT_RETRY_GLOBAL: u32 = 3;
@@ -96,6 +104,7 @@ mod tests {
             ringwire_msg_dispatched as *const () as usize,
             ringwire_fault as *const () as usize,
             ringwire_reconnect as *const () as usize,
+            ringwire_conn_socket as *const () as usize,
         ];
         addrs.sort();
         assert!(addrs.windows(2).all(|w| w[0] != w[1]), "{addrs:x?}");

@@ -106,6 +106,18 @@ pub(crate) struct Tcp {
     fixed_arena: bool,
 }
 
+/// Tells the `ringwire_conn_socket` probe which ports connection `conn` uses.
+fn report_ports(conn: u64, fd: &OwnedFd) {
+    let sock = socket2::SockRef::from(fd);
+    let port =
+        |a: std::io::Result<SockAddr>| a.ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port());
+    crate::proto::hooks::ringwire_conn_socket(
+        conn,
+        port(sock.local_addr()) as u32,
+        port(sock.peer_addr()) as u32,
+    );
+}
+
 impl Tcp {
     /// Registers the receive buffers (and the payload arena) with `ring` and starts
     /// accepting on `listeners`.
@@ -149,6 +161,7 @@ impl Tcp {
 
     /// A socket accepted by another worker, now owned here as endpoint connection `conn`.
     pub(crate) fn adopt(&mut self, conn: ConnId, fd: OwnedFd) {
+        report_ports(conn.0, &fd);
         self.socks.insert(conn.0, Sock::new(fd));
         self.dirty.push(conn.0);
     }
@@ -404,6 +417,7 @@ impl Tcp {
                 s.connect_addr = None;
                 if s.closing.is_none() {
                     if res == 0 {
+                        report_ports(key, &s.fd);
                         cx.ep.on_connected(now, ConnId(key));
                     } else {
                         tracing::debug!("connect failed: {}", io::Error::from_raw_os_error(-res));
@@ -502,7 +516,9 @@ impl Tcp {
         };
         let now = cx.now;
         let cid = cx.ep.accept(now, peer);
-        self.socks.insert(cid.0, Sock::new(sock.into()));
+        let fd: OwnedFd = sock.into();
+        report_ports(cid.0, &fd);
+        self.socks.insert(cid.0, Sock::new(fd));
         self.dirty.push(cid.0);
     }
 
