@@ -1,9 +1,10 @@
 //! Prometheus metrics of a messenger (the `prometheus` crate's registry and text format),
 //! rendered from its counters at each scrape, and a minimal `/metrics` HTTP endpoint.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Weak;
+use std::time::Duration;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -132,8 +133,12 @@ pub fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAd
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let Some(shared) = shared.upgrade() else { return };
+                // One scraper at a time: a slow or endless client cannot hold the thread or
+                // make it buffer without bound.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new((&stream).take(8192));
                 let mut request_line = String::new();
-                let mut reader = BufReader::new(&stream);
                 if reader.read_line(&mut request_line).is_err() {
                     continue;
                 }

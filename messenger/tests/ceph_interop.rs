@@ -13,10 +13,10 @@ use common::*;
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
 use ringwire::{Messenger, Options};
 
-const MON_GET_MAP: u16 = 5;
-const MON_MAP: u16 = 4;
-const MON_GET_VERSION: u16 = 19;
-const MON_GET_VERSION_REPLY: u16 = 20;
+use ringwire::proto::message::{
+    MSG_MON_GET_MAP as MON_GET_MAP, MSG_MON_GET_VERSION as MON_GET_VERSION,
+    MSG_MON_GET_VERSION_REPLY as MON_GET_VERSION_REPLY, MSG_MON_MAP as MON_MAP,
+};
 
 fn require(tool: &str) {
     let found = Command::new("sh")

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use bytes::Bytes;
 use ringwire::decode::{control_lines, decode_stream, header_line, FrameBody, FrameReport};
 use ringwire::proto::{Frame, FrameDecoder, FrameLimits, Message, Tag, TxQueue};
 
@@ -86,10 +85,8 @@ fn parse_listing(name: &str, text: &str) -> Vec<ListedStream> {
             streams.last_mut().unwrap().decoded = false;
         } else if let Some(rest) = line.strip_prefix("-- @") {
             let s = streams.last_mut().unwrap();
-            let segs = field(line, "segments=[");
             let segs_full =
                 &line[line.find("segments=[").unwrap() + 10..line.find("] reserved").unwrap()];
-            let _ = segs;
             let segments = segs_full
                 .split("), (")
                 .map(|p| {
@@ -294,5 +291,4 @@ fn values_normalisation_keeps_what_matters() {
     );
     assert_eq!(values("u64=6"), values("seq=6"));
     assert_ne!(values("u64=6"), values("seq=7"));
-    let _ = Bytes::new();
 }

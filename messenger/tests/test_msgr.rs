@@ -660,7 +660,6 @@ fn reconnect_race_test() {
     high.rec
         .wait_for(T, "first message", |s| count_msgs(s) == 1);
     let h2l = high.m.connect(low.m.addrs().0[0], EntityType::OSD);
-    assert!(h2l.is_connected() || h2l.peer().is_none());
     // Both fail when the next message arrives, with something unacked: both reconnect, and
     // both are held at SEND_RECONNECT, then released together.
     for n in [&low, &high] {

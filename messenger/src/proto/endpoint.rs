@@ -257,8 +257,6 @@ pub enum FaultReason {
     Wait,
     #[error("stale connection (an older global_seq than the session's)")]
     Stale,
-    #[error("replaced by a newer connection of the same session")]
-    Replaced,
 }
 
 impl FaultReason {
@@ -284,7 +282,6 @@ impl FaultReason {
             FaultReason::Intercepted(_) => 17,
             FaultReason::Wait => 18,
             FaultReason::Stale => 19,
-            FaultReason::Replaced => 20,
         }
     }
 }

@@ -799,9 +799,10 @@ impl FrameDecoder {
                         self.scratch[o + 3],
                     ]);
                 }
+                // The high nibble is reserved: only the low one says complete or aborted.
                 let aborted = match late & 0x0f {
-                    0x0e => false,
-                    0x01 => true,
+                    LATE_STATUS_COMPLETE => false,
+                    LATE_STATUS_ABORTED => true,
                     _ => return Err(FrameError::BadLateStatus(late)),
                 };
                 let num = self.preamble.as_ref().expect("preamble").num_segments as usize;

@@ -19,7 +19,7 @@ pub const PRIO_HIGH: u16 = 196;
 pub const PRIO_HIGHEST: u16 = 255;
 
 /// Well-known message types used by Ringwire's own tools and tests.
-pub const MSG_PING: u16 = 2;
+pub const MSG_MON_MAP: u16 = 4;
 pub const MSG_MON_GET_MAP: u16 = 5;
 pub const MSG_MON_GET_VERSION: u16 = 19;
 pub const MSG_MON_GET_VERSION_REPLY: u16 = 20;
