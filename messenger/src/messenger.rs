@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{
     owner_of, Action, ConnId, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason,
-    FrameLimits, Message, Policy, Step,
+    Message, Policy, Step, Tuning,
 };
 use crate::runtime::{self, Command, WorkerHandle};
 
@@ -180,19 +180,8 @@ impl Connection {
 pub struct Options {
     /// Worker threads (each with one io_uring); default: the number of CPUs.
     pub workers: usize,
-    pub limits: FrameLimits,
-    /// `ms_initial_backoff`.
-    pub initial_backoff: Duration,
-    /// `ms_max_backoff`.
-    pub max_backoff: Duration,
-    /// `ms_connection_ready_timeout`.
-    pub handshake_timeout: Duration,
-    /// `ms_connection_idle_timeout`.
-    pub idle_timeout: Duration,
-    /// Periodic KEEPALIVE2 on ready connections.
-    pub keepalive_interval: Option<Duration>,
-    /// `ms_inject_socket_failures`: fault one received batch in N (testing).
-    pub inject_socket_failures: u32,
+    /// Protocol limits, timers and fault injection.
+    pub tuning: Tuning,
     /// io_uring submission queue entries per worker.
     pub ring_entries: u32,
     /// `ms_dispatch_throttle_bytes`: bytes of dispatched messages the application may hold
@@ -217,13 +206,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            limits: FrameLimits::default(),
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(15),
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(900),
-            keepalive_interval: None,
-            inject_socket_failures: 0,
+            tuning: Tuning::default(),
             ring_entries: 1024,
             dispatch_throttle_bytes: 100 << 20,
             dispatch_throttle_messages: 0,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringwire::proto::frame::Banner;
 use ringwire::proto::{
-    Endpoint, EndpointConfig, EntityAddrVec, EntityType, Event, Io, Message, Policy, Time,
+    Endpoint, EndpointConfig, EntityAddrVec, EntityType, Event, Io, Message, Policy, Time, Tuning,
 };
 use ringwire::{Connection, Dispatcher, Messenger, Options};
 
@@ -29,7 +29,10 @@ fn server(rec: Arc<Recorder>, options: Options) -> Messenger {
 fn strict() -> Options {
     Options {
         workers: 1,
-        handshake_timeout: Duration::from_millis(800),
+        tuning: Tuning {
+            handshake_timeout: Duration::from_millis(800),
+            ..Tuning::default()
+        },
         max_send_backlog: 4 << 20,
         ..Options::default()
     }

@@ -207,13 +207,13 @@ impl Sim {
             cfg.nonce = addr.nonce;
             cfg.default_policy = Policy::lossy_client();
             cfg.policies = vec![(peer_ty, policy)];
-            cfg.initial_backoff = Duration::from_millis(200);
-            cfg.max_backoff = Duration::from_secs(2);
-            cfg.handshake_timeout = Duration::from_secs(3);
-            cfg.idle_timeout = Duration::from_secs(60);
-            cfg.inject_socket_failures = inject;
+            cfg.tuning.initial_backoff = Duration::from_millis(200);
+            cfg.tuning.max_backoff = Duration::from_secs(2);
+            cfg.tuning.handshake_timeout = Duration::from_secs(3);
+            cfg.tuning.idle_timeout = Duration::from_secs(60);
+            cfg.tuning.inject_socket_failures = inject;
             if rng.chance(30) {
-                cfg.keepalive_interval = Some(Duration::from_millis(300));
+                cfg.tuning.keepalive_interval = Some(Duration::from_millis(300));
             }
             cfg.seed = rng.next();
             let mut ep = Endpoint::new(cfg);

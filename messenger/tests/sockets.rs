@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ringwire::proto::{EntityType, Message, Policy};
+use ringwire::proto::{EntityType, Message, Policy, Tuning};
 use ringwire::{Messenger, Options};
 
 fn options(workers: usize) -> Options {
@@ -86,7 +86,10 @@ fn lossless_survives_injected_socket_failures() {
         .bind(loopback())
         .policy(EntityType::CLIENT, Policy::stateful_server())
         .options(Options {
-            inject_socket_failures: 30,
+            tuning: Tuning {
+                inject_socket_failures: 30,
+                ..Tuning::default()
+            },
             ..options(2)
         })
         .start(server_rec.clone())
@@ -95,9 +98,12 @@ fn lossless_survives_injected_socket_failures() {
     let client = Messenger::builder(name(EntityType::CLIENT, "1"))
         .policy(EntityType::OSD, Policy::lossless_client())
         .options(Options {
-            inject_socket_failures: 30,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(50),
+            tuning: Tuning {
+                inject_socket_failures: 30,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(50),
+                ..Tuning::default()
+            },
             ..options(2)
         })
         .start(client_rec.clone())

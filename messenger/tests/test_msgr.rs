@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringwire::proto::policy::{FEATURES_PACIFIC, FEATURE_MSG_ADDR2};
-use ringwire::proto::{Action, ConnId, EntityType, Message, Policy, Step};
+use ringwire::proto::{Action, ConnId, EntityType, Message, Policy, Step, Tuning};
 use ringwire::{Connection, Dispatcher, Messenger, MessengerInterceptor, Options};
 
 const T: Duration = Duration::from_secs(20);
@@ -86,8 +86,11 @@ fn node(
 fn opts() -> Options {
     Options {
         workers: 1,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
+        tuning: Tuning {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..Tuning::default()
+        },
         ..Options::default()
     }
 }
@@ -201,10 +204,8 @@ fn feature_test() {
 
 #[test]
 fn timeout_test() {
-    let idle = Options {
-        idle_timeout: Duration::from_secs(1),
-        ..opts()
-    };
+    let mut idle = opts();
+    idle.tuning.idle_timeout = Duration::from_secs(1);
     let server = node(
         EntityType::OSD,
         "0",
@@ -492,11 +493,11 @@ fn synthetic_inject_test() {
     // Scaled for CI: 8 servers × 8 clients, 2000 sends, payloads 32 B – 4 MiB, one received
     // batch in 30 failed on every messenger. Lossless: per-connection order and content
     // verified, nothing lost or duplicated.
-    let inject = Options {
-        inject_socket_failures: 30,
+    let mut inject = Options {
         workers: 2,
         ..opts()
     };
+    inject.tuning.inject_socket_failures = 30;
     const N: usize = 8;
     let servers: Vec<Node> = (0..N)
         .map(|i| {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning};
 use ringwire::{Connection, Dispatcher, Messenger, Options};
 use ringwire_bench as baseline;
 use serde::Serialize;
@@ -260,9 +260,12 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     let (cp, sp) = policies(&args.policy)?;
     let options = Options {
         workers: 1,
-        inject_socket_failures: args.inject,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(200),
+        tuning: Tuning {
+            inject_socket_failures: args.inject,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(200),
+            ..Tuning::default()
+        },
         ..Options::default()
     };
     let server_checker = Arc::new(Checker::default());

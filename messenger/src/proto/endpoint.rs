@@ -100,10 +100,24 @@ pub struct EndpointConfig {
     /// Policy per peer type; `default_policy` for the rest.
     pub policies: Vec<(EntityType, Policy)>,
     pub default_policy: Policy,
+    pub tuning: Tuning,
+    /// Seeds the cookies and the failure injector (the runtime passes real randomness).
+    pub seed: u64,
+    /// Which of several endpoints (one per worker) this is. Sessions are owned by the endpoint
+    /// [`owner_of`] their peer's address names; an incoming connection whose peer belongs to
+    /// another endpoint is handed over ([`Io::Migrate`]) when its ident arrives.
+    pub placement: Placement,
+}
+
+/// The protocol's limits, timers and fault injection (Ceph's option names in brackets): the
+/// same for the bare core ([`EndpointConfig`]) and the messenger (`ringwire::Options`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Largest segment, frame and control payload accepted.
     pub limits: FrameLimits,
-    /// `ms_initial_backoff`.
+    /// `ms_initial_backoff`: the first reconnect delay.
     pub initial_backoff: Duration,
-    /// `ms_max_backoff`.
+    /// `ms_max_backoff`: the reconnect delay cap (used at once after WAIT).
     pub max_backoff: Duration,
     /// `ms_connection_ready_timeout`: the whole handshake must finish within this.
     pub handshake_timeout: Duration,
@@ -111,14 +125,22 @@ pub struct EndpointConfig {
     pub idle_timeout: Duration,
     /// Send a KEEPALIVE2 on every ready connection this often (`None`: only on request).
     pub keepalive_interval: Option<Duration>,
-    /// `ms_inject_socket_failures`: fault one socket operation in N (0 = never).
+    /// `ms_inject_socket_failures`: fault one received batch in N (0 = never; testing).
     pub inject_socket_failures: u32,
-    /// Seeds the cookies and the failure injector (the runtime passes real randomness).
-    pub seed: u64,
-    /// Which of several endpoints (one per worker) this is. Sessions are owned by the endpoint
-    /// [`owner_of`] their peer's address names; an incoming connection whose peer belongs to
-    /// another endpoint is handed over ([`Io::Migrate`]) when its ident arrives.
-    pub placement: Placement,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            limits: FrameLimits::default(),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            keepalive_interval: None,
+            inject_socket_failures: 0,
+        }
+    }
 }
 
 /// This endpoint's index among `count` endpoints sharing the session space, and the
@@ -188,13 +210,7 @@ impl EndpointConfig {
             nonce: 0,
             policies: Vec::new(),
             default_policy: Policy::lossy_client(),
-            limits: FrameLimits::default(),
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(15),
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(900),
-            keepalive_interval: None,
-            inject_socket_failures: 0,
+            tuning: Tuning::default(),
             seed: 0x5eed,
             placement: Placement {
                 index: 0,
@@ -824,7 +840,10 @@ impl Endpoint {
         let mut conn = self.new_conn(cid, Role::Server, None, handoff.peer_socket);
         conn.set_state(ConnState::Session);
         conn.peer_type = handoff.peer_type;
-        conn.decoder = Some(FrameDecoder::new(self.config.limits, handoff.stream_offset));
+        conn.decoder = Some(FrameDecoder::new(
+            self.config.tuning.limits,
+            handoff.stream_offset,
+        ));
         let unsent = !handoff.tx.is_empty();
         conn.tx = handoff.tx;
         self.conns.insert(cid, conn);
@@ -988,13 +1007,14 @@ impl Endpoint {
             }
             return;
         }
-        let idle_at = c.last_input.after(self.config.idle_timeout);
+        let idle_at = c.last_input.after(self.config.tuning.idle_timeout);
         if idle_at <= now {
             self.fault(cid, FaultReason::IdleTimeout);
             return;
         }
         let mut next = idle_at;
-        if let (Some(due), Some(every)) = (c.next_keepalive, self.config.keepalive_interval) {
+        if let (Some(due), Some(every)) = (c.next_keepalive, self.config.tuning.keepalive_interval)
+        {
             let due = if due <= now {
                 let stamp = UTime::from_nanos(now.0);
                 self.send_control(cid, Control::Keepalive2 { stamp });
@@ -1010,7 +1030,7 @@ impl Endpoint {
     }
 
     fn arm_conn_timer(&mut self, cid: ConnId) {
-        let at = self.now.after(self.config.handshake_timeout);
+        let at = self.now.after(self.config.tuning.handshake_timeout);
         if let Some(c) = self.conns.get_mut(&cid) {
             c.deadline = Some(at);
         }
@@ -1018,7 +1038,7 @@ impl Endpoint {
     }
 
     fn inject_failure(&mut self) -> bool {
-        let n = self.config.inject_socket_failures;
+        let n = self.config.tuning.inject_socket_failures;
         n > 0 && self.rng.next() % n as u64 == 0
     }
 
@@ -1202,7 +1222,7 @@ impl Endpoint {
                     Ok(None) => continue,
                     Ok(Some(banner)) => {
                         let consumed = c.banner_buf.len() as u64;
-                        c.decoder = Some(FrameDecoder::new(self.config.limits, consumed));
+                        c.decoder = Some(FrameDecoder::new(self.config.tuning.limits, consumed));
                         if self.on_peer_banner(cid, banner).is_err() {
                             self.stash_rest(cid, data);
                             return;
@@ -1968,8 +1988,8 @@ impl Endpoint {
         c.set_state(ConnState::Ready);
         c.deadline = None;
         let role = c.role;
-        let mut next = self.now.after(self.config.idle_timeout);
-        if let Some(every) = self.config.keepalive_interval {
+        let mut next = self.now.after(self.config.tuning.idle_timeout);
+        if let Some(every) = self.config.tuning.keepalive_interval {
             let due = self.now.after(every);
             c.next_keepalive = Some(due);
             next = next.min(due);
@@ -2103,11 +2123,11 @@ impl Endpoint {
             return;
         }
         s.backoff = if reason == FaultReason::Wait {
-            self.config.max_backoff
+            self.config.tuning.max_backoff
         } else if s.backoff.is_zero() {
-            self.config.initial_backoff
+            self.config.tuning.initial_backoff
         } else {
-            (s.backoff * 2).min(self.config.max_backoff)
+            (s.backoff * 2).min(self.config.tuning.max_backoff)
         };
         let at = self.now.after(s.backoff);
         s.reconnect_at = Some(at);

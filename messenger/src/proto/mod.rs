@@ -20,7 +20,7 @@ pub mod wire;
 pub use control::{Control, ControlError};
 pub use endpoint::{
     owner_of, ConnId, Endpoint, EndpointConfig, Event, FaultReason, FrameCounts, Handoff, Io,
-    Placement, SessionId, Time,
+    Placement, SessionId, Time, Tuning,
 };
 pub use frame::{Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQueue};
 pub use intercept::{Action, Interceptor, Step};

@@ -280,13 +280,7 @@ pub(crate) fn start(
         cfg.nonce = nonce;
         cfg.policies = b.policies.clone();
         cfg.default_policy = b.default_policy;
-        cfg.limits = b.options.limits;
-        cfg.initial_backoff = b.options.initial_backoff;
-        cfg.max_backoff = b.options.max_backoff;
-        cfg.handshake_timeout = b.options.handshake_timeout;
-        cfg.idle_timeout = b.options.idle_timeout;
-        cfg.keepalive_interval = b.options.keepalive_interval;
-        cfg.inject_socket_failures = b.options.inject_socket_failures;
+        cfg.tuning = b.options.tuning;
         cfg.seed = random_u64();
         cfg.placement = Placement {
             index,
