@@ -25,7 +25,7 @@
 
 pub mod decode;
 pub mod messenger;
-mod metrics;
+pub mod metrics;
 pub mod pipe;
 pub mod proto;
 mod runtime;

@@ -124,7 +124,20 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
 }
 
 /// Serves `GET /metrics` until the messenger is gone.
-pub fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub(crate) fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    serve_text(addr, move || {
+        let shared = shared.upgrade()?;
+        Some(render(&stats_of(&shared), &shared.name))
+    })
+}
+
+/// Serves `GET /metrics` from a small thread, answering each scrape with what `render`
+/// returns (Prometheus text format), until it returns `None`. Returns the bound address.
+/// Also used by `ringwire-trace --metrics`.
+pub fn serve_text(
+    addr: SocketAddr,
+    mut render: impl FnMut() -> Option<String> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new()
@@ -132,7 +145,6 @@ pub fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAd
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let Some(shared) = shared.upgrade() else { return };
                 // One scraper at a time: a slow or endless client cannot hold the thread or
                 // make it buffer without bound.
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
@@ -148,7 +160,7 @@ pub fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAd
                     line.clear();
                 }
                 let response = if request_line.starts_with("GET /metrics") {
-                    let body = render(&stats_of(&shared), &shared.name);
+                    let Some(body) = render() else { return };
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()

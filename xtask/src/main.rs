@@ -5,6 +5,8 @@
 //! - `cargo xtask build-ebpf`: only the BPF object (installs nightly rust-src and bpf-linker
 //!   when missing).
 //! - `cargo xtask fuzz [SECONDS]`: runs each fuzz target (cargo-fuzz, nightly) for SECONDS.
+//! - `cargo xtask trace-overhead [ROUNDS]`: `ringwire bench` built without probes, with
+//!   probes, and with probes under `ringwire-trace`, interleaved round by round.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,8 +27,14 @@ fn main() {
             let secs = args.get(1).map(String::as_str).unwrap_or("60");
             fuzz(&root, secs)
         }
+        Some("trace-overhead") => {
+            let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
+            trace_overhead(&root, rounds)
+        }
         _ => {
-            eprintln!("usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS]>");
+            eprintln!(
+                "usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS] | trace-overhead [ROUNDS]>"
+            );
             exit(2);
         }
     };
@@ -312,4 +320,139 @@ fn ensure_cargo_fuzz() -> Result<(), String> {
         "cargo",
         &["install", "--locked", "cargo-fuzz", "--version", "0.13.2"],
     )
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// One `ringwire bench --rounds 1 --json` run of `binary`: (p50 µs, stream MB/s, many-connection
+/// messages/s).
+fn bench_once(binary: &Path) -> Result<[f64; 3], String> {
+    let out = Command::new(binary)
+        .args(["bench", "--json", "--rounds", "1"])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", binary.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} bench failed: {}", binary.display(), out.status));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bench output: {e}"))?;
+    let m = &v["median"];
+    let get = |k: &str| m[k].as_f64().ok_or(format!("bench output lacks {k}"));
+    Ok([
+        get("rw_p50_us")?,
+        get("rw_stream_mbps")?,
+        get("rw_many_msgs_per_sec")?,
+    ])
+}
+
+/// The cost of the probes and of the tracer on `ringwire bench`: four variants run in turn each
+/// round (so drift hits all alike), then medians and ratios.
+fn trace_overhead(root: &Path, rounds: usize) -> Result<(), String> {
+    build_ebpf(root)?;
+    run(
+        root,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ringwire",
+            "-p",
+            "ringwire-trace",
+        ],
+    )?;
+    let target = target_dir(root);
+    let noprobes_dir = target.join("noprobes");
+    run(
+        root,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ringwire",
+            "--no-default-features",
+            "--target-dir",
+            noprobes_dir.to_str().ok_or("target dir is not UTF-8")?,
+        ],
+    )?;
+    let with_probes = target.join("release/ringwire");
+    let without_probes = noprobes_dir.join("release/ringwire");
+    let tracer = target.join("release/ringwire-trace");
+    // (name, binary, tracer arguments when traced)
+    let variants: [(&str, &Path, Option<&[&str]>); 4] = [
+        ("no probes", &without_probes, None),
+        ("probes", &with_probes, None),
+        ("probes + ringwire-trace", &with_probes, Some(&[])),
+        ("  ... --io-uring", &with_probes, Some(&["--io-uring"])),
+    ];
+    let mut runs: Vec<Vec<[f64; 3]>> = vec![Vec::new(); variants.len()];
+    for round in 0..rounds {
+        eprintln!("xtask: round {} of {rounds}", round + 1);
+        for (i, (_, binary, traced)) in variants.iter().enumerate() {
+            let Some(extra) = traced else {
+                runs[i].push(bench_once(binary)?);
+                continue;
+            };
+            // Attached to the binary before the benchmark starts, so every phase is traced.
+            let mut child = Command::new(&tracer)
+                .args(["top", "--json", "--interval", "1", "--binary"])
+                .arg(binary)
+                .args(*extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("running {}: {e}", tracer.display()))?;
+            let mut line = String::new();
+            let _ = BufReader::new(child.stderr.take().expect("piped")).read_line(&mut line);
+            if !line.starts_with("tracing") {
+                let _ = child.kill();
+                return Err(format!("ringwire-trace did not attach: {line}"));
+            }
+            let result = bench_once(binary);
+            let _ = child.kill();
+            let _ = child.wait();
+            runs[i].push(result?);
+        }
+    }
+    let median = |runs: &[[f64; 3]], i: usize| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("{rounds} rounds, medians (ringwire bench, pinned as it pins itself):");
+    println!(
+        "{:<24} {:>9} {:>14} {:>16}",
+        "build", "p50 µs", "stream MB/s", "100-conn msg/s"
+    );
+    for (i, ((name, _, _), r)) in variants.iter().zip(&runs).enumerate() {
+        // Each row against the one it adds to: probes vs none, traced vs untraced.
+        let base = match i {
+            0 => None,
+            3 => Some(1),
+            _ => Some(i - 1),
+        };
+        let ratios = base.map_or(String::new(), |b| {
+            let ratio = |m: usize| median(r, m) / median(&runs[b], m);
+            format!(
+                "   p50 {:.3}x  stream {:.3}x  rate {:.3}x  (vs {})",
+                ratio(0),
+                ratio(1),
+                ratio(2),
+                variants[b].0
+            )
+        });
+        println!(
+            "{name:<24} {:>9.2} {:>14.0} {:>16.0}{ratios}",
+            median(r, 0),
+            median(r, 1),
+            median(r, 2)
+        );
+    }
+    Ok(())
 }

@@ -1,20 +1,26 @@
-//! `ringwire-trace`: attaches Ringwire's BPF programs to a running messenger and streams what
-//! its connections do, live, without restarting it.
+//! `ringwire-trace`: attaches Ringwire's BPF programs to running messengers and shows what
+//! their connections do, live, without restarting them.
 //!
-//! `ringwire-trace events --pid PID` prints one line per event: time, pid, what, ids, details.
+//! - `ringwire-trace events --pid PID`: one line per event (time, pid, what, details).
+//! - `ringwire-trace top --binary /usr/bin/ceph-osd`: a live table of connections.
+//! - `--metrics ADDR` on either: Prometheus text format at `http://ADDR/metrics`.
 
-use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
+mod metrics;
+mod model;
+mod tracer;
+
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, RingBuf};
-use aya::programs::uprobe::UProbeScope;
-use aya::programs::{TracePoint, UProbe};
-use aya::Ebpf;
-use clap::{Parser, Subcommand};
-use ringwire_trace_common::*;
+use clap::{Args, Parser, Subcommand};
+use ringwire_trace_common::{Event, CONN_SOCKET};
+
+use model::{ConnView, Model, ProcessTotals};
+use tracer::{Target, Tracer};
 
 #[derive(Parser)]
 #[command(
@@ -27,281 +33,192 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct Common {
+    /// A process to trace (repeatable).
+    #[arg(long, required_unless_present = "binary")]
+    pid: Vec<u32>,
+    /// Trace every process running this executable, including ones started later.
+    #[arg(long, conflicts_with = "pid")]
+    binary: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also count io_uring submissions and completions (tracepoints hit per request).
+    #[arg(long)]
+    io_uring: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// One line per event (connection and session states, messages, faults, reconnects).
+    /// One line per event: connection and session states, TCP states and retransmits,
+    /// faults, reconnects (and every message, with --messages).
     Events {
-        /// The process to trace.
+        #[command(flatten)]
+        common: Common,
+        /// Also one event per sampled message queued, sent and dispatched (every message when
+        /// the messenger's `probe_sample` is 1).
         #[arg(long)]
-        pid: u32,
-        /// Its executable (default: /proc/PID/exe).
-        #[arg(long)]
-        binary: Option<PathBuf>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// JSON lines instead of text.
-        #[arg(long)]
-        json: bool,
+        messages: bool,
+    },
+    /// A live table of connections: peer, policy, states, traffic, retransmits, reconnects and
+    /// message latencies.
+    Top {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
 }
 
-/// (BPF program, probe symbol).
-const PROBES: [(&str, &str); 8] = [
-    ("conn_socket", "ringwire_conn_socket"),
-    ("conn_state", "ringwire_conn_state"),
-    ("session_state", "ringwire_session_state"),
-    ("msg_queued", "ringwire_msg_queued"),
-    ("msg_sent", "ringwire_msg_sent"),
-    ("msg_dispatched", "ringwire_msg_dispatched"),
-    ("fault", "ringwire_fault"),
-    ("reconnect", "ringwire_reconnect"),
-];
+/// What the metrics endpoint reads: refreshed by the main loop.
+type Shared = Arc<Mutex<(Vec<(u32, ProcessTotals)>, Vec<ConnView>)>>;
 
-const CONN_STATES: [&str; 8] = [
-    "CONNECTING",
-    "BANNER",
-    "HELLO",
-    "AUTH",
-    "AUTH_SIGN",
-    "SESSION",
-    "READY",
-    "CLOSED",
-];
-const SESSION_STATES: [&str; 4] = ["CONNECTING", "READY", "STANDBY", "CLOSED"];
-/// The kernel's TCP states (include/net/tcp_states.h), index = number.
-const TCP_STATES: [&str; 13] = [
-    "?",
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "LISTEN",
-    "CLOSING",
-    "NEW_SYN_RECV",
-];
-const OUTCOMES: [&str; 7] = [
-    "?",
-    "OK",
-    "RETRY",
-    "RETRY_GLOBAL",
-    "RESET_FULL",
-    "RESET_PARTIAL",
-    "WAIT",
-];
-
-fn name(table: &[&'static str], i: u64) -> &'static str {
-    table.get(i as usize).copied().unwrap_or("?")
-}
-
-/// The event as (what, fields) for text or JSON.
-fn describe(e: &Event) -> (&'static str, Vec<(&'static str, String)>) {
-    let s = |v: u64| v.to_string();
-    match e.kind {
-        CONN_STATE => (
-            "conn_state",
-            vec![
-                ("conn", format!("{:#x}", e.a)),
-                ("session", format!("{:#x}", e.b)),
-                ("role", if e.c == 0 { "client" } else { "server" }.into()),
-                ("old", name(&CONN_STATES, e.d >> 32).into()),
-                ("new", name(&CONN_STATES, e.d & 0xffff_ffff).into()),
-            ],
-        ),
-        SESSION_STATE => (
-            "session_state",
-            vec![
-                ("session", format!("{:#x}", e.a)),
-                ("old", name(&SESSION_STATES, e.b).into()),
-                ("new", name(&SESSION_STATES, e.c).into()),
-            ],
-        ),
-        MSG_QUEUED | MSG_SENT | MSG_DISPATCHED => (
-            match e.kind {
-                MSG_QUEUED => "msg_queued",
-                MSG_SENT => "msg_sent",
-                _ => "msg_dispatched",
-            },
-            vec![
-                ("session", format!("{:#x}", e.a)),
-                ("seq", s(e.b)),
-                ("type", format!("{:#x}", e.c)),
-                ("len", s(e.d)),
-            ],
-        ),
-        FAULT => (
-            "fault",
-            vec![
-                ("conn", format!("{:#x}", e.a)),
-                ("session", format!("{:#x}", e.b)),
-                ("reason", s(e.c)),
-            ],
-        ),
-        RECONNECT => (
-            "reconnect",
-            vec![
-                ("session", format!("{:#x}", e.a)),
-                ("connect_seq", s(e.b)),
-                ("outcome", name(&OUTCOMES, e.c).into()),
-            ],
-        ),
-        CONN_SOCKET => (
-            "conn_socket",
-            vec![
-                ("conn", format!("{:#x}", e.a)),
-                ("local_port", s(e.b)),
-                ("peer_port", s(e.c)),
-            ],
-        ),
-        TCP_STATE => (
-            "tcp_state",
-            vec![
-                ("sport", s(e.a)),
-                ("dport", s(e.b)),
-                ("old", name(&TCP_STATES, e.c).into()),
-                ("new", name(&TCP_STATES, e.d).into()),
-            ],
-        ),
-        _ => ("unknown", vec![("kind", s(e.kind as u64))]),
-    }
-}
-
-fn events(
-    pid: u32,
-    binary: Option<PathBuf>,
-    duration: Option<f64>,
-    json: bool,
-) -> Result<(), String> {
-    let binary = binary.unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/exe")));
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(format!("no process {pid}"));
-    }
-    let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(
-        env!("OUT_DIR"),
-        "/ringwire-trace.bpf.o"
-    )))
-    .map_err(|e| match unsafe { libc::geteuid() } {
-        0 => format!("cannot load the BPF programs: {e}"),
-        _ => format!(
-            "cannot load the BPF programs ({e}): run as root or with CAP_BPF and CAP_PERFMON"
-        ),
-    })?;
-    let mut target: Array<_, u32> = Array::try_from(ebpf.map_mut("TARGET").ok_or("no TARGET map")?)
-        .map_err(|e| e.to_string())?;
-    target.set(0, pid, 0).map_err(|e| e.to_string())?;
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
-    for (prog, symbol) in PROBES {
-        let p: &mut UProbe = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing from the object"))?
-            .try_into()
-            .map_err(|e| format!("{prog}: {e}"))?;
-        p.load().map_err(|e| format!("loading {prog}: {e}"))?;
-        p.attach(symbol, &binary, scope).map_err(|e| {
-            format!(
-                "attaching to {symbol} in {}: {e} (is it a Ringwire binary with its symbols?)",
-                binary.display()
-            )
-        })?;
-    }
-    ensure_tracefs()?;
-    let tp: &mut TracePoint = ebpf
-        .program_mut("tcp_state")
-        .ok_or("program tcp_state missing from the object")?
-        .try_into()
-        .map_err(|e| format!("tcp_state: {e}"))?;
-    tp.load().map_err(|e| format!("loading tcp_state: {e}"))?;
-    tp.attach("sock", "inet_sock_set_state")
-        .map_err(|e| format!("attaching to sock/inet_sock_set_state: {e}"))?;
-    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("no EVENTS map")?)
-        .map_err(|e| e.to_string())?;
-    let mut ports: HashMap<_, u16, u8> =
-        HashMap::try_from(ebpf.map_mut("PORTS").ok_or("no PORTS map")?)
-            .map_err(|e| e.to_string())?;
-    eprintln!("tracing pid {pid} ({})", binary.display());
-    let started = Instant::now();
-    let until = duration.map(|d| started + Duration::from_secs_f64(d));
-    loop {
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<Event>() {
-                continue;
-            }
-            // SAFETY: the BPF side writes whole `Event`s; read_unaligned copes with alignment.
-            let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if e.kind == CONN_SOCKET && e.b != 0 {
-                // From now on the kernel also keeps this connection's socket events that run
-                // under another task (softirq).
-                let _ = ports.insert(e.b as u16, 1, 0);
-            }
-            let (what, fields) = describe(&e);
-            if json {
-                let mut obj = serde_json::Map::new();
-                obj.insert("ts_ns".into(), e.ts_ns.into());
-                obj.insert("pid".into(), e.pid.into());
-                obj.insert("event".into(), what.into());
-                for (k, v) in fields {
-                    obj.insert(k.into(), v.into());
-                }
-                println!("{}", serde_json::Value::Object(obj));
-            } else {
-                let f: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!(
-                    "{:>14.6} {:>7} {:<15} {}",
-                    e.ts_ns as f64 / 1e9,
-                    e.pid,
-                    what,
-                    f.join(" ")
-                );
-            }
+fn print_event(e: &Event, json: bool, out: &mut impl Write) -> std::io::Result<()> {
+    let (what, fields) = model::describe(e);
+    if json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("ts_ns".into(), e.ts_ns.into());
+        obj.insert("pid".into(), e.pid.into());
+        obj.insert("event".into(), what.into());
+        for (k, v) in fields {
+            obj.insert(k.into(), v.into());
         }
-        if until.is_some_and(|u| Instant::now() >= u)
-            || !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
+        writeln!(out, "{}", serde_json::Value::Object(obj))
+    } else {
+        let f: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(
+            out,
+            "{:>14.6} {:>7} {:<15} {}",
+            e.ts_ns as f64 / 1e9,
+            e.pid,
+            what,
+            f.join(" ")
+        )
+    }
+}
+
+fn table(rows: &[ConnView], out: &mut impl Write) -> std::io::Result<()> {
+    let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    writeln!(
+        out,
+        "{:>7} {:>16} {:<6} {:<21} {:<19} {:<10} {:<11} {:>8} {:>8} {:>10} {:>10} {:>5} {:>5} {:>15} {:>15}",
+        "PID", "CONN", "ROLE", "PEER", "POLICY", "STATE", "TCP", "MSG_OUT", "MSG_IN",
+        "BYTES_OUT", "BYTES_IN", "RETX", "RECON", "Q→SENT p50/99µs", "SENT→DISP p50/99"
+    )?;
+    for c in rows {
+        writeln!(
+            out,
+            "{:>7} {:>16x} {:<6} {:<21} {:<19} {:<10} {:<11} {:>8} {:>8} {:>10} {:>10} {:>5} {:>5} {:>15} {:>15}",
+            c.pid,
+            c.conn,
+            c.role,
+            c.peer,
+            c.policy,
+            c.state,
+            c.tcp_state,
+            c.msgs_out,
+            c.msgs_in,
+            c.bytes_out,
+            c.bytes_in,
+            c.retransmits,
+            c.reconnects,
+            format!("{}/{}", us(c.queued_to_sent_p50_us), us(c.queued_to_sent_p99_us)),
+            format!("{}/{}", us(c.sent_to_dispatched_p50_us), us(c.sent_to_dispatched_p99_us)),
+        )?;
+    }
+    Ok(())
+}
+
+fn run(command: Command) -> Result<(), String> {
+    let (common, messages, interval) = match command {
+        Command::Events { common, messages } => (common, messages, None),
+        Command::Top { common, interval } => (common, false, Some(interval)),
+    };
+    let target = match common.binary {
+        Some(path) => Target::Binary(path),
+        None => Target::Pids(common.pid),
+    };
+    let mut tracer = Tracer::attach(target, messages, common.io_uring)?;
+    let shared: Shared = Arc::default();
+    if let Some(addr) = common.metrics {
+        let shared = shared.clone();
+        let bound = ringwire::metrics::serve_text(addr, move || {
+            let (totals, conns) = &*shared.lock().unwrap_or_else(|p| p.into_inner());
+            Some(metrics::render(totals, conns))
+        })
+        .map_err(|e| format!("serving metrics on {addr}: {e}"))?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
+    eprintln!("tracing {}", tracer.target);
+    let started = Instant::now();
+    let until = common
+        .duration
+        .map(|d| started + Duration::from_secs_f64(d));
+    let refresh = Duration::from_secs_f64(interval.unwrap_or(1.0).max(0.05));
+    let mut next_refresh = started + refresh;
+    let mut model = Model::default();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    // Socket reports repeat every second; `events` prints each connection's first.
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        let mut failed = Ok(());
+        tracer.poll(Duration::from_millis(100), |e| {
+            model.event(e);
+            if interval.is_none()
+                && (e.kind != CONN_SOCKET || reported.insert((e.pid, e.a, e.b)))
+                && failed.is_ok()
+            {
+                failed = print_event(e, common.json, &mut out);
+            }
+        });
+        let now = Instant::now();
+        let done = until.is_some_and(|u| now >= u) || !tracer.alive();
+        if now >= next_refresh || done {
+            next_refresh = now + refresh;
+            let forget = model.sessions(&tracer.sessions());
+            for key in &forget {
+                tracer.forget_session(key);
+            }
+            model.io_uring(&tracer.io_uring());
+            let rows = model.rows();
+            if interval.is_some() {
+                failed = failed.and_then(|_| {
+                    if common.json {
+                        let snapshot = serde_json::json!({
+                            "elapsed_s": started.elapsed().as_secs_f64(),
+                            "connections": rows,
+                        });
+                        writeln!(out, "{snapshot}")
+                    } else {
+                        // Clear the screen, then the table.
+                        write!(out, "\x1b[2J\x1b[H")?;
+                        table(&rows, &mut out)
+                    }
+                });
+            }
+            *shared.lock().unwrap_or_else(|p| p.into_inner()) = (model.totals(), rows);
+        }
+        failed
+            .and_then(|_| out.flush())
+            .map_err(|e| format!("writing: {e}"))?;
+        if done {
             return Ok(());
         }
-        let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-    }
-}
-
-/// Classic tracepoints need tracefs: mount it if it is missing, or say how.
-fn ensure_tracefs() -> Result<(), String> {
-    let events = std::path::Path::new("/sys/kernel/tracing/events");
-    if events.exists() || std::path::Path::new("/sys/kernel/debug/tracing/events").exists() {
-        return Ok(());
-    }
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if mounted && events.exists() {
-        Ok(())
-    } else {
-        Err("tracefs is not mounted and could not be: run `mount -t tracefs nodev /sys/kernel/tracing` as root".into())
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Events {
-            pid,
-            binary,
-            duration,
-            json,
-        } => events(pid, binary, duration, json),
-    };
-    match result {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringwire-trace: {e}");

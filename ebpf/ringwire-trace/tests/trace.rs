@@ -1,12 +1,15 @@
-//! A scripted session traced end to end with the real BPF programs in the real kernel:
-//! connect → 100 messages → an injected failure → reconnect → mark_down. This test process is
-//! the traced one (it links Ringwire, so the probe symbols are in /proc/self/exe).
-//! It fails, not skips, when the BPF programs cannot be loaded.
+//! Ringwire's messengers traced with the real BPF programs in the real kernel. This test
+//! process is the traced one (it links Ringwire, so the probe symbols are in its executable).
+//! The tests fail, not skip, when the BPF programs cannot be loaded.
+//!
+//! - A scripted session traced end to end: connect → 100 messages → an injected failure →
+//!   reconnect → mark_down; the events, then the tracer's Prometheus metrics against them.
+//! - `top` attached to the binary: the connection's row.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ringwire::proto::{Action, ConnId, EntityAddr, EntityName, EntityType, Message, Policy, Step};
@@ -54,27 +57,80 @@ fn field<'a>(e: &'a Value, k: &str) -> &'a str {
     e[k].as_str().unwrap_or_default()
 }
 
-#[test]
-fn scripted_session_is_traced_end_to_end() {
+/// Both tests trace this one process: one at a time, so each sees only its own connections.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts `ringwire-trace ARGS` and waits until it has attached; returns it and the metrics
+/// address it printed, if any.
+fn start_tracer(args: &[&str]) -> (std::process::Child, Option<String>) {
     let mut tracer = Command::new(env!("CARGO_BIN_EXE_ringwire-trace"))
-        .args(["events", "--json", "--duration", "60", "--pid"])
-        .arg(std::process::id().to_string())
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut err = BufReader::new(tracer.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("tracing pid"),
-        "BPF programs could not be attached: {line}"
-    );
+    let mut metrics = None;
+    loop {
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        if let Some(url) = line.strip_prefix("metrics at ") {
+            metrics = Some(url.trim().to_string());
+            continue;
+        }
+        assert!(
+            line.starts_with("tracing "),
+            "BPF programs could not be attached: {line}"
+        );
+        return (tracer, metrics);
+    }
+}
 
-    let opts = Options {
+/// Every message through the probes, so the per-message events can be counted exactly.
+fn options() -> Options {
+    let mut opts = Options {
         workers: 1,
         ..Options::default()
     };
+    opts.tuning.probe_sample = 1;
+    opts
+}
+
+/// GET over plain TCP (the test has no HTTP client).
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let at = body.find("\r\n\r\n").expect("HTTP response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body[at + 4..].to_string()
+}
+
+#[test]
+fn scripted_session_is_traced_end_to_end() {
+    let _one = one_at_a_time();
+    let pid = std::process::id().to_string();
+    let (mut tracer, metrics_url) = start_tracer(&[
+        "events",
+        "--json",
+        "--messages",
+        "--io-uring",
+        "--metrics",
+        "127.0.0.1:0",
+        "--duration",
+        "60",
+        "--pid",
+        &pid,
+    ]);
+
+    let opts = options();
     let server_seen = Arc::new(Peer::default());
     let server = Messenger::builder(EntityName {
         ty: EntityType::OSD,
@@ -114,7 +170,9 @@ fn scripted_session_is_traced_end_to_end() {
     });
     // → mark_down
     conn.mark_down();
-    std::thread::sleep(Duration::from_millis(500));
+    // The tracer refreshes its metrics once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let exposition = http_get(&metrics_url.expect("the tracer printed its metrics address"));
     let _ = tracer.kill();
     let out = tracer.wait_with_output().unwrap();
     let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
@@ -139,6 +197,12 @@ fn scripted_session_is_traced_end_to_end() {
             .filter(|e| field(e, "event") == kind && field(e, "session") == session)
             .collect()
     };
+    assert!(
+        of_session("session_state")
+            .iter()
+            .all(|e| field(e, "policy") == "lossless_client"),
+        "the client session's policy"
+    );
     let states: Vec<(String, String)> = of_session("session_state")
         .iter()
         .map(|e| (field(e, "old").to_string(), field(e, "new").to_string()))
@@ -237,4 +301,181 @@ fn scripted_session_is_traced_end_to_end() {
         .map(|e| field(e, "seq").parse().unwrap())
         .collect();
     assert_eq!(server_seqs, (1..=101).collect::<Vec<u64>>());
+
+    // The tracer's metrics: valid exposition format (a real parser), and the counters equal
+    // to what the events and the script say.
+    let lines = exposition.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == name
+                    && s.labels.get("pid") == Some(pid.as_str())
+                    && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => panic!("{name} is not a counter or gauge"),
+            })
+            .sum()
+    };
+    let count = |kind: &str| events.iter().filter(|e| field(e, "event") == kind).count() as f64;
+    let direction = |d| [("direction", d)];
+    assert_eq!(
+        value("ringwire_trace_messages_total", &direction("in")),
+        102.0,
+        "101 messages to the server, 1 reply to the client, each dispatched once"
+    );
+    assert_eq!(
+        value("ringwire_trace_messages_total", &direction("out")),
+        count("msg_sent"),
+        "every send, resends included"
+    );
+    assert_eq!(
+        value("ringwire_trace_bytes_total", &direction("in")),
+        400.0,
+        "100 four-byte fronts"
+    );
+    assert_eq!(
+        value("ringwire_trace_reconnects_total", &[("outcome", "OK")]),
+        count("reconnect"),
+        "the reconnect, seen by both ends"
+    );
+    assert_eq!(value("ringwire_trace_faults_total", &[]), count("fault"));
+    assert!(
+        value(
+            "ringwire_trace_tcp_transitions_total",
+            &[("state", "ESTABLISHED")]
+        ) >= 2.0
+    );
+    assert!(value("ringwire_trace_io_uring_submissions_total", &[]) > 0.0);
+    let wire = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "ringwire_trace_sent_to_dispatched_seconds"
+                && s.labels.get("pid") == Some(pid.as_str())
+        })
+        .expect("the sent-to-dispatched histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &wire.value else {
+        panic!("not a histogram: {:?}", wire.value);
+    };
+    assert!(
+        buckets.last().is_some_and(|b| b.count >= 100.0),
+        "both ends traced: most messages timed from send to dispatch: {buckets:?}"
+    );
+}
+
+#[test]
+fn top_shows_each_connection() {
+    let _one = one_at_a_time();
+    let exe = std::env::current_exe().unwrap();
+    let (mut tracer, _) = start_tracer(&[
+        "top",
+        "--json",
+        "--interval",
+        "0.3",
+        "--duration",
+        "60",
+        "--binary",
+        exe.to_str().unwrap(),
+    ]);
+    let server = Messenger::builder(EntityName {
+        ty: EntityType::OSD,
+        id: "0".into(),
+    })
+    .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
+    .policy(EntityType::CLIENT, Policy::stateful_server())
+    .options(options())
+    .start(Arc::new(Peer::default()))
+    .unwrap();
+    let server_addr = server.addrs().0[0].addr.unwrap();
+    let client = Messenger::builder(EntityName {
+        ty: EntityType::CLIENT,
+        id: "1".into(),
+    })
+    .policy(EntityType::OSD, Policy::lossless_client())
+    .options(options())
+    .start(Arc::new(Peer::default()))
+    .unwrap();
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    for i in 0..50u32 {
+        conn.send(Message::new(PING).with_front(vec![0; i as usize]))
+            .unwrap();
+    }
+    // Snapshots until one shows both ends of the connection with all 50 messages.
+    let mut lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (row, server_row) = loop {
+        assert!(Instant::now() < deadline, "no snapshot with the connection");
+        let snapshot: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let rows = snapshot["connections"].as_array().unwrap();
+        let find = |role: &str, key: &str| {
+            rows.iter()
+                .find(|c| c["role"] == role && c[key] == 50 && c["state"] == "READY")
+                .cloned()
+        };
+        if let (Some(client), Some(server)) =
+            (find("client", "msgs_out"), find("server", "msgs_in"))
+        {
+            break (client, server);
+        }
+    };
+    let _ = tracer.kill();
+    let _ = tracer.wait();
+    assert_eq!(row["peer"], format!("{server_addr}"));
+    assert_eq!(row["policy"], "lossless_client");
+    assert_eq!(row["session_state"], "READY");
+    assert_eq!(row["tcp_state"], "ESTABLISHED");
+    assert_eq!(row["msgs_in"], 0);
+    assert_eq!(row["bytes_out"], (0..50).sum::<u64>());
+    assert_eq!(row["retransmits"], 0);
+    assert_eq!(row["reconnects"], 0);
+    assert_eq!(row["pid"], std::process::id());
+    assert_eq!(server_row["policy"], "stateful_server");
+    assert_eq!(server_row["peer_port"], row["local_port"]);
+    assert_eq!(server_row["bytes_in"], (0..50).sum::<u64>());
+    // Both ends are in this process, so each message is timed from send to dispatch.
+    let p50 = server_row["sent_to_dispatched_p50_us"]
+        .as_f64()
+        .expect("a latency");
+    let p99 = server_row["sent_to_dispatched_p99_us"]
+        .as_f64()
+        .expect("a latency");
+    assert!(0.0 < p50 && p50 <= p99, "p50 {p50} µs, p99 {p99} µs");
+}
+
+/// `ringwire-trace ARGS` run to its end, which must be a failure: its stderr.
+fn tracer_fails(args: &[&str], as_nobody: bool) -> String {
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_ringwire-trace"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_ringwire-trace"))
+    };
+    let out = cmd.args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn clear_errors_without_privileges_or_probes() {
+    let pid = std::process::id().to_string();
+    let err = tracer_fails(&["events", "--pid", &pid], true);
+    assert!(
+        err.contains("run as root or with CAP_BPF and CAP_PERFMON"),
+        "{err}"
+    );
+    // A process without Ringwire in it.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let err = tracer_fails(&["events", "--pid", &sleeper.id().to_string()], false);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(err.contains("has no Ringwire probes"), "{err}");
+    let err = tracer_fails(&["top", "--pid", "999999999"], false);
+    assert!(err.contains("no process 999999999"), "{err}");
 }

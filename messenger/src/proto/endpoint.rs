@@ -127,6 +127,11 @@ pub struct Tuning {
     pub keepalive_interval: Option<Duration>,
     /// `ms_inject_socket_failures`: fault one received batch in N (0 = never; testing).
     pub inject_socket_failures: u32,
+    /// The per-message probes (`ringwire_msg_*`) fire for one message in this many (by
+    /// sequence number; 1: every message, 0: none). A traced probe costs a few hundred
+    /// nanoseconds, so sampling keeps a busy messenger's tracing cheap; the counters the
+    /// other probes report cover every message either way.
+    pub probe_sample: u32,
 }
 
 impl Default for Tuning {
@@ -139,6 +144,7 @@ impl Default for Tuning {
             idle_timeout: Duration::from_secs(900),
             keepalive_interval: None,
             inject_socket_failures: 0,
+            probe_sample: 64,
         }
     }
 }
@@ -483,10 +489,14 @@ struct Session {
     peer_global_seq: u64,
     in_seq: u64,
     out_seq: u64,
+    /// Every message sent and dispatched, for the probes.
+    counters: hooks::SessionCounters,
+    /// Messages queued so far (the `ringwire_msg_queued` probe samples by it).
+    queued: u64,
     /// Messages not yet written; requeued ones keep their original seq (non-zero).
-    out_queue: VecDeque<Message>,
+    out_queue: VecDeque<Outgoing>,
     /// Written but not yet acknowledged (lossless only).
-    sent: VecDeque<Message>,
+    sent: VecDeque<Outgoing>,
     ack_pending: bool,
     ack_queued: bool,
     backoff: Duration,
@@ -495,10 +505,23 @@ struct Session {
     was_ready: bool,
 }
 
+/// A message on its way out, with the time the application queued it (for the
+/// `ringwire_msg_sent` probe's queued-to-sent latency).
+struct Outgoing {
+    msg: Message,
+    queued_at: Time,
+}
+
 impl Session {
     fn set_state(&mut self, id: SessionId, to: SessionState) {
         if self.state != to {
-            hooks::ringwire_session_state(id.0, self.state as u32, to as u32);
+            hooks::ringwire_session_state(
+                id.0,
+                self.state as u32,
+                to as u32,
+                self.policy.probe_bits(),
+                &self.counters,
+            );
             tracing::debug!(
                 session = id.0,
                 peer = %self.peer_addrs,
@@ -535,14 +558,14 @@ impl Session {
         while self
             .out_queue
             .front()
-            .is_some_and(|m| m.seq != 0 && m.seq <= seq)
+            .is_some_and(|o| o.msg.seq != 0 && o.msg.seq <= seq)
         {
             self.out_queue.pop_front();
         }
     }
 
     fn trim_sent(&mut self, acked: u64) {
-        while self.sent.front().is_some_and(|m| m.seq <= acked) {
+        while self.sent.front().is_some_and(|o| o.msg.seq <= acked) {
             self.sent.pop_front();
         }
     }
@@ -712,6 +735,21 @@ impl Endpoint {
         sid
     }
 
+    /// What the `ringwire_conn_socket` probe reports of `conn`: its session, role | state << 8
+    /// | session state << 16 | policy bits << 24, and the session's counters.
+    pub fn probe_info(&self, conn: ConnId) -> Option<(u64, u32, Option<hooks::SessionCounters>)> {
+        let c = self.conns.get(&conn)?;
+        let mut info = c.role as u32 | (c.state as u32) << 8;
+        let session = c
+            .session
+            .and_then(|sid| Some((sid, self.sessions.get(&sid)?)));
+        if let Some((sid, s)) = session {
+            info |= (s.state as u32) << 16 | s.policy.probe_bits() << 24;
+            return Some((sid.0, info, Some(s.counters)));
+        }
+        Some((0, info, None))
+    }
+
     /// Queues a message. Fails only when the session is closed (lossy and faulted, or marked
     /// down).
     pub fn send(
@@ -727,8 +765,14 @@ impl Endpoint {
         msg.seq = 0;
         // Handed on: no longer the application's to count against its dispatch budget.
         msg.permit = None;
-        hooks::ringwire_msg_queued(session.0, msg.ty as u32, msg.payload_len() as u64);
-        s.out_queue.push_back(msg);
+        s.queued += 1;
+        if hooks::sampled(s.queued, self.config.tuning.probe_sample) {
+            hooks::ringwire_msg_queued(session.0, msg.ty as u32, msg.payload_len() as u64);
+        }
+        s.out_queue.push_back(Outgoing {
+            msg,
+            queued_at: now,
+        });
         match s.state {
             SessionState::Ready => self.flush_session(session),
             SessionState::Standby if !s.policy.server => self.start_connect(session),
@@ -1182,7 +1226,13 @@ impl Endpoint {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
-        hooks::ringwire_session_state(sid.0, s.state as u32, SESSION_CLOSED);
+        hooks::ringwire_session_state(
+            sid.0,
+            s.state as u32,
+            SESSION_CLOSED,
+            s.policy.probe_bits(),
+            &s.counters,
+        );
         let conn = s.conn.take();
         if s.registered {
             let key = s.peer_addrs.primary().copied();
@@ -2035,17 +2085,24 @@ impl Endpoint {
         let s = self.sessions.get_mut(&sid).expect("exists");
         let c = self.conns.get_mut(&cid).expect("ready conn exists");
         let was_empty = c.tx.is_empty();
-        while let Some(mut m) = s.out_queue.pop_front() {
+        while let Some(mut out) = s.out_queue.pop_front() {
+            let m = &mut out.msg;
             if m.seq == 0 {
                 s.out_seq += 1;
                 m.seq = s.out_seq;
             }
             m.encode_frame(&mut c.tx, m.seq, s.in_seq);
-            hooks::ringwire_msg_sent(sid.0, m.seq, m.ty as u32, m.payload_len() as u64);
+            let len = m.payload_len() as u64;
+            s.counters.msgs_out += 1;
+            s.counters.bytes_out += len;
+            if hooks::sampled(m.seq, self.config.tuning.probe_sample) {
+                let queued_ns = self.now.0.saturating_sub(out.queued_at.0);
+                hooks::ringwire_msg_sent(sid.0, m.seq, m.ty as u32, len, queued_ns);
+            }
             self.counts.sent[Tag::Message as usize] += 1;
             s.ack_pending = false;
             if !s.policy.lossy {
-                s.sent.push_back(m);
+                s.sent.push_back(out);
             }
         }
         if was_empty && !c.tx.is_empty() {
@@ -2076,7 +2133,12 @@ impl Endpoint {
         }
         s.in_seq = header.seq;
         s.ack_pending = true;
-        hooks::ringwire_msg_dispatched(sid.0, msg.seq, msg.ty as u32, msg.payload_len() as u64);
+        let len = msg.payload_len() as u64;
+        s.counters.msgs_in += 1;
+        s.counters.bytes_in += len;
+        if hooks::sampled(msg.seq, self.config.tuning.probe_sample) {
+            hooks::ringwire_msg_dispatched(sid.0, msg.seq, msg.ty as u32, len);
+        }
         self.events.push_back(Event::Message { session: sid, msg });
         self.intercept(cid, Step::ReadMessageComplete, || None)
     }
@@ -2182,6 +2244,8 @@ fn new_session(
         peer_global_seq: 0,
         in_seq: 0,
         out_seq: 0,
+        counters: hooks::SessionCounters::default(),
+        queued: 0,
         out_queue: VecDeque::new(),
         sent: VecDeque::new(),
         ack_pending: false,

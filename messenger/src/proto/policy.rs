@@ -80,6 +80,15 @@ impl Policy {
     }
 
     /// Whether connections under this policy enter the session table.
+    /// The policy as the `ringwire_session_state` probe reports it: lossy (bit 0), server
+    /// (1), standby (2), resetcheck (3).
+    pub fn probe_bits(&self) -> u32 {
+        self.lossy as u32
+            | (self.server as u32) << 1
+            | (self.standby as u32) << 2
+            | (self.resetcheck as u32) << 3
+    }
+
     pub fn registers(&self) -> bool {
         !self.lossy || self.register_lossy_clients
     }

@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use socket2::{Domain, Socket, Type};
@@ -117,6 +117,8 @@ impl WorkerHandle {
 
 /// The eventfd read's operation kind (the transport's kinds are below it).
 const KIND_EVENTFD: u64 = 0x7f;
+/// How often a worker reports its connections to the `ringwire_conn_socket` probe.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 
 use self::tcp::{user_data, Tcp};
 use self::transport::{Cx, Transport};
@@ -136,6 +138,10 @@ struct Worker {
     commands: VecDeque<Command>,
     /// The time read once after each wait, for everything handled until the next one.
     now: Time,
+    /// When connections are next reported to the `ringwire_conn_socket` probe, and whether
+    /// there were any to report last time (an idle worker does not wake up for it).
+    next_announce: Time,
+    announcing: bool,
     shutting_down: bool,
 }
 
@@ -382,6 +388,8 @@ impl Worker {
             cqes: Vec::with_capacity(256),
             commands: VecDeque::new(),
             now: Time(0),
+            next_announce: Time(0),
+            announcing: false,
             shutting_down: false,
         };
         w.arm_eventfd();
@@ -423,7 +431,16 @@ impl Worker {
                 return;
             }
             let now = self.now();
-            let wait = self.ep.poll_timeout().map(|t| t.0.saturating_sub(now.0));
+            if now >= self.next_announce {
+                self.announcing = self.tcp.announce(&self.ep);
+                self.next_announce = now.after(ANNOUNCE_INTERVAL);
+            }
+            let wake = match (self.ep.poll_timeout(), self.announcing) {
+                (Some(t), true) => Some(t.min(self.next_announce)),
+                (None, true) => Some(self.next_announce),
+                (t, false) => t,
+            };
+            let wait = wake.map(|t| t.0.saturating_sub(now.0));
             let result = match wait {
                 Some(0) => self.ring.submit().map(|_| ()),
                 Some(ns) => {
@@ -540,7 +557,7 @@ impl Worker {
             Command::Unthrottle => self.tcp.unthrottle(),
             Command::Adopt { fd, handoff } => {
                 let cid = self.ep.adopt(now, *handoff);
-                self.tcp.adopt(cid, fd);
+                self.tcp.adopt(&self.ep, cid, fd);
             }
             Command::Shutdown => {
                 self.shutting_down = true;

@@ -17,7 +17,7 @@ use super::transport::{Cx, Transport};
 use super::{io_uring_error, Command};
 use crate::messenger::Error;
 use crate::proto::endpoint::IdMap;
-use crate::proto::{ConnId, Handoff};
+use crate::proto::{ConnId, Endpoint, Handoff};
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_CONNECT: u64 = 2;
@@ -73,6 +73,7 @@ struct Sock {
     zc_pending: VecDeque<Vec<Bytes>>,
     /// Cleared when a zero-copy send to this peer was copied anyway: it does not pay here.
     zc_pays: bool,
+    probe: ProbeIds,
 }
 
 impl Sock {
@@ -89,6 +90,15 @@ impl Sock {
             dirty: true,
             zc_pending: VecDeque::new(),
             zc_pays: true,
+            probe: ProbeIds::default(),
+        }
+    }
+
+    fn established(fd: OwnedFd) -> Self {
+        let probe = ProbeIds::of(&fd);
+        Sock {
+            probe,
+            ..Sock::new(fd)
         }
     }
 }
@@ -106,16 +116,43 @@ pub(crate) struct Tcp {
     fixed_arena: bool,
 }
 
-/// Tells the `ringwire_conn_socket` probe which ports connection `conn` uses.
-fn report_ports(conn: u64, fd: &OwnedFd) {
-    let sock = socket2::SockRef::from(fd);
-    let port =
-        |a: std::io::Result<SockAddr>| a.ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port());
-    crate::proto::hooks::ringwire_conn_socket(
-        conn,
-        port(sock.local_addr()) as u32,
-        port(sock.peer_addr()) as u32,
-    );
+/// What the `ringwire_conn_socket` probe reports of a socket, read once when it is established.
+#[derive(Default)]
+struct ProbeIds {
+    /// local << 16 | peer
+    ports: u32,
+    /// IPv6, or IPv4 mapped into it.
+    peer_ip: [u8; 16],
+}
+
+impl ProbeIds {
+    fn of(fd: &OwnedFd) -> Self {
+        let sock = socket2::SockRef::from(fd);
+        let addr = |a: io::Result<SockAddr>| a.ok().and_then(|a| a.as_socket());
+        let local = addr(sock.local_addr());
+        let peer = addr(sock.peer_addr());
+        let ip = |a: SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        ProbeIds {
+            ports: (local.map_or(0, |a| a.port()) as u32) << 16
+                | peer.map_or(0, |a| a.port()) as u32,
+            peer_ip: peer.map(ip).unwrap_or_default(),
+        }
+    }
+
+    fn report(&self, ep: &Endpoint, conn: u64) {
+        let (session, info, counters) = ep.probe_info(ConnId(conn)).unwrap_or_default();
+        crate::proto::hooks::ringwire_conn_socket(
+            conn,
+            session,
+            info,
+            self.ports,
+            self.peer_ip.as_ptr(),
+            counters.as_ref().map_or(std::ptr::null(), |c| c),
+        );
+    }
 }
 
 impl Tcp {
@@ -160,9 +197,10 @@ impl Tcp {
     }
 
     /// A socket accepted by another worker, now owned here as endpoint connection `conn`.
-    pub(crate) fn adopt(&mut self, conn: ConnId, fd: OwnedFd) {
-        report_ports(conn.0, &fd);
-        self.socks.insert(conn.0, Sock::new(fd));
+    pub(crate) fn adopt(&mut self, ep: &Endpoint, conn: ConnId, fd: OwnedFd) {
+        let sock = Sock::established(fd);
+        sock.probe.report(ep, conn.0);
+        self.socks.insert(conn.0, sock);
         self.dirty.push(conn.0);
     }
 
@@ -417,7 +455,8 @@ impl Tcp {
                 s.connect_addr = None;
                 if s.closing.is_none() {
                     if res == 0 {
-                        report_ports(key, &s.fd);
+                        s.probe = ProbeIds::of(&s.fd);
+                        s.probe.report(cx.ep, key);
                         cx.ep.on_connected(now, ConnId(key));
                     } else {
                         tracing::debug!("connect failed: {}", io::Error::from_raw_os_error(-res));
@@ -516,9 +555,9 @@ impl Tcp {
         };
         let now = cx.now;
         let cid = cx.ep.accept(now, peer);
-        let fd: OwnedFd = sock.into();
-        report_ports(cid.0, &fd);
-        self.socks.insert(cid.0, Sock::new(fd));
+        let sock = Sock::established(sock.into());
+        sock.probe.report(cx.ep, cid.0);
+        self.socks.insert(cid.0, sock);
         self.dirty.push(cid.0);
     }
 
@@ -616,5 +655,16 @@ impl Transport for Tcp {
 
     fn is_idle(&self) -> bool {
         self.socks.is_empty() && self.accepts_armed == 0
+    }
+
+    fn announce(&self, ep: &Endpoint) -> bool {
+        let mut any = false;
+        for (&conn, sock) in self.socks.iter() {
+            if sock.probe.ports != 0 {
+                sock.probe.report(ep, conn);
+                any = true;
+            }
+        }
+        any
     }
 }

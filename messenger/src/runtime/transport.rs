@@ -56,4 +56,7 @@ pub(crate) trait Transport {
     fn shutdown(&mut self);
     /// No connection and no operation left.
     fn is_idle(&self) -> bool;
+    /// Reports every established connection to the `ringwire_conn_socket` probe (called once
+    /// a second, so a tracer attached late learns them); false when there was none.
+    fn announce(&self, ep: &Endpoint) -> bool;
 }
