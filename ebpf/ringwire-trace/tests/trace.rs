@@ -5,6 +5,8 @@
 //! - A scripted session traced end to end: connect → 100 messages → an injected failure →
 //!   reconnect → mark_down; the events, then the tracer's Prometheus metrics against them.
 //! - `top` attached to the binary: the connection's row.
+//! - Retransmits, on a connection whose loopback goes down for a while.
+//! - Clear errors without privileges, without probes, without the process.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -478,4 +480,82 @@ fn clear_errors_without_privileges_or_probes() {
     assert!(err.contains("has no Ringwire probes"), "{err}");
     let err = tracer_fails(&["top", "--pid", "999999999"], false);
     assert!(err.contains("no process 999999999"), "{err}");
+}
+
+/// `ip ARGS` in this thread's network namespace.
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+#[test]
+fn retransmits_are_counted_per_connection() {
+    let _one = one_at_a_time();
+    // A network namespace of this thread's own: the messengers' threads start from here and
+    // inherit it, so taking its loopback down loses their segments and TCP retransmits them.
+    // SAFETY: a plain syscall; it affects only the calling thread.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+    ip(&["link", "set", "lo", "up"]);
+    let pid = std::process::id().to_string();
+    let (mut tracer, _) = start_tracer(&[
+        "top",
+        "--json",
+        "--interval",
+        "0.3",
+        "--duration",
+        "60",
+        "--pid",
+        &pid,
+    ]);
+    let server_seen = Arc::new(Peer::default());
+    let server = Messenger::builder(EntityName {
+        ty: EntityType::OSD,
+        id: "0".into(),
+    })
+    .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
+    .policy(EntityType::CLIENT, Policy::stateful_server())
+    .options(options())
+    .start(server_seen.clone())
+    .unwrap();
+    let client = Messenger::builder(EntityName {
+        ty: EntityType::CLIENT,
+        id: "1".into(),
+    })
+    .policy(EntityType::OSD, Policy::lossless_client())
+    .options(options())
+    .start(Arc::new(Peer::default()))
+    .unwrap();
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    conn.send(Message::new(PING)).unwrap();
+    wait("the first message", || {
+        server_seen.0.load(Ordering::SeqCst) == 1
+    });
+    ip(&["link", "set", "lo", "down"]);
+    conn.send(Message::new(PING).with_front(vec![7; 1000]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    ip(&["link", "set", "lo", "up"]);
+    wait("the message sent while the link was down", || {
+        server_seen.0.load(Ordering::SeqCst) == 2
+    });
+    let mut lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot with the retransmits"
+        );
+        let snapshot: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let rows = snapshot["connections"].as_array().unwrap();
+        let found = rows.iter().find(|c| {
+            c["role"] == "client" && c["retransmits"].as_u64() > Some(0) && c["msgs_out"] == 2
+        });
+        if let Some(row) = found {
+            break row.clone();
+        }
+    };
+    let _ = tracer.kill();
+    let _ = tracer.wait();
+    assert_eq!(row["state"], "READY", "the connection survived: {row}");
+    assert_eq!(row["tcp_state"], "ESTABLISHED", "{row}");
 }
