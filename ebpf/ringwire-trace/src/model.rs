@@ -227,6 +227,9 @@ pub struct ProcessTotals {
     pub io_uring: IoUringStats,
 }
 
+/// Socket events kept per unclaimed port pair.
+const MAX_UNJOINED: usize = 16;
+
 /// How long a closed connection stays in the table.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -318,7 +321,11 @@ impl Model {
                 .unjoined
                 .entry(ports)
                 .or_insert_with(|| (Instant::now(), Vec::new()));
-            pending.push(*e);
+            // A few transitions precede a connection's report; retransmits on a port nobody
+            // claims are not worth keeping without bound.
+            if pending.len() < MAX_UNJOINED {
+                pending.push(*e);
+            }
             return;
         };
         let totals = self.accumulated.entry(key.0).or_default();

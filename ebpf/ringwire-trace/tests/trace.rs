@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ringwire::proto::{Action, ConnId, EntityAddr, EntityName, EntityType, Message, Policy, Step};
-use ringwire::{Connection, Dispatcher, Messenger, MessengerInterceptor, Options};
+use ringwire::{
+    Connection, Dispatcher, Messenger, MessengerBuilder, MessengerInterceptor, Options,
+};
 use serde_json::Value;
 
 const PING: u16 = 0x10;
@@ -101,6 +103,29 @@ fn options() -> Options {
     opts
 }
 
+/// osd.0 on loopback, stateful_server to clients.
+fn start_server(seen: Arc<Peer>) -> Messenger {
+    Messenger::builder(EntityName {
+        ty: EntityType::OSD,
+        id: "0".into(),
+    })
+    .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
+    .policy(EntityType::CLIENT, Policy::stateful_server())
+    .options(options())
+    .start(seen)
+    .unwrap()
+}
+
+/// client.1, lossless_client to OSDs.
+fn client_builder() -> MessengerBuilder {
+    Messenger::builder(EntityName {
+        ty: EntityType::CLIENT,
+        id: "1".into(),
+    })
+    .policy(EntityType::OSD, Policy::lossless_client())
+    .options(options())
+}
+
 /// GET over plain TCP (the test has no HTTP client).
 fn http_get(url: &str) -> String {
     use std::io::{Read, Write};
@@ -132,28 +157,14 @@ fn scripted_session_is_traced_end_to_end() {
         &pid,
     ]);
 
-    let opts = options();
     let server_seen = Arc::new(Peer::default());
-    let server = Messenger::builder(EntityName {
-        ty: EntityType::OSD,
-        id: "0".into(),
-    })
-    .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-    .policy(EntityType::CLIENT, Policy::stateful_server())
-    .options(opts.clone())
-    .start(server_seen.clone())
-    .unwrap();
+    let server = start_server(server_seen.clone());
     let fail = Arc::new(FailOnce::default());
     let client_seen = Arc::new(Peer::default());
-    let client = Messenger::builder(EntityName {
-        ty: EntityType::CLIENT,
-        id: "1".into(),
-    })
-    .policy(EntityType::OSD, Policy::lossless_client())
-    .options(opts)
-    .interceptor(fail.clone())
-    .start(client_seen.clone())
-    .unwrap();
+    let client = client_builder()
+        .interceptor(fail.clone())
+        .start(client_seen.clone())
+        .unwrap();
 
     // connect → 100 messages
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);
@@ -384,24 +395,9 @@ fn top_shows_each_connection() {
         "--binary",
         exe.to_str().unwrap(),
     ]);
-    let server = Messenger::builder(EntityName {
-        ty: EntityType::OSD,
-        id: "0".into(),
-    })
-    .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-    .policy(EntityType::CLIENT, Policy::stateful_server())
-    .options(options())
-    .start(Arc::new(Peer::default()))
-    .unwrap();
+    let server = start_server(Arc::new(Peer::default()));
     let server_addr = server.addrs().0[0].addr.unwrap();
-    let client = Messenger::builder(EntityName {
-        ty: EntityType::CLIENT,
-        id: "1".into(),
-    })
-    .policy(EntityType::OSD, Policy::lossless_client())
-    .options(options())
-    .start(Arc::new(Peer::default()))
-    .unwrap();
+    let client = client_builder().start(Arc::new(Peer::default())).unwrap();
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);
     for i in 0..50u32 {
         conn.send(Message::new(PING).with_front(vec![0; i as usize]))
@@ -508,23 +504,8 @@ fn retransmits_are_counted_per_connection() {
         &pid,
     ]);
     let server_seen = Arc::new(Peer::default());
-    let server = Messenger::builder(EntityName {
-        ty: EntityType::OSD,
-        id: "0".into(),
-    })
-    .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-    .policy(EntityType::CLIENT, Policy::stateful_server())
-    .options(options())
-    .start(server_seen.clone())
-    .unwrap();
-    let client = Messenger::builder(EntityName {
-        ty: EntityType::CLIENT,
-        id: "1".into(),
-    })
-    .policy(EntityType::OSD, Policy::lossless_client())
-    .options(options())
-    .start(Arc::new(Peer::default()))
-    .unwrap();
+    let server = start_server(server_seen.clone());
+    let client = client_builder().start(Arc::new(Peer::default())).unwrap();
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);
     conn.send(Message::new(PING)).unwrap();
     wait("the first message", || {

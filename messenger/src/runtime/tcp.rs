@@ -127,6 +127,10 @@ struct ProbeIds {
 
 impl ProbeIds {
     fn of(fd: &OwnedFd) -> Self {
+        if !cfg!(feature = "probes") {
+            // Nothing to report to; without ports `announce` never wakes the worker either.
+            return ProbeIds::default();
+        }
         let sock = socket2::SockRef::from(fd);
         let addr = |a: io::Result<SockAddr>| a.ok().and_then(|a| a.as_socket());
         let local = addr(sock.local_addr());
