@@ -32,5 +32,5 @@ mod runtime;
 
 pub use messenger::{
     Closed, Connection, Dispatcher, Error, Messenger, MessengerBuilder, MessengerInterceptor,
-    Options, Stats,
+    Options, RdmaOptions, Stats,
 };

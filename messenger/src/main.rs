@@ -112,6 +112,12 @@ enum Command {
         /// Serve the server messenger's Prometheus metrics at http://ADDR/metrics while running.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// How the messengers talk: tcp, or rdma (needs an RDMA device; see docs/rdma.md).
+        #[arg(long, default_value = "tcp")]
+        transport: String,
+        /// RDMA: microseconds a worker polls its completion queue before sleeping.
+        #[arg(long, default_value_t = 0)]
+        busy_poll_us: u64,
     },
 }
 
@@ -139,6 +145,8 @@ fn main() -> ExitCode {
             no_pin,
             json,
             metrics,
+            transport,
+            busy_poll_us,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -162,6 +170,8 @@ fn main() -> ExitCode {
                 cpu,
                 json,
                 metrics,
+                transport,
+                busy_poll: Duration::from_micros(busy_poll_us),
             };
             match cli::bench::run(args) {
                 Ok(report) if json => {

@@ -57,6 +57,8 @@ pub enum Error {
     Thread(std::io::Error),
     #[error("address {0} has no socket address")]
     NoSocketAddr(EntityAddr),
+    #[error("RDMA is unavailable: {0}")]
+    Rdma(String),
 }
 
 /// Why a send was refused: the connection is closed (lossy and faulted, or marked down).
@@ -200,6 +202,54 @@ pub struct Options {
     /// The nonce in our addresses (peers must name it to reach us). Default: 0 for monitors,
     /// as in Ceph, random otherwise.
     pub nonce: Option<u32>,
+    /// The RDMA transport (addresses `rdma:IP:PORT`); see docs/rdma.md.
+    pub rdma: RdmaOptions,
+}
+
+/// Options of the RDMA transport. Each worker opens the device when it first needs it and
+/// registers `(send_buffers + max_connections × credits) × buffer_size` bytes once; that
+/// memory never grows.
+#[derive(Debug, Clone)]
+pub struct RdmaOptions {
+    /// The device (`ibv_devices` names it); default: the first one.
+    pub device: Option<String>,
+    /// The device port.
+    pub port: u8,
+    /// The GID index (RoCE); default: chosen (RoCE v2 with an IPv4 address first).
+    pub gid_index: Option<u8>,
+    /// Bytes per send and receive buffer: the largest SEND.
+    pub buffer_size: usize,
+    /// Receive buffers posted per connection: the peer's send credits.
+    pub credits: u16,
+    /// Send buffers per worker, shared by its connections.
+    pub send_buffers: usize,
+    /// RDMA connections per worker (each holds `credits` receive buffers).
+    pub max_connections: usize,
+    /// Stream chunks at least this large are not sent: the receiver READs them in place.
+    pub read_min: usize,
+    /// Before sleeping, a worker with RDMA connections polls its completion queue this long
+    /// (0: never; completions then wake it through the completion channel).
+    pub busy_poll: std::time::Duration,
+    /// Testing: one received record in this many moves its queue pair to the error state,
+    /// as a failing HCA or link would (0: never). Counted as injected faults.
+    pub inject_qp_failures: u32,
+}
+
+impl Default for RdmaOptions {
+    fn default() -> Self {
+        RdmaOptions {
+            device: None,
+            port: 1,
+            gid_index: None,
+            buffer_size: 8 << 10,
+            credits: 16,
+            send_buffers: 256,
+            max_connections: 128,
+            read_min: 32 << 10,
+            busy_poll: std::time::Duration::ZERO,
+            inject_qp_failures: 0,
+        }
+    }
 }
 
 impl Default for Options {
@@ -214,6 +264,7 @@ impl Default for Options {
             zerocopy_min: 256 << 10,
             arena_size: 64 << 20,
             nonce: None,
+            rdma: RdmaOptions::default(),
         }
     }
 }
@@ -280,6 +331,14 @@ pub(crate) struct Counters {
     pub zerocopy_sends: AtomicU64,
     pub zerocopy_copied: AtomicU64,
     pub registered_sends: AtomicU64,
+    pub rdma_send_bytes: AtomicU64,
+    pub rdma_read_bytes: AtomicU64,
+    pub rdma_copied_bytes: AtomicU64,
+    pub rdma_credit_waits: AtomicU64,
+    pub rdma_cq_polls: AtomicU64,
+    pub rdma_cq_events: AtomicU64,
+    pub rdma_registrations: AtomicU64,
+    pub rdma_errors: AtomicU64,
 }
 
 /// A snapshot of a messenger's counters.
@@ -319,6 +378,22 @@ pub struct Stats {
     pub zerocopy_copied: u64,
     /// Sends straight from the registered arena (fixed buffer, no per-send page pinning).
     pub registered_sends: u64,
+    /// Stream bytes sent in RDMA SENDs.
+    pub rdma_send_bytes: u64,
+    /// Segment bytes the receiver pulled with RDMA READ (no copy).
+    pub rdma_read_bytes: u64,
+    /// Bytes copied to or from registered RDMA buffers (headers and small payloads).
+    pub rdma_copied_bytes: u64,
+    /// Times an RDMA connection had data to send and no credit.
+    pub rdma_credit_waits: u64,
+    /// Non-empty polls of a worker's RDMA completion queue.
+    pub rdma_cq_polls: u64,
+    /// Completion-channel events (wake-ups) of the RDMA completion queues.
+    pub rdma_cq_events: u64,
+    /// Memory registrations on the data path (payloads outside the arena, READ targets).
+    pub rdma_registrations: u64,
+    /// RDMA work completions in error other than flushes (queue pair failures).
+    pub rdma_errors: u64,
 }
 
 /// State shared by the messenger, its workers and its connection handles.
@@ -336,6 +411,7 @@ pub(crate) struct Shared {
     pub max_send_backlog: usize,
     pub zerocopy_min: usize,
     pub arena: Option<Arc<crate::runtime::Arena>>,
+    pub rdma: RdmaOptions,
 }
 
 /// A messenger: workers, listeners and sessions.
@@ -540,5 +616,13 @@ pub(crate) fn stats_of(shared: &Shared) -> Stats {
         zerocopy_sends: get(&c.zerocopy_sends),
         zerocopy_copied: get(&c.zerocopy_copied),
         registered_sends: get(&c.registered_sends),
+        rdma_send_bytes: get(&c.rdma_send_bytes),
+        rdma_read_bytes: get(&c.rdma_read_bytes),
+        rdma_copied_bytes: get(&c.rdma_copied_bytes),
+        rdma_credit_waits: get(&c.rdma_credit_waits),
+        rdma_cq_polls: get(&c.rdma_cq_polls),
+        rdma_cq_events: get(&c.rdma_cq_events),
+        rdma_registrations: get(&c.rdma_registrations),
+        rdma_errors: get(&c.rdma_errors),
     }
 }

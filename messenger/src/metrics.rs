@@ -55,7 +55,7 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
     );
     bytes.with_label_values(&[e, "in"]).inc_by(st.bytes_in);
     bytes.with_label_values(&[e, "out"]).inc_by(st.bytes_out);
-    let plain: [(&str, &str, u64); 9] = [
+    let plain: [(&str, &str, u64); 17] = [
         ("faults_total", "Connection faults", st.faults),
         (
             "injected_faults_total",
@@ -96,6 +96,46 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
             "remote_resets_total",
             "Sessions the peer reset",
             st.remote_resets,
+        ),
+        (
+            "rdma_send_bytes_total",
+            "Stream bytes sent in RDMA SENDs",
+            st.rdma_send_bytes,
+        ),
+        (
+            "rdma_read_bytes_total",
+            "Segment bytes the receiver pulled with RDMA READ (no copy)",
+            st.rdma_read_bytes,
+        ),
+        (
+            "rdma_copied_bytes_total",
+            "Bytes copied to or from registered RDMA buffers (headers and small payloads)",
+            st.rdma_copied_bytes,
+        ),
+        (
+            "rdma_credit_waits_total",
+            "Times an RDMA connection had data to send and no credit",
+            st.rdma_credit_waits,
+        ),
+        (
+            "rdma_cq_polls_total",
+            "Non-empty polls of a worker's RDMA completion queue",
+            st.rdma_cq_polls,
+        ),
+        (
+            "rdma_cq_events_total",
+            "Completion-channel events (wake-ups) of the RDMA completion queues",
+            st.rdma_cq_events,
+        ),
+        (
+            "rdma_registrations_total",
+            "Memory registrations on the data path (payloads outside the arena, READ targets)",
+            st.rdma_registrations,
+        ),
+        (
+            "rdma_errors_total",
+            "RDMA work completions in error other than flushes (queue pair failures)",
+            st.rdma_errors,
         ),
     ];
     for (n, help, v) in plain {

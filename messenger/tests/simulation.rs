@@ -450,7 +450,7 @@ impl Sim {
     fn on_io(&mut self, node: usize, io: Io) {
         let now = self.now;
         match io {
-            Io::Connect { conn, addr } => {
+            Io::Connect { conn, addr, .. } => {
                 self.stats.connects += 1;
                 let Some(server) = self.nodes.iter().position(|n| n.addr.addr == Some(addr)) else {
                     self.at(

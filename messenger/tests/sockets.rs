@@ -110,12 +110,13 @@ fn lossless_survives_injected_socket_failures() {
         .unwrap();
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);
     const N: usize = 2000;
-    // In rounds, so that there are many receive batches for the injector to strike.
-    for round in 0..40 {
-        for i in round * 50..(round + 1) * 50 {
+    // In rounds, so that there are many receive batches for the injector to strike: with
+    // one batch per round, 200 rounds leave it (29/30)^200 ≈ 0.1 % to miss them all.
+    for round in 0..200 {
+        for i in round * 10..(round + 1) * 10 {
             conn.send(numbered(i, 97, 1 << 20)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
     server_rec.wait_for(Duration::from_secs(60), "all messages", |s| {
         s.iter()
@@ -306,4 +307,41 @@ fn arena_payloads_go_out_from_the_registered_buffer_and_come_back() {
         st.registered_sends >= 1,
         "sent from the fixed buffer: {st:?}"
     );
+}
+
+#[test]
+fn rdma_without_its_device_is_a_clear_error() {
+    let mut o = options(1);
+    o.rdma.device = Some("no-such-hca".into());
+    let err = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(ringwire::proto::EntityAddr::parse("rdma:127.0.0.1:0").unwrap())
+        .options(o.clone())
+        .start(std::sync::Arc::new(Recorder::default()))
+        .err()
+        .expect("no messenger without its RDMA device");
+    let text = err.to_string();
+    assert!(
+        matches!(err, ringwire::Error::Rdma(_)) && text.contains("RDMA is unavailable"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no-such-hca") || text.contains("libibverbs"),
+        "names the device or the missing library: {text}"
+    );
+    // A client without the device: connecting over RDMA fails like a refused connection
+    // (the lossy session resets), and TCP still works.
+    let rec = std::sync::Arc::new(Recorder::default());
+    let client = Messenger::builder(name(EntityType::CLIENT, "1"))
+        .policy(EntityType::OSD, Policy::lossy_client())
+        .options(o)
+        .start(rec.clone())
+        .unwrap();
+    let conn = client.connect(
+        ringwire::proto::EntityAddr::parse("rdma:127.0.0.1:9/1").unwrap(),
+        EntityType::OSD,
+    );
+    rec.wait_for(Duration::from_secs(10), "reset", |s| {
+        s.iter().any(|x| matches!(x, Seen::Reset(_)))
+    });
+    assert!(conn.is_closed());
 }

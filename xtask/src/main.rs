@@ -7,6 +7,10 @@
 //! - `cargo xtask fuzz [SECONDS]`: runs each fuzz target (cargo-fuzz, nightly) for SECONDS.
 //! - `cargo xtask trace-overhead [ROUNDS]`: `ringwire bench` built without probes, with
 //!   probes, and with probes under `ringwire-trace`, interleaved round by round.
+//! - `cargo xtask rxe-test`: the RDMA tests against real verbs, in a QEMU guest whose kernel
+//!   has soft-RoCE (`xtask/rxe-vm.sh`; the host kernel has no RDMA). Part of `ci`.
+//! - `cargo xtask rxe-bench [ROUNDS]`: `ringwire bench --transport rdma` against perftest
+//!   (`ib_send_lat`, `ib_write_bw`) and rsockets (`rstream`) in one guest run.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,13 +31,20 @@ fn main() {
             let secs = args.get(1).map(String::as_str).unwrap_or("60");
             fuzz(&root, secs)
         }
+        Some("rxe-test") => rxe_test(&root).map(|(passed, failed)| {
+            println!("rxe-test: {passed} passed, {failed} failed");
+        }),
+        Some("rxe-bench") => {
+            let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
+            rxe_bench(&root, rounds)
+        }
         Some("trace-overhead") => {
             let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
             trace_overhead(&root, rounds)
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS] | trace-overhead [ROUNDS]>"
+                "usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS] | trace-overhead [ROUNDS] | rxe-test | rxe-bench [ROUNDS]>"
             );
             exit(2);
         }
@@ -73,6 +84,7 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> Result<(), String> {
 
 fn ci(root: &Path) -> Result<(), String> {
     run(root, "cargo", &["fmt", "--all", "--check"])?;
+    ensure_rdma_build_deps()?;
     // ringwire-trace embeds the BPF object: build it first; cargo finds it through the env.
     build_ebpf(root)?;
     run(
@@ -83,12 +95,19 @@ fn ci(root: &Path) -> Result<(), String> {
             "--workspace",
             "--all-targets",
             "--locked",
+            // tests/rdma.rs too (built for the rxe guest)
+            "--features",
+            "ringwire/rdma-tests",
             "--",
             "-D",
             "warnings",
         ],
     )?;
-    let (passed, failed) = run_tests(root, &["test", "--workspace", "--locked", "--release"])?;
+    let (mut passed, mut failed) =
+        run_tests(root, &["test", "--workspace", "--locked", "--release"])?;
+    let (rxe_passed, rxe_failed) = rxe_test(root)?;
+    passed += rxe_passed;
+    failed += rxe_failed;
     // The fuzz targets must keep building; a short run catches regressions in the harness.
     fuzz(root, "20")?;
     println!("ci: {passed} passed, {failed} failed");
@@ -97,13 +116,19 @@ fn ci(root: &Path) -> Result<(), String> {
 
 /// Runs `cargo test`, echoing its output, and adds up its "test result" lines.
 fn run_tests(dir: &Path, args: &[&str]) -> Result<(u64, u64), String> {
-    eprintln!("xtask: $ cargo {}", args.join(" "));
-    let mut child = Command::new("cargo")
-        .args(args)
-        .current_dir(dir)
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(dir);
+    count_test_results(cmd, &format!("cargo {}", args.join(" ")))
+}
+
+/// Runs test binaries through `cmd`, echoing their output; adds up their "test result"
+/// lines. Fails when `cmd` does.
+fn count_test_results(mut cmd: Command, what: &str) -> Result<(u64, u64), String> {
+    eprintln!("xtask: $ {what}");
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     let (mut passed, mut failed) = (0, 0);
     let stdout = child.stdout.take().expect("piped");
     for line in BufReader::new(stdout).lines() {
@@ -116,9 +141,132 @@ fn run_tests(dir: &Path, args: &[&str]) -> Result<(u64, u64), String> {
     }
     let status = child.wait().map_err(|e| e.to_string())?;
     if !status.success() {
-        return Err(format!("cargo {} failed: {status}", args.join(" ")));
+        return Err(format!("{what} failed: {status}"));
     }
     Ok((passed, failed))
+}
+
+/// Installs Debian packages that are missing.
+fn ensure_packages(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt = |args: &[&str]| {
+        let mut all = vec!["-o", "DPkg::Lock::Timeout=600", "-qq"];
+        all.extend_from_slice(args);
+        Command::new("apt-get")
+            .args(&all)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("cannot run apt-get: {e}"))
+    };
+    eprintln!("xtask: installing {}", missing.join(" "));
+    apt(&["update"])?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend_from_slice(&missing);
+    if !apt(&args)?.success() {
+        return Err(format!("apt-get install {} failed", missing.join(" ")));
+    }
+    Ok(())
+}
+
+/// rdma-mummy-sys (the verbs bindings under `sideway`) builds its loader with cmake and
+/// generates bindings with libclang.
+fn ensure_rdma_build_deps() -> Result<(), String> {
+    ensure_packages(&["cmake", "clang", "libclang-dev"])
+}
+
+/// Builds test binaries (or other targets) on the host; returns the paths cargo reports.
+fn build_executables(root: &Path, args: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    eprintln!("xtask: $ cargo {}", args.join(" "));
+    let out = Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    eprint!("{text}");
+    if !out.status.success() {
+        return Err(format!("cargo {} failed", args.join(" ")));
+    }
+    // "  Executable tests/rdma.rs (/path/to/rdma-0123)"
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Executable "))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(" (")?;
+            Some((name.to_string(), PathBuf::from(rest.strip_suffix(')')?)))
+        })
+        .collect())
+}
+
+/// Runs `script` (bash) in the soft-RoCE guest; its output streams through `count` when
+/// given. The guest shares the host's filesystem read-only, so host-built binaries run.
+fn rxe_vm(root: &Path, script: &str, netdev: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("xtask").join("rxe-vm.sh"))
+        .args(["bash", "-c", script])
+        .current_dir(root)
+        // Dozens of messengers each register their buffers and payload arena up front.
+        .env("RXE_VM_MEM", "6G")
+        .env("RXE_VM_TIMEOUT", "1800")
+        .env("RXE_NETDEV", netdev);
+    cmd
+}
+
+/// The RDMA test suite in the guest: tests/rdma.rs, and every test_msgr scenario with its
+/// messengers on `rdma:` addresses. A guest that cannot boot is a failure, not a skip.
+fn rxe_test(root: &Path) -> Result<(u64, u64), String> {
+    ensure_rdma_build_deps()?;
+    let exes = build_executables(
+        root,
+        &[
+            "test",
+            "--release",
+            "--locked",
+            "-p",
+            "ringwire",
+            "--features",
+            "rdma-tests",
+            "--test",
+            "rdma",
+            "--test",
+            "test_msgr",
+            "--no-run",
+        ],
+    )?;
+    let exe = |name: &str| {
+        exes.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.display().to_string())
+            .ok_or_else(|| format!("cargo built no {name}"))
+    };
+    let script = format!(
+        "set -u; rc=0\n\
+         {rdma} --test-threads 1 || rc=1\n\
+         RINGWIRE_TEST_FABRIC=rdma {msgr} --test-threads 1 || rc=1\n\
+         exit $rc\n",
+        rdma = exe("tests/rdma.rs")?,
+        msgr = exe("tests/test_msgr.rs")?,
+    );
+    count_test_results(
+        rxe_vm(root, &script, "lo"),
+        "the RDMA tests in the rxe guest",
+    )
+    .map_err(|e| {
+        format!("{e} (exit 124: the guest did not boot or timed out; 120: rdma_rxe setup failed)")
+    })
 }
 
 /// The number just before `word` ("ok. 7 passed" → 7).
@@ -454,5 +602,118 @@ fn trace_overhead(root: &Path, rounds: usize) -> Result<(), String> {
             median(r, 2)
         );
     }
+    Ok(())
+}
+
+/// `ringwire bench --transport rdma` and the verbs-level references, interleaved round by
+/// round in one guest (rxe on a dummy netdev: rsockets needs rdma_cm, which cannot route
+/// over rxe on `lo`). Ratios are paired within a round; medians over rounds are printed.
+fn rxe_bench(root: &Path, rounds: usize) -> Result<(), String> {
+    ensure_rdma_build_deps()?;
+    // The references run in the guest, which uses the host's programs.
+    ensure_packages(&["perftest", "rdmacm-utils", "ibverbs-utils", "iproute2"])?;
+    run(
+        root,
+        "cargo",
+        &["build", "--release", "--locked", "-p", "ringwire"],
+    )?;
+    let ringwire = target_dir(root).join("release").join("ringwire");
+    let round = format!(
+        r#"echo "ROUND $r"
+{rw} bench --transport rdma --rounds 1 --iters 3000 --connections 20 --duration 1 --no-pin --busy-poll-us 200 --json || exit 1
+ib_send_lat -d rxe0 -x 0 -s 64 -n 3000 >/dev/null 2>&1 & sleep 1
+ib_send_lat -d rxe0 -x 0 -s 64 -n 3000 127.0.0.1 | awk '$1 == 64 {{print "IB_SEND_LAT_US", $5}}'; wait
+ib_write_bw -d rxe0 -x 0 -s 4194304 -n 100 >/dev/null 2>&1 & sleep 1
+ib_write_bw -d rxe0 -x 0 -s 4194304 -n 100 127.0.0.1 | awk '$1 == 4194304 {{print "IB_WRITE_BW_MIBPS", $4}}'; wait
+rstream -b "$A%rxenet0" -S 4194304 -C 50 >/dev/null 2>&1 & sleep 1
+rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_GBPS", $7}}'; wait
+"#,
+        rw = ringwire.display()
+    );
+    let script = format!(
+        "A=$(ip -6 addr show rxenet0 | awk '/inet6 fe80/{{print $2}}' | cut -d/ -f1)\n\
+         for r in $(seq {rounds}); do\n{round}done\n"
+    );
+    let out = rxe_vm(root, &script, "dummy")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run the rxe guest: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        return Err(format!("the benchmark guest failed: {}", out.status));
+    }
+    #[derive(Default)]
+    struct Round {
+        rw_p50_us: f64,
+        rw_stream_mbps: f64,
+        send_lat_us: f64,
+        write_bw_mbps: f64,
+        rstream_mbps: f64,
+    }
+    let mut all: Vec<Round> = Vec::new();
+    for line in text.lines() {
+        let num = |l: &str| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if line.starts_with("ROUND") {
+            all.push(Round::default());
+        }
+        let Some(r) = all.last_mut() else { continue };
+        // The guest's console is a terminal: the JSON follows the bench's progress bar.
+        if let Some(at) = line.find("{\"policy\"") {
+            let v: serde_json::Value =
+                serde_json::from_str(&line[at..]).map_err(|e| format!("bench JSON: {e}"))?;
+            r.rw_p50_us = v["median"]["rw_p50_us"].as_f64().unwrap_or(0.0);
+            r.rw_stream_mbps = v["median"]["rw_stream_mbps"].as_f64().unwrap_or(0.0);
+        } else if line.starts_with("IB_SEND_LAT_US") {
+            r.send_lat_us = num(line).unwrap_or(0.0);
+        } else if line.starts_with("IB_WRITE_BW_MIBPS") {
+            // perftest's MB is 2^20 bytes.
+            r.write_bw_mbps = num(line).unwrap_or(0.0) * 1.048_576;
+        } else if line.starts_with("RSTREAM_GBPS") {
+            r.rstream_mbps = num(line).unwrap_or(0.0) * 125.0;
+        }
+    }
+    let complete = |r: &&Round| {
+        [
+            r.rw_p50_us,
+            r.rw_stream_mbps,
+            r.send_lat_us,
+            r.write_bw_mbps,
+            r.rstream_mbps,
+        ]
+        .iter()
+        .all(|v| *v > 0.0)
+    };
+    let done: Vec<&Round> = all.iter().filter(complete).collect();
+    if done.is_empty() {
+        return Err("no complete round (see the output above)".into());
+    }
+    let med = |f: &dyn Fn(&Round) -> f64| {
+        let mut v: Vec<f64> = done.iter().map(|r| f(r)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "rxe-bench: {} rounds (medians; ratios paired within a round)",
+        done.len()
+    );
+    println!(
+        "  64 B round trip: ringwire p50 {:.1} us, ib_send_lat typical {:.1} us: {:.2} x",
+        med(&|r| r.rw_p50_us),
+        med(&|r| r.send_lat_us),
+        med(&|r| r.rw_p50_us / r.send_lat_us)
+    );
+    println!(
+        "  4 MiB stream: ringwire {:.1} MB/s, ib_write_bw {:.1} MB/s: {:.2} x; rstream {:.1} MB/s: ringwire {:.2} x rstream",
+        med(&|r| r.rw_stream_mbps),
+        med(&|r| r.write_bw_mbps),
+        med(&|r| r.rw_stream_mbps / r.write_bw_mbps),
+        med(&|r| r.rstream_mbps),
+        med(&|r| r.rw_stream_mbps / r.rstream_mbps)
+    );
     Ok(())
 }

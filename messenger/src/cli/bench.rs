@@ -39,6 +39,9 @@ pub struct BenchArgs {
     pub cpu: Option<usize>,
     pub json: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `tcp` or `rdma`: how the messengers reach each other (the baselines are TCP).
+    pub transport: String,
+    pub busy_poll: Duration,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -68,6 +71,7 @@ pub struct Integrity {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub policy: String,
+    pub transport: String,
     pub pinned_cpu: Option<usize>,
     pub small_bytes: usize,
     pub large_bytes: usize,
@@ -181,7 +185,9 @@ struct ClientState {
 /// next message leaves from the worker thread as soon as the previous answer arrives.
 struct Client {
     state: Mutex<ClientState>,
-    data: Bytes,
+    /// The stream's payload: from the client's registered arena over RDMA (sent without a
+    /// copy), a plain heap buffer over TCP.
+    data: std::sync::OnceLock<Bytes>,
     stop: AtomicBool,
     pongs: AtomicU64,
     sent: AtomicU64,
@@ -192,7 +198,7 @@ impl Client {
         flow.next_seq += 1;
         let mut m = numbered(ty, flow.next_seq);
         if ty == DATA {
-            m = m.with_data(self.data.clone());
+            m = m.with_data(self.data.get().expect("set at start").clone());
         }
         flow.sent_at = Some(Instant::now());
         if conn.send(m).is_ok() && ty != MANY_PING {
@@ -258,7 +264,13 @@ struct Pair {
 
 fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     let (cp, sp) = policies(&args.policy)?;
-    let options = Options {
+    let prefix = match args.transport.as_str() {
+        "tcp" => "v2",
+        "rdma" => "rdma",
+        other => return Err(format!("unknown transport {other:?} (tcp, rdma)")),
+    };
+    let listen = EntityAddr::parse(&format!("{prefix}:127.0.0.1:0")).expect("valid");
+    let mut options = Options {
         workers: 1,
         tuning: Tuning {
             inject_socket_failures: args.inject,
@@ -268,12 +280,13 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
         },
         ..Options::default()
     };
+    options.rdma.busy_poll = args.busy_poll;
     let server_checker = Arc::new(Checker::default());
     let server = Messenger::builder(EntityName {
         ty: EntityType::OSD,
         id: "0".into(),
     })
-    .bind(EntityAddr::parse("v2:127.0.0.1:0").expect("valid"))
+    .bind(listen)
     .policy(EntityType::CLIENT, sp)
     .policy(EntityType::OSD, sp)
     .policy(EntityType::MGR, Policy::stateless_server())
@@ -284,7 +297,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     .map_err(|e| e.to_string())?;
     let client_side = Arc::new(Client {
         state: Mutex::new(ClientState::default()),
-        data: Bytes::from(vec![0x5a; args.large]),
+        data: std::sync::OnceLock::new(),
         stop: AtomicBool::new(false),
         pongs: AtomicU64::new(0),
         sent: AtomicU64::new(0),
@@ -301,9 +314,17 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     .policy(EntityType::OSD, cp)
     .options(options);
     if args.policy == "peer" {
-        cb = cb.bind(EntityAddr::parse("v2:127.0.0.1:0").expect("valid"));
+        cb = cb.bind(listen);
     }
     let client = cb.start(client_side.clone()).map_err(|e| e.to_string())?;
+    let data = match client.alloc_payload(args.large) {
+        Some(mut buf) if args.transport == "rdma" => {
+            buf.fill(0x5a);
+            buf.freeze()
+        }
+        _ => Bytes::from(vec![0x5a; args.large]),
+    };
+    let _ = client_side.data.set(data);
     let many_client = Messenger::builder(EntityName {
         ty: EntityType::MGR,
         id: "many".into(),
@@ -311,6 +332,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     .policy(EntityType::OSD, Policy::lossy_client())
     .options(Options {
         workers: 1,
+        arena_size: 0,
         ..Options::default()
     })
     .start(client_side.clone())
@@ -589,6 +611,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
     };
     Ok(Report {
         policy: args.policy.clone(),
+        transport: args.transport.clone(),
         pinned_cpu: args.cpu,
         small_bytes: args.small,
         large_bytes: args.large,
@@ -614,6 +637,8 @@ fn clone_args(a: &BenchArgs) -> BenchArgs {
         duration: a.duration,
         rounds: a.rounds,
         iters: a.iters,
+        transport: a.transport.clone(),
+        busy_poll: a.busy_poll,
         inject: a.inject,
         cpu: a.cpu,
         json: a.json,
@@ -624,7 +649,8 @@ fn clone_args(a: &BenchArgs) -> BenchArgs {
 pub fn print(r: &Report) {
     let m = &r.median;
     println!(
-        "ringwire bench: policy {}, {} B ping-pong, {} B stream, {} connections, {} rounds{}",
+        "ringwire bench: {} transport, policy {}, {} B ping-pong, {} B stream, {} connections, {} rounds{}",
+        r.transport,
         r.policy,
         r.small_bytes,
         r.large_bytes,

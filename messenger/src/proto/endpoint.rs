@@ -24,7 +24,7 @@ use super::hooks;
 use super::intercept::{Action, Interceptor, Step};
 use super::message::Message;
 use super::policy::Policy;
-use super::wire::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, WireError};
+use super::wire::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Fabric, WireError};
 
 /// A hasher for maps keyed by ids this process allocated: they need no defence against
 /// chosen keys, so SipHash's cost buys nothing. Maps keyed by what peers send keep SipHash.
@@ -158,9 +158,13 @@ pub struct Placement {
     pub messenger: u8,
 }
 
-/// The endpoint (of `count`) that owns sessions with the peer at `addr`: FNV-1a over the
-/// address, so every worker and every process computes the same answer.
+/// The endpoint (of `count`) that owns sessions with the peer at `addr`.
 pub fn owner_of(addr: &EntityAddr, count: usize) -> usize {
+    (placement_hash(addr) % count.max(1) as u64) as usize
+}
+
+/// FNV-1a over the address, so every worker and every process computes the same answer.
+pub fn placement_hash(addr: &EntityAddr) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -181,7 +185,7 @@ pub fn owner_of(addr: &EntityAddr, count: usize) -> usize {
         }
         None => {}
     }
-    (h % count.max(1) as u64) as usize
+    h
 }
 
 /// An accepted connection on its way to the endpoint that owns its peer's session: the ident
@@ -312,7 +316,11 @@ impl FaultReason {
 #[derive(Debug)]
 pub enum Io {
     /// Open a stream to `addr`, then call [`Endpoint::on_connected`] or [`Endpoint::on_closed`].
-    Connect { conn: ConnId, addr: SocketAddr },
+    Connect {
+        conn: ConnId,
+        addr: SocketAddr,
+        fabric: Fabric,
+    },
     /// Bytes are queued for `conn`: see [`Endpoint::tx_queue`].
     Transmit { conn: ConnId },
     /// Hand the socket of `conn` (no longer known here) and `handoff` to endpoint `to`, which
@@ -535,11 +543,9 @@ impl Session {
         }
     }
 
-    fn dial_addr(&self) -> Option<SocketAddr> {
-        self.peer_addrs
-            .msgr2()
-            .and_then(|a| a.addr)
-            .filter(|a| a.port() != 0)
+    fn dial_addr(&self) -> Option<(SocketAddr, Fabric)> {
+        let a = self.peer_addrs.msgr2()?;
+        a.addr.filter(|s| s.port() != 0).map(|s| (s, a.fabric()))
     }
 
     fn has_pending(&self) -> bool {
@@ -1686,6 +1692,21 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The placement hash of the address this endpoint will identify itself with on a client
+    /// connection whose local IP is `local_ip` (what the server will see): a transport that
+    /// must place a connection before the handshake (RDMA) tells the server this.
+    pub fn placement_hint(&self, local_ip: std::net::IpAddr) -> u64 {
+        let key = match self.config.addrs.primary() {
+            Some(a) => *a,
+            None => EntityAddr {
+                ty: AddrType::Any,
+                nonce: self.config.nonce,
+                addr: Some(SocketAddr::new(local_ip, 0)),
+            },
+        };
+        placement_hash(&key)
+    }
+
     fn my_ident_addrs(&self, cid: ConnId) -> EntityAddrVec {
         if !self.config.addrs.0.is_empty() {
             return self.config.addrs.clone();
@@ -2204,7 +2225,7 @@ impl Endpoint {
         if s.conn.is_some() {
             return;
         }
-        let Some(addr) = s.dial_addr() else {
+        let Some((addr, fabric)) = s.dial_addr() else {
             s.set_state(sid, SessionState::Standby);
             return;
         };
@@ -2219,7 +2240,11 @@ impl Endpoint {
         let conn = self.new_conn(cid, Role::Client, Some(sid), Some(addr));
         self.conns.insert(cid, conn);
         self.arm_conn_timer(cid);
-        self.io.push_back(Io::Connect { conn: cid, addr });
+        self.io.push_back(Io::Connect {
+            conn: cid,
+            addr,
+            fabric,
+        });
     }
 }
 

@@ -26,4 +26,4 @@ pub use frame::{Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQue
 pub use intercept::{Action, Interceptor, Step};
 pub use message::{Message, MsgHeader2};
 pub use policy::Policy;
-pub use wire::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, WireError};
+pub use wire::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Fabric, WireError};

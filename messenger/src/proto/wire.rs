@@ -240,8 +240,14 @@ pub enum AddrType {
     Msgr2,
     Any,
     Cidr,
+    /// msgr2 over RDMA (Ringwire's own; the socket address is the queue-pair side channel).
+    /// Not a Ceph type: Ceph peers never dial it.
+    Rdma,
     Other(u32),
 }
+
+/// Far from Ceph's types (0–4), so no Ceph release mistakes it for one of its own.
+const RDMA_WIRE: u32 = 0x5244;
 
 impl AddrType {
     pub fn from_wire(v: u32) -> Self {
@@ -251,6 +257,7 @@ impl AddrType {
             2 => Self::Msgr2,
             3 => Self::Any,
             4 => Self::Cidr,
+            RDMA_WIRE => Self::Rdma,
             v => Self::Other(v),
         }
     }
@@ -261,6 +268,7 @@ impl AddrType {
             Self::Msgr2 => 2,
             Self::Any => 3,
             Self::Cidr => 4,
+            Self::Rdma => RDMA_WIRE,
             Self::Other(v) => v,
         }
     }
@@ -271,6 +279,7 @@ impl AddrType {
             Self::Msgr2 => "v2".into(),
             Self::Any => "any".into(),
             Self::Cidr => "cidr".into(),
+            Self::Rdma => "rdma".into(),
             Self::Other(v) => v.to_string(),
         }
     }
@@ -282,6 +291,13 @@ const SOCKADDR_IN_LEN: u32 = 16;
 const SOCKADDR_IN6_LEN: u32 = 28;
 /// type + nonce + elen.
 const ADDR_FIXED_LEN: u32 = 12;
+
+/// How a msgr2 address is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fabric {
+    Tcp,
+    Rdma,
+}
 
 /// `entity_addr_t` in its MSG_ADDR2 encoding: a type, a nonce and an optional socket address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -300,8 +316,17 @@ impl EntityAddr {
         }
     }
 
+    /// Speaks msgr2 (over TCP, or over RDMA).
     pub fn is_msgr2(&self) -> bool {
-        self.ty == AddrType::Msgr2
+        matches!(self.ty, AddrType::Msgr2 | AddrType::Rdma)
+    }
+
+    /// The transport that reaches this address.
+    pub fn fabric(&self) -> Fabric {
+        match self.ty {
+            AddrType::Rdma => Fabric::Rdma,
+            _ => Fabric::Tcp,
+        }
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
@@ -390,12 +415,13 @@ impl EntityAddr {
     }
 
     /// Parses Ceph's address syntax: `v2:127.0.0.1:3300`, `v2:[::1]:3300/42`, or a bare
-    /// `IP:PORT` (taken as msgr2).
+    /// `IP:PORT` (taken as msgr2); `rdma:10.0.0.1:6800` is msgr2 over RDMA.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (ty, rest) = match s.split_once(':') {
             Some(("v2", rest)) => (AddrType::Msgr2, rest),
             Some(("v1", rest)) => (AddrType::Legacy, rest),
             Some(("any", rest)) => (AddrType::Any, rest),
+            Some(("rdma", rest)) => (AddrType::Rdma, rest),
             _ => (AddrType::Msgr2, s),
         };
         let (sock, nonce) = match rest.rsplit_once('/') {

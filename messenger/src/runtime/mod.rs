@@ -11,6 +11,7 @@
 
 mod arena;
 mod bufring;
+mod rdma;
 mod tcp;
 mod transport;
 
@@ -35,7 +36,7 @@ use crate::messenger::{
 use crate::proto::endpoint::IdMap;
 use crate::proto::{
     AddrType, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityType, Event,
-    Handoff, Io, Message, Placement, SessionId, Time,
+    Fabric, Handoff, Io, Message, Placement, SessionId, Time,
 };
 
 /// Work handed to a worker by other threads (or by its own dispatcher callbacks).
@@ -67,6 +68,12 @@ pub(crate) enum Command {
     Adopt {
         fd: OwnedFd,
         handoff: Box<Handoff>,
+    },
+    /// An RDMA side channel accepted by another worker, with the client's hello, placed here
+    /// before its queue pair is made.
+    AdoptRdma {
+        fd: OwnedFd,
+        hello: Box<[u8; rdma::HELLO_LEN]>,
     },
     Shutdown,
 }
@@ -120,13 +127,16 @@ const KIND_EVENTFD: u64 = 0x7f;
 /// How often a worker reports its connections to the `ringwire_conn_socket` probe.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 
-use self::tcp::{user_data, Tcp};
+use self::rdma::Rdma;
+use self::tcp::Tcp;
+use self::transport::user_data;
 use self::transport::{Cx, Transport};
 
 struct Worker {
     // Dropped first: unregisters the transport's buffers before their memory goes.
     ring: IoUring,
     tcp: Tcp,
+    rdma: Rdma,
     index: usize,
     shared: Arc<Shared>,
     ep: Endpoint,
@@ -214,13 +224,21 @@ pub(crate) fn start(
             random_u64() as u32
         }
     });
-    // One listening socket per bound address per worker (SO_REUSEPORT spreads accepts).
+    // One listening socket per bound address per worker (SO_REUSEPORT spreads accepts);
+    // RDMA addresses listen for side channels.
     let mut listeners: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
+    let mut rdma_listeners: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for a in &b.bind {
         let sa = a.addr.ok_or(Error::NoSocketAddr(*a))?;
         let mut port = sa.port();
-        for per_worker in listeners.iter_mut() {
+        let rdma = a.ty == AddrType::Rdma;
+        let per_fabric = if rdma {
+            &mut rdma_listeners
+        } else {
+            &mut listeners
+        };
+        for per_worker in per_fabric.iter_mut() {
             let at = SocketAddr::new(sa.ip(), port);
             let s = listen_socket(at).map_err(|source| Error::Bind { addr: at, source })?;
             if port == 0 {
@@ -233,7 +251,11 @@ pub(crate) fn start(
             per_worker.push(s.into());
         }
         addrs.push(EntityAddr {
-            ty: AddrType::Msgr2,
+            ty: if rdma {
+                AddrType::Rdma
+            } else {
+                AddrType::Msgr2
+            },
             nonce,
             addr: Some(SocketAddr::new(sa.ip(), port)),
         });
@@ -270,6 +292,7 @@ pub(crate) fn start(
         max_send_backlog: o.max_send_backlog,
         zerocopy_min: o.zerocopy_min,
         arena,
+        rdma: o.rdma.clone(),
         workers,
         dispatcher,
         origin: Instant::now(),
@@ -281,7 +304,8 @@ pub(crate) fn start(
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
-    for (index, own_listeners) in listeners.into_iter().enumerate() {
+    for (index, (own_listeners, own_rdma)) in listeners.into_iter().zip(rdma_listeners).enumerate()
+    {
         let mut cfg = EndpointConfig::new(b.name.clone(), shared.addrs.clone());
         cfg.nonce = nonce;
         cfg.policies = b.policies.clone();
@@ -303,7 +327,7 @@ pub(crate) fn start(
                 let _ = shared.workers[index]
                     .thread
                     .set(std::thread::current().id());
-                match Worker::new(index, shared, cfg, own_listeners, entries) {
+                match Worker::new(index, shared, cfg, [own_listeners, own_rdma], entries) {
                     Ok(mut w) => {
                         if let Some(i) = interceptor {
                             w.ep.set_interceptor(Some(Box::new(OnWorker(index, i))));
@@ -361,12 +385,12 @@ impl Worker {
         index: usize,
         shared: Arc<Shared>,
         cfg: EndpointConfig,
-        listeners: Vec<OwnedFd>,
+        [listeners, rdma_listeners]: [Vec<OwnedFd>; 2],
         entries: u32,
     ) -> Result<Worker, Error> {
         let mut ring = build_ring(entries)?;
         let mut ep = Endpoint::new(cfg);
-        let tcp = {
+        let (tcp, rdma) = {
             let mut cx = Cx {
                 ring: &mut ring,
                 ep: &mut ep,
@@ -374,11 +398,13 @@ impl Worker {
                 now: Time(0),
                 shutting_down: false,
             };
-            Tcp::new(&mut cx, index, listeners)?
+            let tcp = Tcp::new(&mut cx, index, listeners)?;
+            (tcp, Rdma::new(&mut cx, index, rdma_listeners)?)
         };
         let mut w = Worker {
             ring,
             tcp,
+            rdma,
             index,
             shared,
             ep,
@@ -415,24 +441,33 @@ impl Worker {
     /// A completion: the eventfd's, or the transport's.
     fn complete(&mut self, ud: u64, res: i32, flags: u32) {
         if ud >> 56 == KIND_EVENTFD {
-            if !(self.shutting_down && self.tcp.is_idle()) {
+            if !(self.shutting_down && self.is_idle()) {
                 self.arm_eventfd();
             }
             return;
         }
-        self.tcp.complete(&mut cx!(self), ud, res, flags);
+        if rdma::owns_kind(ud >> 56) {
+            self.rdma.complete(&mut cx!(self), ud, res, flags);
+        } else {
+            self.tcp.complete(&mut cx!(self), ud, res, flags);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.tcp.is_idle() && self.rdma.is_idle()
     }
 
     fn run(&mut self) {
         loop {
             self.tick();
             self.drain();
-            if self.shutting_down && self.tcp.is_idle() {
+            if self.shutting_down && self.is_idle() {
                 return;
             }
             let now = self.now();
             if now >= self.next_announce {
-                self.announcing = self.tcp.announce(&self.ep);
+                let tcp = self.tcp.announce(&self.ep);
+                self.announcing = self.rdma.announce(&self.ep) | tcp;
                 self.next_announce = now.after(ANNOUNCE_INTERVAL);
             }
             let wake = match (self.ep.poll_timeout(), self.announcing) {
@@ -440,7 +475,10 @@ impl Worker {
                 (None, true) => Some(self.next_announce),
                 (t, false) => t,
             };
-            let wait = wake.map(|t| t.0.saturating_sub(now.0));
+            let mut wait = wake.map(|t| t.0.saturating_sub(now.0));
+            if wait != Some(0) && self.rdma.busy_poll(&mut cx!(self)) {
+                wait = Some(0);
+            }
             let result = match wait {
                 Some(0) => self.ring.submit().map(|_| ()),
                 Some(ns) => {
@@ -485,8 +523,9 @@ impl Worker {
                 self.command(cmd);
             }
             self.commands = commands;
-            let moved = self.endpoint_output();
-            self.tcp.progress(&mut cx!(self));
+            let mut moved = self.endpoint_output();
+            moved |= self.tcp.progress(&mut cx!(self));
+            moved |= self.rdma.progress(&mut cx!(self));
             if idle && !moved {
                 return;
             }
@@ -554,11 +593,15 @@ impl Worker {
                 }
             }
             Command::Resume { conn } => self.ep.resume(now, conn),
-            Command::Unthrottle => self.tcp.unthrottle(),
+            Command::Unthrottle => {
+                self.tcp.unthrottle();
+                self.rdma.unthrottle();
+            }
             Command::Adopt { fd, handoff } => {
                 let cid = self.ep.adopt(now, *handoff);
                 self.tcp.adopt(&self.ep, cid, fd);
             }
+            Command::AdoptRdma { fd, hello } => self.rdma.adopt(&mut cx!(self), fd, Some(hello)),
             Command::Shutdown => {
                 self.shutting_down = true;
                 self.ep.mark_down_all(now);
@@ -567,6 +610,7 @@ impl Worker {
                     self.session_closed(sid);
                 }
                 self.tcp.shutdown();
+                self.rdma.shutdown();
             }
         }
     }
@@ -647,10 +691,21 @@ impl Worker {
 
     fn io(&mut self, io: Io) {
         match io {
-            // Every address is TCP today; the RDMA transport will be chosen here by address.
-            Io::Connect { conn, addr } => self.tcp.connect(&mut cx!(self), conn, addr),
+            Io::Connect {
+                conn,
+                addr,
+                fabric: Fabric::Rdma,
+            } => self.rdma.connect(&mut cx!(self), conn, addr),
+            Io::Connect { conn, addr, .. } => self.tcp.connect(&mut cx!(self), conn, addr),
+            Io::Transmit { conn } if self.rdma.owns(conn) => self.rdma.wake(conn),
             Io::Transmit { conn } => self.tcp.wake(conn),
+            Io::Close { conn, remaining } if self.rdma.owns(conn) => {
+                self.rdma.close(conn, remaining)
+            }
             Io::Close { conn, remaining } => self.tcp.close(conn, remaining),
+            Io::Migrate { conn, to, handoff } if self.rdma.owns(conn) => {
+                self.rdma.migrate(conn, to, handoff)
+            }
             Io::Migrate { conn, to, handoff } => self.tcp.migrate(conn, to, handoff),
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
@@ -13,7 +13,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::bufring::BufRing;
-use super::transport::{Cx, Transport};
+use super::transport::{user_data, Cx, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::{io_uring_error, Command};
 use crate::messenger::Error;
 use crate::proto::endpoint::IdMap;
@@ -23,16 +23,11 @@ const KIND_ACCEPT: u64 = 1;
 const KIND_CONNECT: u64 = 2;
 const KIND_RECV: u64 = 3;
 const KIND_SEND: u64 = 4;
-pub(super) const KEY_MASK: u64 = (1 << 56) - 1;
 /// `IORING_NOTIF_USAGE_ZC_COPIED` (include/uapi/linux/io_uring.h): the zero-copy send was
 /// copied after all.
 const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// `IORING_SEND_ZC_REPORT_USAGE`: ask the kernel to say whether it copied.
 const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
-
-pub(super) fn user_data(kind: u64, key: u64) -> u64 {
-    (kind << 56) | (key & KEY_MASK)
-}
 
 /// At most this many chunks per `sendmsg` (well under IOV_MAX).
 const MAX_IOV: usize = 256;
@@ -108,55 +103,11 @@ pub(crate) struct Tcp {
     index: usize,
     socks: IdMap<u64, Sock>,
     dirty: Vec<u64>,
-    listeners: Vec<OwnedFd>,
-    accepts_armed: usize,
+    listeners: Listeners,
     /// Sockets not read because the dispatch throttle is full.
     held_back: Vec<u64>,
     /// The payload arena is registered with this ring as fixed buffer 0.
     fixed_arena: bool,
-}
-
-/// What the `ringwire_conn_socket` probe reports of a socket, read once when it is established.
-#[derive(Default)]
-struct ProbeIds {
-    /// local << 16 | peer
-    ports: u32,
-    /// IPv6, or IPv4 mapped into it.
-    peer_ip: [u8; 16],
-}
-
-impl ProbeIds {
-    fn of(fd: &OwnedFd) -> Self {
-        if !cfg!(feature = "probes") {
-            // Nothing to report to; without ports `announce` never wakes the worker either.
-            return ProbeIds::default();
-        }
-        let sock = socket2::SockRef::from(fd);
-        let addr = |a: io::Result<SockAddr>| a.ok().and_then(|a| a.as_socket());
-        let local = addr(sock.local_addr());
-        let peer = addr(sock.peer_addr());
-        let ip = |a: SocketAddr| match a.ip() {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(v6) => v6.octets(),
-        };
-        ProbeIds {
-            ports: (local.map_or(0, |a| a.port()) as u32) << 16
-                | peer.map_or(0, |a| a.port()) as u32,
-            peer_ip: peer.map(ip).unwrap_or_default(),
-        }
-    }
-
-    fn report(&self, ep: &Endpoint, conn: u64) {
-        let (session, info, counters) = ep.probe_info(ConnId(conn)).unwrap_or_default();
-        crate::proto::hooks::ringwire_conn_socket(
-            conn,
-            session,
-            info,
-            self.ports,
-            self.peer_ip.as_ptr(),
-            counters.as_ref().map_or(std::ptr::null(), |c| c),
-        );
-    }
 }
 
 impl Tcp {
@@ -184,19 +135,15 @@ impl Tcp {
             },
             None => false,
         };
-        let mut tcp = Tcp {
+        let tcp = Tcp {
             bufs,
             index,
             socks: IdMap::default(),
             dirty: Vec::new(),
-            listeners,
-            accepts_armed: 0,
+            listeners: Listeners::new(cx, listeners, KIND_ACCEPT, index),
             held_back: Vec::new(),
             fixed_arena,
         };
-        for i in 0..tcp.listeners.len() {
-            tcp.arm_accept(cx, i);
-        }
         Ok(tcp)
     }
 
@@ -206,16 +153,6 @@ impl Tcp {
         sock.probe.report(ep, conn.0);
         self.socks.insert(conn.0, sock);
         self.dirty.push(conn.0);
-    }
-
-    fn arm_accept(&mut self, cx: &mut Cx<'_>, i: usize) {
-        let fd = self.listeners[i].as_raw_fd();
-        let e = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data(KIND_ACCEPT, i as u64));
-        cx.push(e);
-        self.accepts_armed += 1;
     }
 
     fn mark_dirty(&mut self, key: u64) {
@@ -530,27 +467,9 @@ impl Tcp {
     }
 
     fn accepted(&mut self, cx: &mut Cx<'_>, i: usize, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.accepts_armed -= 1;
-            if !cx.shutting_down {
-                self.arm_accept(cx, i);
-            }
-        }
-        if res < 0 {
-            if !cx.shutting_down {
-                tracing::warn!(
-                    worker = self.index,
-                    "accept: {}",
-                    io::Error::from_raw_os_error(-res)
-                );
-            }
+        let Some(fd) = self.listeners.accepted(cx, i, res, flags) else {
             return;
-        }
-        // SAFETY: a fresh descriptor from accept, owned from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(res) };
-        if cx.shutting_down {
-            return;
-        }
+        };
         let sock = Socket::from(fd);
         let _ = sock.set_tcp_nodelay(true);
         let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
@@ -641,8 +560,10 @@ impl Transport for Tcp {
         }
     }
 
-    fn progress(&mut self, cx: &mut Cx<'_>) {
+    fn progress(&mut self, cx: &mut Cx<'_>) -> bool {
+        // Input reaches the endpoint in `complete`, never here.
         self.arm_dirty(cx);
+        false
     }
 
     fn complete(&mut self, cx: &mut Cx<'_>, user_data: u64, res: i32, flags: u32) {
@@ -650,21 +571,17 @@ impl Transport for Tcp {
     }
 
     fn shutdown(&mut self) {
-        for l in &self.listeners {
-            // Wakes the multishot accepts; they complete and are not re-armed.
-            // SAFETY: plain syscall on a descriptor we own.
-            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
-        }
+        self.listeners.shutdown();
     }
 
     fn is_idle(&self) -> bool {
-        self.socks.is_empty() && self.accepts_armed == 0
+        self.socks.is_empty() && self.listeners.is_idle()
     }
 
     fn announce(&self, ep: &Endpoint) -> bool {
         let mut any = false;
         for (&conn, sock) in self.socks.iter() {
-            if sock.probe.ports != 0 {
+            if sock.probe.has_ports() {
                 sock.probe.report(ep, conn);
                 any = true;
             }

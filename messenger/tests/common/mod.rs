@@ -139,8 +139,28 @@ pub fn name(ty: EntityType, id: &str) -> EntityName {
     EntityName { ty, id: id.into() }
 }
 
+/// An ephemeral loopback address: msgr2 over TCP, or over RDMA when
+/// `RINGWIRE_TEST_FABRIC=rdma` (`cargo xtask rxe-test` reruns socket scenarios that way in
+/// its soft-RoCE guest).
 pub fn loopback() -> EntityAddr {
-    EntityAddr::parse("v2:127.0.0.1:0").unwrap()
+    EntityAddr::parse(&format!("{}:127.0.0.1:0", fabric())).unwrap()
+}
+
+pub fn fabric() -> &'static str {
+    match std::env::var("RINGWIRE_TEST_FABRIC").as_deref() {
+        Ok("rdma") => "rdma",
+        Ok("tcp") | Err(_) => "v2",
+        Ok(other) => panic!("RINGWIRE_TEST_FABRIC={other}: expected tcp or rdma"),
+    }
+}
+
+/// Options sized for many messengers in one small test VM: RDMA registers its buffers and
+/// the payload arena up front, per worker.
+pub fn small_rdma(mut o: ringwire::Options) -> ringwire::Options {
+    o.arena_size = 8 << 20;
+    o.rdma.max_connections = 32;
+    o.rdma.send_buffers = 64;
+    o
 }
 
 /// Logs to stderr when RUST_LOG is set (e.g. RUST_LOG=ringwire=debug).
