@@ -56,7 +56,11 @@ fn main() {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets it at run time too: clones sharing one target directory share this
+    // binary, and the compile-time path may name another clone.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&manifest_dir)
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
@@ -647,6 +651,9 @@ rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_
     struct Round {
         rw_p50_us: f64,
         rw_stream_mbps: f64,
+        /// The blocking TCP ping-pong and the CRC32C rate `ringwire bench` measures itself.
+        std_p50_us: f64,
+        crc_mbps: f64,
         send_lat_us: f64,
         write_bw_mbps: f64,
         rstream_mbps: f64,
@@ -668,6 +675,8 @@ rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_
                 serde_json::from_str(&line[at..]).map_err(|e| format!("bench JSON: {e}"))?;
             r.rw_p50_us = v["median"]["rw_p50_us"].as_f64().unwrap_or(0.0);
             r.rw_stream_mbps = v["median"]["rw_stream_mbps"].as_f64().unwrap_or(0.0);
+            r.std_p50_us = v["median"]["std_p50_us"].as_f64().unwrap_or(0.0);
+            r.crc_mbps = v["median"]["crc32c_mbps"].as_f64().unwrap_or(0.0);
         } else if line.starts_with("IB_SEND_LAT_US") {
             r.send_lat_us = num(line).unwrap_or(0.0);
         } else if line.starts_with("IB_WRITE_BW_MIBPS") {
@@ -706,6 +715,12 @@ rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_
         med(&|r| r.rw_p50_us),
         med(&|r| r.send_lat_us),
         med(&|r| r.rw_p50_us / r.send_lat_us)
+    );
+    println!(
+        "  the same guest over TCP: blocking std ping-pong p50 {:.1} us (ringwire over RDMA {:.2} x); CRC32C {:.0} MB/s on one vCPU",
+        med(&|r| r.std_p50_us),
+        med(&|r| r.rw_p50_us / r.std_p50_us),
+        med(&|r| r.crc_mbps)
     );
     println!(
         "  4 MiB stream: ringwire {:.1} MB/s, ib_write_bw {:.1} MB/s: {:.2} x; rstream {:.1} MB/s: ringwire {:.2} x rstream",

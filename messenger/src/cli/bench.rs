@@ -56,6 +56,9 @@ pub struct Round {
     pub uring_stream_mbps: f64,
     pub rw_many_msgs_per_sec: f64,
     pub std_one_msgs_per_sec: f64,
+    /// CRC32C over the stream's payload on this CPU: msgr2's crc mode computes it over every
+    /// byte on both ends, so it bounds the stream where checksumming is slow (emulated CPUs).
+    pub crc32c_mbps: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -448,6 +451,17 @@ fn rw_many(p: &Pair, conns: &[Connection], duration: Duration) -> f64 {
     n as f64 / secs
 }
 
+/// Bytes per second of CRC32C over the stream's payload (a few passes, timed together).
+fn crc32c_rate(p: &Pair) -> f64 {
+    let data = p.client_side.data.get().expect("set at start");
+    let passes = ((64 << 20) / data.len().max(1)).clamp(1, 64);
+    let t = Instant::now();
+    for _ in 0..passes {
+        std::hint::black_box(ringwire::proto::crc::ceph_crc32c(0, data));
+    }
+    (passes * data.len()) as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -579,6 +593,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
             uring_stream_mbps: uring_bps / 1e6,
             rw_many_msgs_per_sec: rate,
             std_one_msgs_per_sec: std_rtts.len() as f64 / std_total.as_secs_f64(),
+            crc32c_mbps: crc32c_rate(&p),
         });
     }
     progress.finish();
@@ -593,6 +608,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         std_stream_mbps: col(|r| r.std_stream_mbps),
         uring_stream_mbps: col(|r| r.uring_stream_mbps),
         rw_many_msgs_per_sec: col(|r| r.rw_many_msgs_per_sec),
+        crc32c_mbps: col(|r| r.crc32c_mbps),
         std_one_msgs_per_sec: col(|r| r.std_one_msgs_per_sec),
     };
     // Quiesce, then account for every message the client sent.
@@ -685,6 +701,10 @@ pub fn print(r: &Report) {
         m.std_one_msgs_per_sec,
         "",
         r.ratio_many_vs_one_std
+    );
+    println!(
+        "{:<34} {:>6.0} MB/s",
+        "CRC32C over the payload, one CPU", m.crc32c_mbps
     );
     if let Some(b) = r.idle_connection_bytes {
         println!(
