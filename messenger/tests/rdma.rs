@@ -253,3 +253,57 @@ fn arena_payload_crosses_without_a_copy() {
         "the receiver copied only headers"
     );
 }
+
+/// The server closed `s` (end of stream or reset) before `limit` passed.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn silent_or_foreign_side_channels_do_not_hold_connection_slots() {
+    use std::io::Write;
+    // Two slots: two peers that connect and say nothing (half-open) fill them until the
+    // handshake timeout frees them; a msgr2-over-TCP client that dialled the RDMA port by
+    // mistake is closed at once. Then a real client gets in.
+    let mut o = opts(1);
+    o.rdma.max_connections = 2;
+    o.tuning.handshake_timeout = Duration::from_secs(1);
+    let srv = server(Arc::new(Recorder::default()), o);
+    let side = srv.addrs().0[0].addr.unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(side).unwrap())
+        .collect();
+    let mut foreign = std::net::TcpStream::connect(side).unwrap();
+    foreign
+        .write_all(&[b"ceph v2\n".as_slice(), &[0u8; 56]].concat())
+        .unwrap();
+    assert!(
+        closed_within(&mut foreign, Duration::from_secs(5)),
+        "a peer that is not a Ringwire RDMA peer is closed"
+    );
+    for mut s in silent {
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "a silent peer is closed by the handshake timeout"
+        );
+    }
+    let (c, _rec) = client("1", opts(1));
+    let conn = c.connect(srv.addrs().0[0], EntityType::OSD);
+    conn.send(Message::new(0x10).with_front(vec![1])).unwrap();
+    let deadline = Instant::now() + T;
+    while srv.stats().messages_in < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the real client got no slot: {:?}",
+            srv.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use rdma_mummy_sys as sys;
 use sideway::ibverbs::memory_region::MemoryRegion;
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -47,10 +47,12 @@ const KIND_DIAL: u64 = 0x11;
 const KIND_SIDE_SEND: u64 = 0x12;
 const KIND_SIDE_RECV: u64 = 0x13;
 const KIND_CQ: u64 = 0x14;
+/// The timeout linked to a side-channel receive during setup.
+const KIND_SIDE_TIMEOUT: u64 = 0x15;
 
 /// Whether a ring operation kind is this transport's.
 pub(super) fn owns_kind(kind: u64) -> bool {
-    (KIND_ACCEPT..=KIND_CQ).contains(&kind)
+    (KIND_ACCEPT..=KIND_SIDE_TIMEOUT).contains(&kind)
 }
 
 /// Scatter-gather entries per SEND: the header's buffer and arena payloads between copies.
@@ -122,6 +124,8 @@ struct Conn {
     hello_in: Box<[u8; HELLO_LEN]>,
     byte_in: Box<[u8; 1]>,
     byte_out: Box<[u8; 1]>,
+    /// How long a setup step may wait for the peer (the kernel reads it at submission).
+    setup_timeout: Box<types::Timespec>,
     side_ops: u32,
     qp: Option<Qp>,
     peer: Option<Hello>,
@@ -256,7 +260,13 @@ impl Rdma {
     }
 
     /// Takes a connection slot for a new side channel; None when the worker is full.
-    fn add(&mut self, side: OwnedFd, phase: Phase, cid: Option<ConnId>) -> Option<usize> {
+    fn add(
+        &mut self,
+        side: OwnedFd,
+        phase: Phase,
+        cid: Option<ConnId>,
+        setup_timeout: std::time::Duration,
+    ) -> Option<usize> {
         let i = self.free_conns.pop()?;
         self.conns[i] = Some(Conn {
             cid,
@@ -269,6 +279,7 @@ impl Rdma {
             hello_in: Box::new([0; HELLO_LEN]),
             byte_in: Box::new([0]),
             byte_out: Box::new([READY]),
+            setup_timeout: Box::new(types::Timespec::from(setup_timeout)),
             side_ops: 0,
             qp: None,
             peer: None,
@@ -317,7 +328,16 @@ impl Rdma {
             .build()
             .user_data(user_data(KIND_SIDE_RECV, i as u64));
         c.side_ops += 1;
-        cx.push(e);
+        if c.phase == Phase::Up {
+            return cx.push(e);
+        }
+        // During setup a silent peer must not hold a connection slot: the receive is
+        // cancelled (-ECANCELED) after the handshake timeout.
+        cx.push(e.flags(squeue::Flags::IO_LINK));
+        let t = opcode::LinkTimeout::new(&*c.setup_timeout)
+            .build()
+            .user_data(user_data(KIND_SIDE_TIMEOUT, i as u64));
+        cx.push(t);
     }
 
     /// A new queue pair for connection `i`, its receive buffers posted.
@@ -497,6 +517,9 @@ impl Rdma {
             }
             (KIND_SIDE_RECV, _) => Err(match res {
                 0 => "side channel closed by the peer".to_string(),
+                r if r == -libc::ECANCELED => {
+                    format!("no RDMA setup from the peer in {phase:?} within the handshake timeout")
+                }
                 r if r < 0 => format!("side channel: {}", io::Error::from_raw_os_error(-r)),
                 _ => format!("unexpected bytes on the side channel in {phase:?}"),
             }),
@@ -558,7 +581,8 @@ impl Rdma {
         let sock = Socket::from(fd);
         let _ = sock.set_tcp_nodelay(true);
         let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
-        let Some(i) = self.add(sock.into(), Phase::Hello, None) else {
+        let timeout = cx.ep.config().tuning.handshake_timeout;
+        let Some(i) = self.add(sock.into(), Phase::Hello, None, timeout) else {
             tracing::warn!(
                 worker = self.index,
                 max = cx.shared.rdma.max_connections,
@@ -596,7 +620,8 @@ impl Rdma {
                 return;
             }
         };
-        let Some(i) = self.add(socket.into(), Phase::Dialing, Some(cid)) else {
+        let timeout = cx.ep.config().tuning.handshake_timeout;
+        let Some(i) = self.add(socket.into(), Phase::Dialing, Some(cid), timeout) else {
             tracing::warn!(
                 worker = self.index,
                 %addr,
@@ -1113,6 +1138,7 @@ impl Transport for Rdma {
         let key = (ud & KEY_MASK) as usize;
         match ud >> 56 {
             KIND_ACCEPT => self.accepted(cx, key, res, flags),
+            KIND_SIDE_TIMEOUT => {} // the receive it guards reports the outcome
             KIND_CQ => {
                 if let Some(dev) = &self.dev {
                     let n = dev.take_events();
