@@ -307,3 +307,37 @@ fn silent_or_foreign_side_channels_do_not_hold_connection_slots() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_port_that_is_down_is_a_clear_error() {
+    // rxe's port follows its netdev: with the guest's `lo` down the port is not ACTIVE.
+    let ip = |state: &str| {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", "lo", state])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip link set lo {state}");
+    };
+    let port_state =
+        || std::fs::read_to_string("/sys/class/infiniband/rxe0/ports/1/state").unwrap_or_default();
+    ip("down");
+    let deadline = Instant::now() + T;
+    while port_state().contains("ACTIVE") {
+        assert!(Instant::now() < deadline, "port stays active with lo down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(rdma_addr())
+        .options(opts(1))
+        .start(Arc::new(Recorder::default()))
+        .err();
+    ip("up");
+    while !port_state().contains("ACTIVE") {
+        assert!(Instant::now() < deadline, "port not active again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = err
+        .expect("no messenger on a port that is down")
+        .to_string();
+    assert!(text.contains("port 1 is not active"), "{text}");
+}
