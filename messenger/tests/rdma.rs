@@ -27,6 +27,7 @@ fn opts(workers: usize) -> Options {
 }
 
 fn server(rec: Arc<dyn Dispatcher>, o: Options) -> Messenger {
+    init_tracing();
     Messenger::builder(name(EntityType::OSD, "0"))
         .bind(rdma_addr())
         .policy(EntityType::CLIENT, Policy::stateful_server())
@@ -77,7 +78,6 @@ fn rnr_counts() -> u64 {
 
 #[test]
 fn round_trips_and_large_payloads_over_rdma() {
-    init_tracing();
     let srv = server(Recorder::echoing(0x11), opts(1));
     let (c, rec) = client("1", opts(1));
     let conn = c.connect(srv.addrs().0[0], EntityType::OSD);

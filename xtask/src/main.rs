@@ -257,7 +257,8 @@ fn rxe_test(root: &Path) -> Result<(u64, u64), String> {
             .ok_or_else(|| format!("cargo built no {name}"))
     };
     let script = format!(
-        "set -u; rc=0\n\
+        // Warnings (queue-pair errors, refused connections) show with a failing test's output.
+        "set -u; rc=0; export RUST_LOG=ringwire=warn\n\
          {rdma} --test-threads 1 || rc=1\n\
          RINGWIRE_TEST_FABRIC=rdma {msgr} --test-threads 1 || rc=1\n\
          exit $rc\n",
