@@ -160,6 +160,8 @@ pub(crate) struct Rdma {
     free_send: Vec<u32>,
     dirty: Vec<usize>,
     held_back: Vec<usize>,
+    /// Connections that found no free send buffer: woken when one is released.
+    send_waiters: Vec<usize>,
     wcs: Vec<sys::ibv_wc>,
 }
 
@@ -187,6 +189,7 @@ impl Rdma {
             free_send: Vec::new(),
             dirty: Vec::new(),
             held_back: Vec::new(),
+            send_waiters: Vec::new(),
             wcs: Vec::with_capacity(WC_BATCH),
         };
         if !listeners.is_empty() {
@@ -458,6 +461,14 @@ impl Rdma {
         self.mark_dirty(i);
     }
 
+    /// A send buffer is free again: connections that waited for one go on.
+    fn release_send(&mut self, slot: u32) {
+        self.free_send.push(slot);
+        for i in std::mem::take(&mut self.send_waiters) {
+            self.mark_dirty(i);
+        }
+    }
+
     /// Frees connection `i` once nothing refers to its buffers any more.
     fn reap(&mut self, i: usize) {
         let Some(c) = self.conns.get(i).and_then(|c| c.as_ref()) else {
@@ -466,7 +477,7 @@ impl Rdma {
         if c.phase == Phase::Closing && c.wrs == 0 && c.side_ops == 0 {
             let c = self.conns[i].take().expect("live");
             for (slot, _) in c.sends {
-                self.free_send.push(slot);
+                self.release_send(slot);
             }
             if let Some(cid) = c.cid {
                 self.by_cid.remove(&cid.0);
@@ -672,7 +683,7 @@ impl Rdma {
             WR_SEND => {
                 if let Some((s, _held)) = c.sends.pop_front() {
                     debug_assert_eq!(s, slot);
-                    self.free_send.push(s);
+                    self.release_send(s);
                 }
             }
             WR_READ => {
@@ -900,6 +911,7 @@ impl Rdma {
                 break;
             }
             let Some(slot) = self.free_send.pop() else {
+                self.send_waiters.push(i);
                 break;
             };
             c.starved = false;
@@ -1021,26 +1033,29 @@ impl Rdma {
         }
         let update_due = c.reads_done_owed > 0 || c.credits.update_due(our_credits);
         if !sent_any && update_due && c.credits.can_send_update() {
-            if let Some(slot) = self.free_send.pop() {
-                let header = Header {
-                    body: Body::Update,
-                    credits: c.credits.spend(),
-                    reads_done: std::mem::take(&mut c.reads_done_owed),
-                };
-                let base = dev.region.slot_ptr(slot);
-                // SAFETY: the slot is ours until the SEND completes.
-                header.encode(unsafe { std::slice::from_raw_parts_mut(base, HEADER_LEN) });
-                let mut sge = [sys::ibv_sge {
-                    addr: base as u64,
-                    length: HEADER_LEN as u32,
-                    lkey: dev.region.mr.lkey(),
-                }];
-                c.qp.as_mut()
-                    .expect("up")
-                    .post_send(wr_id(WR_SEND, i, slot), &mut sge)
-                    .map_err(|e| format!("posting a credit update: {e}"))?;
-                c.wrs += 1;
-                c.sends.push_back((slot, Vec::new()));
+            match self.free_send.pop() {
+                None => self.send_waiters.push(i),
+                Some(slot) => {
+                    let header = Header {
+                        body: Body::Update,
+                        credits: c.credits.spend(),
+                        reads_done: std::mem::take(&mut c.reads_done_owed),
+                    };
+                    let base = dev.region.slot_ptr(slot);
+                    // SAFETY: the slot is ours until the SEND completes.
+                    header.encode(unsafe { std::slice::from_raw_parts_mut(base, HEADER_LEN) });
+                    let mut sge = [sys::ibv_sge {
+                        addr: base as u64,
+                        length: HEADER_LEN as u32,
+                        lkey: dev.region.mr.lkey(),
+                    }];
+                    c.qp.as_mut()
+                        .expect("up")
+                        .post_send(wr_id(WR_SEND, i, slot), &mut sge)
+                        .map_err(|e| format!("posting a credit update: {e}"))?;
+                    c.wrs += 1;
+                    c.sends.push_back((slot, Vec::new()));
+                }
             }
         }
         Ok(())

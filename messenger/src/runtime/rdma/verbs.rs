@@ -407,13 +407,9 @@ impl Device {
         let mut attr = QueuePairAttribute::new();
         // rnr_retry 0: credits guarantee a posted receive for every SEND, so a receiver-not-
         // ready NAK is a bug to fail loudly on, not to retry forever as Ceph's stack does.
-        // Ack timeout 4.096 µs × 2^17 ≈ 0.5 s, 7 retries: a queue pair gives up after ≈ 4 s
-        // without acks. Ceph's 14 (≈ 67 ms, ≈ 0.5 s in all) is within the stalls of a loaded
-        // soft-RoCE host, and a QP that gives up faults its connection (lossy ones are lost); a
-        // dead peer process is noticed at once anyway (its side channel closes).
         attr.setup_state(QueuePairState::ReadyToSend)
             .setup_sq_psn(qp.psn)
-            .setup_timeout(17)
+            .setup_timeout(14)
             .setup_retry_cnt(7)
             .setup_rnr_retry(0)
             .setup_max_read_atomic(READ_DEPTH);
