@@ -39,6 +39,8 @@ pub(crate) enum RecordError {
         min_credits: u16,
         min_size: u32,
     },
+    #[error("peer's path MTU code {0} is not one of IBV_MTU_256..IBV_MTU_4096 (1..=5)")]
+    BadMtu(u8),
     #[error("record of {0} bytes is shorter than its header")]
     Short(usize),
     #[error("unknown record kind {0}")]
@@ -88,6 +90,10 @@ impl Hello {
             gid: b[28..44].try_into().expect("16 bytes"),
             placement: u64::from_le_bytes(b[44..52].try_into().expect("8 bytes")),
         };
+        // The verbs binding panics on other codes: reject them here, where the bytes arrive.
+        if !(1..=5).contains(&h.mtu) {
+            return Err(RecordError::BadMtu(h.mtu));
+        }
         if h.credits < MIN_CREDITS || h.buffer_size < MIN_BUFFER {
             return Err(RecordError::BadHello {
                 credits: h.credits,
@@ -274,6 +280,12 @@ mod tests {
         let mut b = h.encode();
         b[..8].copy_from_slice(b"ceph v2\n");
         assert!(matches!(Hello::decode(&b), Err(RecordError::BadMagic(_))));
+        for mtu in [0, 6, 255] {
+            assert_eq!(
+                Hello::decode(&Hello { mtu, ..h }.encode()),
+                Err(RecordError::BadMtu(mtu))
+            );
+        }
         let tiny = Hello { credits: 1, ..h };
         assert!(matches!(
             Hello::decode(&tiny.encode()),
