@@ -252,6 +252,24 @@ fn arena_payload_crosses_without_a_copy() {
         d(after_s.rdma_copied_bytes, before_s.rdma_copied_bytes) < 4096,
         "the receiver copied only headers"
     );
+    // A small arena payload is sent, gathered from the arena beside the copied header.
+    let mut small = c.alloc_payload(4096).expect("arena has room");
+    small.fill(9);
+    conn.send(
+        Message::new(0x10)
+            .with_front(vec![2])
+            .with_data(small.freeze()),
+    )
+    .unwrap();
+    rec.wait_for(T, "the 4 KiB message", |s| msgs(s) == 3);
+    let last = c.stats();
+    let sent = d(last.rdma_send_bytes, after_c.rdma_send_bytes);
+    let copied = d(last.rdma_copied_bytes, after_c.rdma_copied_bytes);
+    assert!(sent >= 4096, "the payload went in a SEND ({sent} bytes)");
+    assert!(
+        copied < 1024,
+        "only its frame header was copied ({copied} bytes)"
+    );
 }
 
 /// The server closed `s` (end of stream or reset) before `limit` passed.

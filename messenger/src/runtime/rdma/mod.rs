@@ -890,19 +890,27 @@ impl Rdma {
         let counters = &cx.shared.counters;
         let dev = self.dev.as_ref().expect("device open");
         let c = self.conns[i].as_mut().expect("live");
-        let peer_buffer = c.peer.as_ref().expect("up").buffer_size as usize;
+        // A SEND fills at most the peer's receive buffer, and our send buffer.
+        let record_max = (c.peer.as_ref().expect("up").buffer_size as usize).min(dev.region.slot);
         let queue = match closing.as_mut() {
             Some(q) => Some(q),
             None => c.cid.and_then(|cid| cx.ep.tx_queue(cid)),
         };
         let Some(q) = queue else { return Ok(()) };
+        let lkey = dev.region.mr.lkey();
+        // Payloads in the registered arena go out from where they are.
         let arena = cx
             .shared
             .arena
             .as_deref()
-            .filter(|_| dev.arena_mr.is_some());
+            .zip(dev.arena_mr.as_ref())
+            .map(|(a, mr)| (a, mr.lkey(), mr.rkey()));
+        let in_arena = |c: &Bytes| arena.filter(|(a, _, _)| a.contains(c.as_ptr(), c.len()));
         let mut sent_any = false;
-        while !q.is_empty() {
+        loop {
+            let Some(first) = q.chunks().next().cloned() else {
+                break;
+            };
             if !c.credits.can_send_data() {
                 if !c.starved {
                     c.starved = true;
@@ -916,119 +924,74 @@ impl Rdma {
             };
             c.starved = false;
             let base = dev.region.slot_ptr(slot);
-            // (offset in the slot, or an arena pointer) and length, in order.
-            let mut pieces: Vec<(Result<usize, *const u8>, usize)> = Vec::with_capacity(MAX_SGE);
             let mut held = Vec::new();
-            let mut body = Body::Data;
-            // Room for either header at the slot's front; stream bytes follow.
-            let mut used = HEADER_LEN + record::READ_DESC_LEN;
-            let mut room = (peer_buffer - HEADER_LEN).min(dev.region.slot - used);
-            let mut consumed = 0;
-            let mut copied = 0;
-            for chunk in q.chunks() {
-                if chunk.len() >= read_min {
-                    if consumed > 0 {
+            let (body, consumed, mut sges) = if first.len() >= read_min {
+                // Not sent: the peer READs it in place.
+                let rkey = match in_arena(&first) {
+                    Some((_, _, rkey)) => {
+                        c.exposed.push_back(Exposed {
+                            _mr: None,
+                            _chunk: first.clone(),
+                        });
+                        rkey
+                    }
+                    None => {
+                        // SAFETY: the chunk is kept in `exposed` with its registration.
+                        let mr = unsafe { dev.register(first.as_ptr(), first.len(), true) }?;
+                        bump(&counters.rdma_registrations, 1);
+                        let rkey = mr.rkey();
+                        c.exposed.push_back(Exposed {
+                            _mr: Some(mr),
+                            _chunk: first.clone(),
+                        });
+                        rkey
+                    }
+                };
+                let body = Body::Read {
+                    addr: first.as_ptr() as u64,
+                    rkey,
+                    len: first.len() as u32,
+                };
+                let header_len = HEADER_LEN + record::READ_DESC_LEN;
+                (body, first.len(), Sges::new(base, header_len, lkey))
+            } else {
+                let mut sges = Sges::new(base, HEADER_LEN, lkey);
+                let mut used = HEADER_LEN;
+                let mut consumed = 0;
+                let mut copied = 0;
+                for chunk in q.chunks() {
+                    let take = chunk.len().min(record_max - used);
+                    if take == 0 || chunk.len() >= read_min {
                         break;
                     }
-                    let (rkey, mr) = match arena.filter(|a| a.contains(chunk.as_ptr(), chunk.len()))
-                    {
-                        Some(_) => (dev.arena_mr.as_ref().expect("checked").rkey(), None),
-                        None => {
-                            // SAFETY: the chunk is kept in `exposed` with its registration.
-                            let mr = unsafe { dev.register(chunk.as_ptr(), chunk.len(), true) }?;
-                            bump(&counters.rdma_registrations, 1);
-                            (mr.rkey(), Some(mr))
+                    let gathered = match in_arena(chunk).filter(|_| take == chunk.len()) {
+                        Some((_, arena_lkey, _)) => sges.push(chunk.as_ptr(), take, arena_lkey),
+                        None => false,
+                    };
+                    if gathered {
+                        held.push(chunk.clone());
+                    } else {
+                        // SAFETY: `used + take` stays within the slot (record_max).
+                        let at = unsafe { base.add(used) };
+                        if !sges.push(at, take, lkey) {
+                            break; // the list is full: the rest goes in the next record
                         }
-                    };
-                    body = Body::Read {
-                        addr: chunk.as_ptr() as u64,
-                        rkey,
-                        len: chunk.len() as u32,
-                    };
-                    c.exposed.push_back(Exposed {
-                        _mr: mr,
-                        _chunk: chunk.clone(),
-                    });
-                    consumed = chunk.len();
-                    break;
-                }
-                let take = chunk.len().min(room);
-                if take == 0 {
-                    break;
-                }
-                let gather = take == chunk.len()
-                    && pieces.len() + 2 <= MAX_SGE
-                    && arena.is_some_and(|a| a.contains(chunk.as_ptr(), chunk.len()));
-                if gather {
-                    pieces.push((Err(chunk.as_ptr()), take));
-                    held.push(chunk.clone());
-                } else {
-                    // SAFETY: `used + take` stays within the slot (room accounts for it).
-                    unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), base.add(used), take) };
-                    match pieces.last_mut() {
-                        Some((Ok(off), len)) if *off + *len == used => *len += take,
-                        _ => pieces.push((Ok(used), take)),
+                        // SAFETY: as above; the slot is ours until the SEND completes.
+                        unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), at, take) };
+                        used += take;
+                        copied += take;
                     }
-                    used += take;
-                    copied += take;
+                    consumed += take;
+                    if take < chunk.len() {
+                        break;
+                    }
                 }
-                consumed += take;
-                room -= take;
-                if take < chunk.len() {
-                    break;
-                }
-            }
-            let header = Header {
-                body,
-                credits: c.credits.spend(),
-                reads_done: std::mem::take(&mut c.reads_done_owed),
-            };
-            // The header sits right before the first copied bytes, at the slot's front.
-            let hdr_len = match body {
-                Body::Read { .. } => HEADER_LEN + record::READ_DESC_LEN,
-                _ => HEADER_LEN,
-            };
-            let hdr_at = HEADER_LEN + record::READ_DESC_LEN - hdr_len;
-            // SAFETY: the slot is ours until the SEND completes.
-            header.encode(unsafe { std::slice::from_raw_parts_mut(base.add(hdr_at), hdr_len) });
-            match pieces.first_mut() {
-                Some((Ok(off), len)) if *off == hdr_at + hdr_len => {
-                    *off = hdr_at;
-                    *len += hdr_len;
-                }
-                _ => pieces.insert(0, (Ok(hdr_at), hdr_len)),
-            }
-            let (lkey, arena_lkey) = (
-                dev.region.mr.lkey(),
-                dev.arena_mr.as_ref().map_or(0, |m| m.lkey()),
-            );
-            let mut sges: Vec<sys::ibv_sge> = pieces
-                .iter()
-                .map(|&(at, len)| match at {
-                    // SAFETY: within the slot.
-                    Ok(off) => sys::ibv_sge {
-                        addr: unsafe { base.add(off) } as u64,
-                        length: len as u32,
-                        lkey,
-                    },
-                    Err(p) => sys::ibv_sge {
-                        addr: p as u64,
-                        length: len as u32,
-                        lkey: arena_lkey,
-                    },
-                })
-                .collect();
-            c.qp.as_mut()
-                .expect("up")
-                .post_send(wr_id(WR_SEND, i, slot), &mut sges)
-                .map_err(|e| format!("posting a SEND: {e}"))?;
-            c.wrs += 1;
-            c.sends.push_back((slot, held));
-            q.advance(consumed);
-            if matches!(body, Body::Data) {
                 bump(&counters.rdma_send_bytes, consumed as u64);
-            }
-            bump(&counters.rdma_copied_bytes, copied as u64);
+                bump(&counters.rdma_copied_bytes, copied as u64);
+                (Body::Data, consumed, sges)
+            };
+            post_record(c, i, slot, body, sges.as_mut(), held)?;
+            q.advance(consumed);
             sent_any = true;
         }
         let update_due = c.reads_done_owed > 0 || c.credits.update_due(our_credits);
@@ -1036,25 +999,8 @@ impl Rdma {
             match self.free_send.pop() {
                 None => self.send_waiters.push(i),
                 Some(slot) => {
-                    let header = Header {
-                        body: Body::Update,
-                        credits: c.credits.spend(),
-                        reads_done: std::mem::take(&mut c.reads_done_owed),
-                    };
-                    let base = dev.region.slot_ptr(slot);
-                    // SAFETY: the slot is ours until the SEND completes.
-                    header.encode(unsafe { std::slice::from_raw_parts_mut(base, HEADER_LEN) });
-                    let mut sge = [sys::ibv_sge {
-                        addr: base as u64,
-                        length: HEADER_LEN as u32,
-                        lkey: dev.region.mr.lkey(),
-                    }];
-                    c.qp.as_mut()
-                        .expect("up")
-                        .post_send(wr_id(WR_SEND, i, slot), &mut sge)
-                        .map_err(|e| format!("posting a credit update: {e}"))?;
-                    c.wrs += 1;
-                    c.sends.push_back((slot, Vec::new()));
+                    let mut sges = Sges::new(dev.region.slot_ptr(slot), HEADER_LEN, lkey);
+                    post_record(c, i, slot, Body::Update, sges.as_mut(), Vec::new())?;
                 }
             }
         }
@@ -1085,6 +1031,84 @@ impl Rdma {
         }
         self.reap(i);
     }
+}
+
+/// The scatter-gather list of one SEND, in stream order: the send buffer's header and copied
+/// bytes, with arena payloads between them.
+struct Sges {
+    list: [sys::ibv_sge; MAX_SGE],
+    len: usize,
+}
+
+impl Sges {
+    /// Starts with the header: the first `header_len` bytes at `base`.
+    fn new(base: *mut u8, header_len: usize, lkey: u32) -> Self {
+        let mut list = [sys::ibv_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        }; MAX_SGE];
+        list[0] = sys::ibv_sge {
+            addr: base as u64,
+            length: header_len as u32,
+            lkey,
+        };
+        Sges { list, len: 1 }
+    }
+
+    /// Appends `len` bytes at `at`, extending the last entry when they follow it in the same
+    /// region; false when the list is full.
+    fn push(&mut self, at: *const u8, len: usize, lkey: u32) -> bool {
+        let last = &mut self.list[self.len - 1];
+        if last.lkey == lkey && last.addr + last.length as u64 == at as u64 {
+            last.length += len as u32;
+            return true;
+        }
+        if self.len == MAX_SGE {
+            return false;
+        }
+        self.list[self.len] = sys::ibv_sge {
+            addr: at as u64,
+            length: len as u32,
+            lkey,
+        };
+        self.len += 1;
+        true
+    }
+
+    fn as_mut(&mut self) -> &mut [sys::ibv_sge] {
+        &mut self.list[..self.len]
+    }
+}
+
+/// Writes the record header (with the credits and READ completions owed) at the front of
+/// send buffer `slot`, whose first entry in `sges` it is, and posts the SEND; `held` stays
+/// alive until it completes.
+fn post_record(
+    c: &mut Conn,
+    i: usize,
+    slot: u32,
+    body: Body,
+    sges: &mut [sys::ibv_sge],
+    held: Vec<Bytes>,
+) -> Result<(), String> {
+    let header = Header {
+        body,
+        credits: c.credits.spend(),
+        reads_done: std::mem::take(&mut c.reads_done_owed),
+    };
+    // SAFETY: the first entry starts with the header's room (the whole header: 8 bytes, or
+    // 24 with a READ descriptor) at the front of the send buffer, ours until the SEND completes.
+    let room =
+        unsafe { std::slice::from_raw_parts_mut(sges[0].addr as *mut u8, sges[0].length as usize) };
+    header.encode(room);
+    c.qp.as_mut()
+        .expect("up")
+        .post_send(wr_id(WR_SEND, i, slot), sges)
+        .map_err(|e| format!("posting a SEND: {e}"))?;
+    c.wrs += 1;
+    c.sends.push_back((slot, held));
+    Ok(())
 }
 
 impl Transport for Rdma {
