@@ -25,6 +25,7 @@
 
 pub mod decode;
 pub mod messenger;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod pipe;
 pub mod proto;

@@ -495,11 +495,13 @@ impl Messenger {
 
     /// Serves Prometheus metrics at `http://addr/metrics` from a small thread; returns the
     /// address it listens on (useful with port 0).
+    #[cfg(feature = "metrics")]
     pub fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         crate::metrics::serve(Arc::downgrade(&self.shared), addr)
     }
 
     /// The metrics in Prometheus text exposition format.
+    #[cfg(feature = "metrics")]
     pub fn metrics_text(&self) -> String {
         crate::metrics::render(&self.stats(), &self.shared.name)
     }

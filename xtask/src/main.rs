@@ -516,7 +516,7 @@ fn trace_overhead(root: &Path, rounds: usize) -> Result<(), String> {
             "build",
             "--release",
             "-p",
-            "ringwire",
+            "ringwire-cli",
             "-p",
             "ringwire-trace",
         ],
@@ -530,7 +530,7 @@ fn trace_overhead(root: &Path, rounds: usize) -> Result<(), String> {
             "build",
             "--release",
             "-p",
-            "ringwire",
+            "ringwire-cli",
             "--no-default-features",
             "--target-dir",
             noprobes_dir.to_str().ok_or("target dir is not UTF-8")?,
@@ -622,7 +622,7 @@ fn rxe_bench(root: &Path, rounds: usize) -> Result<(), String> {
     run(
         root,
         "cargo",
-        &["build", "--release", "--locked", "-p", "ringwire"],
+        &["build", "--release", "--locked", "-p", "ringwire-cli"],
     )?;
     let ringwire = target_dir(root).join("release").join("ringwire");
     let round = format!(

@@ -1,6 +1,7 @@
 //! Interop with real Ceph 16.2 (Debian's ceph-mon and ceph CLI), both directions, over
 //! loopback. `.ci/run` installs Ceph; without it these tests fail and say how to install it.
 
+#[path = "../../messenger/tests/common/mod.rs"]
 mod common;
 
 use std::net::TcpListener;

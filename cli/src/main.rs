@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
+mod cmd;
 
 use std::time::Duration;
 
@@ -40,10 +40,10 @@ enum Command {
     /// Echo server: every message comes back on its connection.
     Serve {
         /// Address to listen on, Ceph syntax (v2:127.0.0.1:3300, v2:[::1]:3300); repeatable.
-        #[arg(long, required = true, value_parser = cli::parse_addr)]
+        #[arg(long, required = true, value_parser = cmd::parse_addr)]
         bind: Vec<EntityAddr>,
         /// Our entity name.
-        #[arg(long, default_value = "osd.0", value_parser = cli::parse_entity_name)]
+        #[arg(long, default_value = "osd.0", value_parser = cmd::parse_entity_name)]
         name: EntityName,
         /// Worker threads (default: one per CPU).
         #[arg(long)]
@@ -58,12 +58,12 @@ enum Command {
     /// Round-trip times to any msgr2 peer, measured with KEEPALIVE2.
     Ping {
         /// The peer, Ceph syntax (v2:127.0.0.1:3300).
-        #[arg(value_parser = cli::parse_addr)]
+        #[arg(value_parser = cmd::parse_addr)]
         addr: EntityAddr,
         /// What the peer is (mon, osd, mgr, mds, client).
-        #[arg(long, default_value = "mon", value_parser = cli::parse_entity_type)]
+        #[arg(long, default_value = "mon", value_parser = cmd::parse_entity_type)]
         peer_type: EntityType,
-        #[arg(long, default_value = "client.admin", value_parser = cli::parse_entity_name)]
+        #[arg(long, default_value = "client.admin", value_parser = cmd::parse_entity_name)]
         name: EntityName,
         #[arg(long, default_value_t = 10)]
         count: usize,
@@ -158,7 +158,7 @@ fn main() -> ExitCode {
             } else {
                 cpu.or(Some(if cpus > 1 { 1 } else { 0 }))
             };
-            let args = cli::bench::BenchArgs {
+            let args = cmd::bench::BenchArgs {
                 policy,
                 small: size.max(8),
                 large: large.max(8),
@@ -173,13 +173,13 @@ fn main() -> ExitCode {
                 transport,
                 busy_poll: Duration::from_micros(busy_poll_us),
             };
-            match cli::bench::run(args) {
+            match cmd::bench::run(args) {
                 Ok(report) if json => {
                     println!("{}", serde_json::to_string(&report).expect("serialisable"));
                     ExitCode::SUCCESS
                 }
                 Ok(report) => {
-                    cli::bench::print(&report);
+                    cmd::bench::print(&report);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             workers,
             nonce,
             metrics,
-        } => report(cli::serve::run(name, bind, workers, nonce, metrics)),
+        } => report(cmd::serve::run(name, bind, workers, nonce, metrics)),
         Command::Ping {
             addr,
             peer_type,
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
             count,
             interval_ms,
             timeout,
-        } => report(cli::ping::run(cli::ping::PingArgs {
+        } => report(cmd::ping::run(cmd::ping::PingArgs {
             addr,
             peer_type,
             name,
