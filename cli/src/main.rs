@@ -60,8 +60,8 @@ enum Command {
         /// The peer, Ceph syntax (v2:127.0.0.1:3300).
         #[arg(value_parser = cmd::parse_addr)]
         addr: EntityAddr,
-        /// What the peer is (mon, osd, mgr, mds, client).
-        #[arg(long, default_value = "mon", value_parser = cmd::parse_entity_type)]
+        /// What the peer must be (mon, osd, mgr, mds, client); default: any.
+        #[arg(long, default_value = "any", value_parser = cmd::parse_entity_type)]
         peer_type: EntityType,
         #[arg(long, default_value = "client.admin", value_parser = cmd::parse_entity_name)]
         name: EntityName,
@@ -122,13 +122,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // RUST_LOG=ringwire=debug shows every connection event; warnings by default.
+    // RUST_LOG=ringwire=debug shows every connection event; by default warnings, and what
+    // the commands themselves report (serve: each accepted session).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ringwire::cmd=info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let cli = Cli::parse();
     match cli.command {

@@ -33,5 +33,7 @@ mod runtime;
 
 pub use messenger::{
     Closed, Connection, Dispatcher, Error, Messenger, MessengerBuilder, MessengerInterceptor,
-    Options, RdmaOptions, Stats,
+    NotReady, Options, RdmaOptions, Stats,
 };
+pub use proto::FaultReason;
+pub use runtime::ArenaBuf;

@@ -2,9 +2,10 @@
 //! [`Dispatcher`] that hears messages and connection events.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,14 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn on_connect(&self, _conn: &Connection) {}
     /// A peer's connection became ready on our side.
     fn on_accept(&self, _conn: &Connection) {}
-    /// A lossy session ended; what was queued on it is lost.
-    fn on_reset(&self, _conn: &Connection) {}
+    /// A lossy session ended (`reason` says why: the fault, a refused connect, a new
+    /// session from the peer); what was queued on it is lost.
+    fn on_reset(&self, _conn: &Connection, _reason: &FaultReason) {}
+    /// A connection of this session failed and the session goes on as its policy says: a
+    /// lossless client redials with backoff, a server waits for the peer to come back. Sessions
+    /// a fault ends are reported by [`on_reset`](Self::on_reset) instead. Connection races
+    /// (the peer's WAIT) are part of the protocol and not reported.
+    fn on_fault(&self, _conn: &Connection, _reason: &FaultReason) {}
     /// The peer lost our session (restart or mark_down); what was queued is lost.
     fn on_remote_reset(&self, _conn: &Connection) {}
     /// The peer refused us (auth method, missing features).
@@ -66,6 +73,26 @@ pub enum Error {
 #[error("connection is closed")]
 pub struct Closed(pub Box<Message>);
 
+/// Why [`Connection::wait_ready`] returned before the connection was ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Still connecting when the time was up; `last_fault` is why the last attempt failed.
+    #[error("not ready after {waited:?}{}", describe_fault(last_fault))]
+    Timeout {
+        waited: Duration,
+        last_fault: Option<FaultReason>,
+    },
+    /// The connection was closed: a lossy session faulted, or it was marked down.
+    #[error("connection closed{}", describe_fault(last_fault))]
+    Closed { last_fault: Option<FaultReason> },
+}
+
+fn describe_fault(fault: &Option<FaultReason>) -> String {
+    fault
+        .as_ref()
+        .map_or_else(String::new, |f| format!(": {f}"))
+}
+
 pub(crate) const STATE_CONNECTING: u8 = 0;
 pub(crate) const STATE_READY: u8 = 1;
 pub(crate) const STATE_CLOSED: u8 = 2;
@@ -74,14 +101,52 @@ pub(crate) const STATE_CLOSED: u8 = 2;
 pub(crate) struct ConnShared {
     pub id: u64,
     pub worker: usize,
-    pub state: AtomicU8,
+    /// STATE_*: read lock-free by `send`; changed only through [`ConnShared::set_state`].
+    state: AtomicU8,
     /// Whether this session was ever ready (a later ready counts as a reconnect).
-    pub was_ready: std::sync::atomic::AtomicBool,
+    pub was_ready: AtomicBool,
     /// The state the worker counts this session under in the gauges (only the worker touches
     /// it; `state` may change first, e.g. on `mark_down`).
     pub counted: AtomicU8,
     pub peer: Mutex<Option<(EntityName, EntityAddrVec)>>,
+    /// Why the last connection attempt or connection failed; `changed` wakes
+    /// [`Connection::wait_ready`] callers when it or `state` changes.
+    last_fault: Mutex<Option<FaultReason>>,
+    changed: Condvar,
     pub messenger: Arc<Shared>,
+}
+
+impl ConnShared {
+    /// The one constructor of connection handles, for `connect` and for accepted sessions.
+    pub(crate) fn new(messenger: Arc<Shared>, worker: usize) -> Arc<ConnShared> {
+        Arc::new(ConnShared {
+            id: messenger.next_handle.fetch_add(1, Ordering::Relaxed),
+            worker,
+            state: AtomicU8::new(STATE_CONNECTING),
+            was_ready: AtomicBool::new(false),
+            counted: AtomicU8::new(STATE_CLOSED),
+            peer: Mutex::new(None),
+            last_fault: Mutex::new(None),
+            changed: Condvar::new(),
+            messenger,
+        })
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_state(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        // Under the lock, so that a waiter between its check and its wait cannot miss it.
+        let _guard = self.last_fault.lock().expect("not poisoned");
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn record_fault(&self, reason: &FaultReason) {
+        *self.last_fault.lock().expect("not poisoned") = Some(reason.clone());
+        self.changed.notify_all();
+    }
 }
 
 /// A handle on a session with a peer. Cheap to clone; all clones are the same connection.
@@ -115,7 +180,7 @@ impl Connection {
 
     /// Queues a message; never blocks. Fails only if the connection is closed.
     pub fn send(&self, msg: Message) -> Result<(), Closed> {
-        if self.inner.state.load(Ordering::Acquire) == STATE_CLOSED {
+        if self.inner.state() == STATE_CLOSED {
             return Err(Closed(Box::new(msg)));
         }
         let c = &self.inner.messenger.counters;
@@ -131,7 +196,7 @@ impl Connection {
 
     /// Closes the connection and forgets its session; no reset callback follows.
     pub fn mark_down(&self) {
-        self.inner.state.store(STATE_CLOSED, Ordering::Release);
+        self.inner.set_state(STATE_CLOSED);
         self.command(Command::MarkDown {
             handle: self.inner.id,
         });
@@ -145,11 +210,60 @@ impl Connection {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.inner.state.load(Ordering::Acquire) == STATE_READY
+        self.inner.state() == STATE_READY
     }
 
     pub fn is_closed(&self) -> bool {
-        self.inner.state.load(Ordering::Acquire) == STATE_CLOSED
+        self.inner.state() == STATE_CLOSED
+    }
+
+    /// Blocks until the session is ready, for at most `timeout`. A lossless connection to a
+    /// peer that is down keeps redialling in the background; this is how a caller learns, in
+    /// bounded time, that it is not getting through and why.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use ringwire::proto::{EntityAddr, EntityType};
+    /// # fn f(m: &ringwire::Messenger) {
+    /// let osd = m.connect(EntityAddr::parse("v2:127.0.0.1:6800").unwrap(), EntityType::OSD);
+    /// match osd.wait_ready(Duration::from_secs(5)) {
+    ///     Ok(()) => println!("connected to {:?}", osd.peer()),
+    ///     Err(e) => eprintln!("osd unreachable: {e}"), // e.g. "...: nothing listening there"
+    /// }
+    /// # }
+    /// ```
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), NotReady> {
+        let start = Instant::now();
+        let mut last_fault = self.inner.last_fault.lock().expect("not poisoned");
+        loop {
+            match self.inner.state() {
+                STATE_READY => return Ok(()),
+                STATE_CLOSED => {
+                    return Err(NotReady::Closed {
+                        last_fault: last_fault.clone(),
+                    })
+                }
+                _ => {}
+            }
+            let waited = start.elapsed();
+            let Some(left) = timeout.checked_sub(waited).filter(|l| !l.is_zero()) else {
+                return Err(NotReady::Timeout {
+                    waited,
+                    last_fault: last_fault.clone(),
+                });
+            };
+            last_fault = self
+                .inner
+                .changed
+                .wait_timeout(last_fault, left)
+                .expect("not poisoned")
+                .0;
+        }
+    }
+
+    /// Why the last connection attempt or connection of this session failed, if one did.
+    pub fn last_fault(&self) -> Option<FaultReason> {
+        self.inner.last_fault.lock().expect("not poisoned").clone()
     }
 
     /// The peer's name, once a handshake completed.
@@ -295,7 +409,8 @@ impl MessengerBuilder {
         self.policies.push((peer, policy));
         self
     }
-    /// The policy for peer types without their own.
+    /// The policy for peer types without their own (default: `Policy::lossy_client()`; a
+    /// connection that falls back to it logs a warning once per peer type).
     pub fn default_policy(mut self, policy: Policy) -> Self {
         self.default_policy = policy;
         self
@@ -412,6 +527,9 @@ pub(crate) struct Shared {
     pub zerocopy_min: usize,
     pub arena: Option<Arc<crate::runtime::Arena>>,
     pub rdma: RdmaOptions,
+    /// Peer types with a policy of their own, and those we warned about falling back.
+    pub policy_types: Vec<EntityType>,
+    pub warned_default_policy: Mutex<HashSet<EntityType>>,
 }
 
 /// A messenger: workers, listeners and sessions.
@@ -514,6 +632,7 @@ impl Messenger {
     /// A connection to `addr`: the open one if there is one, else a new one that connects in
     /// the background. Messages sent before it is ready are queued.
     pub fn connect(&self, addr: EntityAddr, peer_type: EntityType) -> Connection {
+        self.warn_default_policy(peer_type);
         let mut map = self.shared.by_addr.lock().expect("not poisoned");
         if let Some(c) = map.get(&addr).filter(|c| !c.is_closed()) {
             return c.clone();
@@ -533,6 +652,7 @@ impl Messenger {
     /// A new connection to `addr` that shares nothing with existing ones (Ceph's anonymous
     /// connect).
     pub fn connect_anon(&self, addr: EntityAddr, peer_type: EntityType) -> Connection {
+        self.warn_default_policy(peer_type);
         let conn = self.new_handle(owner_of(&addr, self.shared.workers.len()));
         conn.command(Command::Connect {
             handle: conn.inner.clone(),
@@ -545,15 +665,27 @@ impl Messenger {
 
     fn new_handle(&self, worker: usize) -> Connection {
         Connection {
-            inner: Arc::new(ConnShared {
-                id: self.shared.next_handle.fetch_add(1, Ordering::Relaxed),
-                worker,
-                state: AtomicU8::new(STATE_CONNECTING),
-                was_ready: Default::default(),
-                counted: AtomicU8::new(STATE_CLOSED),
-                peer: Mutex::new(None),
-                messenger: self.shared.clone(),
-            }),
+            inner: ConnShared::new(self.shared.clone(), worker),
+        }
+    }
+
+    /// A silent fallback hides a missing `policy()` call until the first fault behaves
+    /// unexpectedly (lossy instead of lossless): say it, once per peer type.
+    fn warn_default_policy(&self, peer_type: EntityType) {
+        if peer_type == EntityType::ANY || self.shared.policy_types.contains(&peer_type) {
+            return;
+        }
+        let mut warned = self
+            .shared
+            .warned_default_policy
+            .lock()
+            .expect("not poisoned");
+        if warned.insert(peer_type) {
+            tracing::warn!(
+                peer_type = %peer_type,
+                "no policy for this peer type: using the default policy \
+                 (MessengerBuilder::policy sets one)"
+            );
         }
     }
 

@@ -589,7 +589,7 @@ impl Sim {
                     }
                 }
             }
-            Event::Reset { session } | Event::RemoteReset { session } => {
+            Event::Reset { session, .. } | Event::RemoteReset { session } => {
                 self.log
                     .push(format!("{:?} node {node} reset {session:?}", self.now));
                 self.nodes[node].resets.insert(session);

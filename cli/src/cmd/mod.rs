@@ -14,13 +14,7 @@ pub fn parse_entity_type(s: &str) -> Result<EntityType, String> {
 
 /// Parses `osd.0`, `client.admin`.
 pub fn parse_entity_name(s: &str) -> Result<EntityName, String> {
-    let (ty, id) = s
-        .split_once('.')
-        .ok_or_else(|| format!("{s:?} is not TYPE.ID"))?;
-    Ok(EntityName {
-        ty: parse_entity_type(ty)?,
-        id: id.to_string(),
-    })
+    s.parse()
 }
 
 pub fn parse_addr(s: &str) -> Result<EntityAddr, String> {

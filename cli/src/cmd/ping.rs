@@ -5,43 +5,21 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringwire::proto::{EntityAddr, EntityName, EntityType, FaultReason, Message, Policy};
-use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
+use ringwire::{Connection, Dispatcher, FaultReason, Messenger, NotReady, Options};
 
-enum Heard {
-    Ready,
-    Rtt(Duration),
-    Failed(String),
-}
-
-struct Pinger(Mutex<Sender<Heard>>);
-
-impl Pinger {
-    fn tell(&self, h: Heard) {
-        let _ = self.0.lock().expect("not poisoned").send(h);
-    }
-}
+struct Pinger(Mutex<Sender<Duration>>);
 
 impl Dispatcher for Pinger {
     fn dispatch(&self, _conn: &Connection, _msg: Message) {}
-    fn on_connect(&self, _conn: &Connection) {
-        self.tell(Heard::Ready);
-    }
     fn on_keepalive_ack(&self, _conn: &Connection, rtt: Duration) {
-        self.tell(Heard::Rtt(rtt));
-    }
-    fn on_reset(&self, _conn: &Connection) {
-        self.tell(Heard::Failed(
-            "connection reset by the peer (is the address right, nonce included, e.g. v2:IP:PORT/NONCE?)".into(),
-        ));
-    }
-    fn on_refused(&self, _conn: &Connection, reason: &FaultReason) {
-        self.tell(Heard::Failed(format!("refused: {reason}")));
+        let _ = self.0.lock().expect("not poisoned").send(rtt);
     }
 }
 
 pub struct PingArgs {
     pub addr: EntityAddr,
+    /// `EntityType::ANY` accepts whatever the peer is.
     pub peer_type: EntityType,
     pub name: EntityName,
     pub count: usize,
@@ -58,6 +36,51 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+fn type_name(t: EntityType) -> String {
+    t.name().map_or_else(|| t.0.to_string(), str::to_string)
+}
+
+/// What went wrong and what to do, for a connection that never became ready.
+fn explain(addr: &EntityAddr, why: &NotReady) -> String {
+    let (NotReady::Timeout { last_fault, .. } | NotReady::Closed { last_fault }) = why;
+    match last_fault {
+        Some(FaultReason::ConnectFailed {
+            errno: Some(libc::ECONNREFUSED),
+        }) => format!("nothing listening at {addr} (connection refused)"),
+        Some(FaultReason::WrongPeerType { expected, got }) => {
+            let (got, expected) = (type_name(*got), type_name(*expected));
+            format!(
+                "the peer at {addr} is of type {got}, expected {expected}: use --peer-type {got} \
+                 (or leave --peer-type out to accept any)"
+            )
+        }
+        Some(FaultReason::AuthMethodRefused { allowed }) => format!(
+            "{addr} refused authentication: it allows auth methods {allowed:?} \
+             (Ringwire speaks auth none only)"
+        ),
+        Some(FaultReason::HandshakeTimeout) => format!(
+            "handshake with {addr} timed out: the port accepted a connection but did not speak \
+             msgr2 in time (a msgr1-only port, or an overloaded peer?)"
+        ),
+        Some(reason) => format!("{addr}: {reason}"),
+        None => format!("{addr}: {why}"),
+    }
+}
+
+/// After a peer refused the address we dialled: ask it, without a nonce, which address it
+/// has, so the error can name the right one.
+fn learn_peer_addr(m: &Messenger, addr: &EntityAddr, timeout: Duration) -> Option<String> {
+    let any = EntityAddr { nonce: 0, ..*addr };
+    let probe = m.connect_anon(any, EntityType::ANY);
+    probe.wait_ready(timeout).ok()?;
+    let found = match (probe.peer(), probe.peer_addrs()) {
+        (Some(name), Some(addrs)) => Some(format!("{name} at {addrs}")),
+        _ => None,
+    };
+    probe.mark_down();
+    found
+}
+
 pub fn run(a: PingArgs) -> Result<(), String> {
     let (tx, rx) = channel();
     let m = Messenger::builder(a.name)
@@ -69,11 +92,25 @@ pub fn run(a: PingArgs) -> Result<(), String> {
         .start(Arc::new(Pinger(Mutex::new(tx))))
         .map_err(|e| e.to_string())?;
     let conn = m.connect(a.addr, a.peer_type);
-    match rx.recv_timeout(a.timeout) {
-        Ok(Heard::Ready) => {}
-        Ok(Heard::Failed(why)) => return Err(format!("{}: {why}", a.addr)),
-        Ok(Heard::Rtt(_)) => unreachable!("no keepalive before the handshake"),
-        Err(_) => return Err(format!("{}: no handshake within {:?}", a.addr, a.timeout)),
+    if let Err(why) = conn.wait_ready(a.timeout) {
+        conn.mark_down();
+        let mut msg = explain(&a.addr, &why);
+        if matches!(
+            why,
+            NotReady::Closed {
+                last_fault: Some(FaultReason::IdentRefused)
+            }
+        ) && a.addr.nonce != 0
+        {
+            if let Some(peer) = learn_peer_addr(&m, &a.addr, a.timeout) {
+                msg = format!(
+                    "{} refused our connection: it is not the peer's address; the peer there is \
+                     {peer}",
+                    a.addr
+                );
+            }
+        }
+        return Err(msg);
     }
     let peer = conn.peer().map(|p| p.to_string()).unwrap_or_default();
     println!("PING {} ({peer}): KEEPALIVE2 round trips", a.addr);
@@ -81,12 +118,16 @@ pub fn run(a: PingArgs) -> Result<(), String> {
     for seq in 1..=a.count {
         conn.keepalive();
         match rx.recv_timeout(a.timeout) {
-            Ok(Heard::Rtt(rtt)) => {
+            Ok(rtt) => {
                 println!("seq={seq} rtt={:.1} us", us(rtt));
                 rtts.push(rtt);
             }
-            Ok(Heard::Failed(why)) => return Err(why),
-            Ok(Heard::Ready) => {}
+            Err(_) if conn.is_closed() => {
+                let why = conn
+                    .last_fault()
+                    .map_or_else(|| "connection closed".to_string(), |f| f.to_string());
+                return Err(format!("{}: {why}", a.addr));
+            }
             Err(_) => println!("seq={seq} timeout"),
         }
         if seq < a.count {
@@ -94,7 +135,7 @@ pub fn run(a: PingArgs) -> Result<(), String> {
         }
     }
     if rtts.is_empty() {
-        return Err("no reply".into());
+        return Err(format!("{}: no reply", a.addr));
     }
     rtts.sort();
     println!(
@@ -107,4 +148,49 @@ pub fn run(a: PingArgs) -> Result<(), String> {
     );
     conn.mark_down();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_names_its_cause_and_what_to_do() {
+        let addr = EntityAddr::parse("v2:127.0.0.1:3300").unwrap();
+        let closed = |f: FaultReason| NotReady::Closed {
+            last_fault: Some(f),
+        };
+        let cases: [(NotReady, &str); 6] = [
+            (
+                closed(FaultReason::ConnectFailed {
+                    errno: Some(libc::ECONNREFUSED),
+                }),
+                "nothing listening at v2:127.0.0.1:3300/0 (connection refused)",
+            ),
+            (
+                closed(FaultReason::WrongPeerType {
+                    expected: EntityType::MON,
+                    got: EntityType::OSD,
+                }),
+                "is of type osd, expected mon: use --peer-type osd",
+            ),
+            (
+                closed(FaultReason::AuthMethodRefused { allowed: vec![2] }),
+                "refused authentication: it allows auth methods [2]",
+            ),
+            (closed(FaultReason::HandshakeTimeout), "handshake with"),
+            (closed(FaultReason::IdentRefused), "nonce"),
+            (
+                NotReady::Timeout {
+                    waited: Duration::from_secs(5),
+                    last_fault: None,
+                },
+                "not ready after 5s",
+            ),
+        ];
+        for (why, expected) in cases {
+            let text = explain(&addr, &why);
+            assert!(text.contains(expected), "{why:?}: {text}");
+        }
+    }
 }

@@ -12,6 +12,11 @@ impl Dispatcher for Echo {
     fn dispatch(&self, conn: &Connection, msg: Message) {
         let _ = conn.send(msg);
     }
+    fn on_accept(&self, conn: &Connection) {
+        if let (Some(peer), Some(addrs)) = (conn.peer(), conn.peer_addrs()) {
+            tracing::info!(%peer, %addrs, "session accepted (auth none, crc mode)");
+        }
+    }
 }
 
 pub fn run(

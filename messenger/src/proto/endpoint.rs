@@ -244,8 +244,9 @@ impl EndpointConfig {
 pub enum FaultReason {
     #[error("connection closed by the transport")]
     SocketClosed,
-    #[error("connect failed")]
-    ConnectFailed,
+    /// The transport could not connect; `errno` is the OS error when it gave one.
+    #[error("{}", connect_failure(*errno))]
+    ConnectFailed { errno: Option<i32> },
     #[error("frame error: {0}")]
     Frame(#[from] FrameError),
     #[error("control frame error: {0}")]
@@ -283,6 +284,27 @@ pub enum FaultReason {
     Wait,
     #[error("stale connection (an older global_seq than the session's)")]
     Stale,
+    /// The peer closed the connection instead of answering our CLIENT_IDENT or
+    /// SESSION_RECONNECT. A Ceph or Ringwire server does that when the address we dialled is
+    /// not its own (most often a nonce from an earlier instance), or refuses us for a reason
+    /// only its log names.
+    #[error(
+        "peer closed the connection in answer to our identification: the address's nonce is \
+         probably not the peer's (a restarted daemon has a new one; name none, v2:IP:PORT, to \
+         reach whichever instance listens there), or it refused us (its log says why)"
+    )]
+    IdentRefused,
+    /// The peer started a new session on another connection, which ends a lossy one.
+    #[error("peer started a new session")]
+    Replaced,
+}
+
+fn connect_failure(errno: Option<i32>) -> String {
+    match errno {
+        Some(libc::ECONNREFUSED) => "nothing listening there (connection refused)".into(),
+        Some(e) => format!("connect failed: {}", std::io::Error::from_raw_os_error(e)),
+        None => "connect failed".into(),
+    }
 }
 
 impl FaultReason {
@@ -290,7 +312,7 @@ impl FaultReason {
     pub fn code(&self) -> u32 {
         match self {
             FaultReason::SocketClosed => 1,
-            FaultReason::ConnectFailed => 2,
+            FaultReason::ConnectFailed { .. } => 2,
             FaultReason::Frame(_) => 3,
             FaultReason::Control(_) => 4,
             FaultReason::Message(_) => 5,
@@ -308,7 +330,38 @@ impl FaultReason {
             FaultReason::Intercepted(_) => 17,
             FaultReason::Wait => 18,
             FaultReason::Stale => 19,
+            FaultReason::IdentRefused => 20,
+            FaultReason::Replaced => 21,
         }
+    }
+
+    /// The name of each [`code`](Self::code), as the tracer prints it.
+    pub fn code_name(code: u32) -> &'static str {
+        const NAMES: [&str; 22] = [
+            "unknown",
+            "socket_closed",
+            "connect_failed",
+            "frame",
+            "control",
+            "message",
+            "unexpected_frame",
+            "wrong_peer_type",
+            "auth_method_refused",
+            "unsupported_con_mode",
+            "bad_signature",
+            "missing_features",
+            "peer_missing_features",
+            "bad_ident",
+            "handshake_timeout",
+            "idle_timeout",
+            "injected",
+            "intercepted",
+            "wait",
+            "stale",
+            "ident_refused",
+            "replaced",
+        ];
+        NAMES.get(code as usize).copied().unwrap_or("unknown")
     }
 }
 
@@ -338,10 +391,11 @@ pub enum Io {
 /// What the dispatcher hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Our connection became ready (`ms_handle_connect`).
+    /// Our connection became ready (`ms_handle_connect`); `addrs` are those the peer announced.
     Connected {
         session: SessionId,
         peer: EntityName,
+        addrs: EntityAddrVec,
     },
     /// A peer's connection became ready on our side (`ms_handle_accept`).
     Accepted {
@@ -356,6 +410,7 @@ pub enum Event {
     /// A lossy session ended; its undelivered messages are gone (`ms_handle_reset`).
     Reset {
         session: SessionId,
+        reason: FaultReason,
     },
     /// The peer lost our session; queued messages were dropped (`ms_handle_remote_reset`).
     RemoteReset {
@@ -484,7 +539,10 @@ enum SessionState {
 
 struct Session {
     peer_type: EntityType,
+    /// Where we reach the peer (what we dialled, or what it told us when it dialled us).
     peer_addrs: EntityAddrVec,
+    /// What the peer's SERVER_IDENT said its addresses are (with its real nonce).
+    announced_addrs: EntityAddrVec,
     peer_gid: i64,
     policy: Policy,
     state: SessionState,
@@ -929,7 +987,12 @@ impl Endpoint {
     pub fn on_closed(&mut self, now: Time, conn: ConnId) {
         self.now = now;
         let reason = match self.conns.get(&conn) {
-            Some(c) if c.state == ConnState::Connecting => FaultReason::ConnectFailed,
+            Some(c) if c.state == ConnState::Connecting => {
+                FaultReason::ConnectFailed { errno: None }
+            }
+            Some(c) if c.state == ConnState::Session && c.role == Role::Client => {
+                FaultReason::IdentRefused
+            }
             Some(c) => match &c.decoder {
                 Some(d) if !d.at_frame_boundary() => d
                     .finish()
@@ -940,6 +1003,20 @@ impl Endpoint {
             None => return,
         };
         self.fault(conn, reason);
+    }
+
+    /// The stream requested by [`Io::Connect`] could not be opened; `errno` is the OS error.
+    pub fn on_connect_failed(&mut self, now: Time, conn: ConnId, errno: i32) {
+        self.now = now;
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.state == ConnState::Connecting)
+        {
+            self.fault(conn, FaultReason::ConnectFailed { errno: Some(errno) });
+        } else {
+            self.on_closed(now, conn);
+        }
     }
 
     /// Bytes received on `conn`.
@@ -1611,8 +1688,15 @@ impl Endpoint {
         match role {
             Role::Client => {
                 let sid = c.session.expect("client conns belong to a session");
-                let expected = self.sessions[&sid].peer_type;
-                if expected != EntityType::ANY && expected != peer_type {
+                let s = self
+                    .sessions
+                    .get_mut(&sid)
+                    .expect("client conns belong to a session");
+                let expected = s.peer_type;
+                if expected == EntityType::ANY {
+                    // Learned: the session is with this type of peer from now on.
+                    s.peer_type = peer_type;
+                } else if expected != peer_type {
                     return self.fail(
                         cid,
                         FaultReason::WrongPeerType {
@@ -1801,8 +1885,9 @@ impl Endpoint {
                 s.peer_gid = si.gid;
                 s.connect_seq = 0;
                 if !si.addrs.0.is_empty() && s.peer_addrs.msgr2().is_none() {
-                    s.peer_addrs = si.addrs;
+                    s.peer_addrs = si.addrs.clone();
                 }
+                s.announced_addrs = si.addrs;
                 self.become_ready(cid, sid)
             }
             Control::SessionReconnectOk { msg_seq } => {
@@ -1861,6 +1946,15 @@ impl Endpoint {
             return self.fail(cid, FaultReason::BadIdent("empty address vector"));
         }
         if !self.is_my_addr(&ci.target_addr) {
+            let c = &self.conns[&cid];
+            c.span.in_scope(|| {
+                tracing::warn!(
+                    peer = %ci.addrs,
+                    target = %ci.target_addr,
+                    ours = %self.config.addrs,
+                    "refusing a peer that dialled an address that is not ours (wrong nonce?)"
+                )
+            });
             return self.fail(cid, FaultReason::BadIdent("target address is not ours"));
         }
         let peer_type = self.conns[&cid].peer_type;
@@ -1889,7 +1983,10 @@ impl Endpoint {
         }
         if e.policy.lossy {
             // A lossy session is never resumed: the old one ends, a new one starts.
-            self.events.push_back(Event::Reset { session: eid });
+            self.events.push_back(Event::Reset {
+                session: eid,
+                reason: FaultReason::Replaced,
+            });
             self.close_session(eid);
             return self.accept_new_session(cid, frame, ci, policy, registers);
         }
@@ -2073,7 +2170,11 @@ impl Endpoint {
         s.conn = Some(cid);
         let peer = peer_name(s);
         self.events.push_back(match role {
-            Role::Client => Event::Connected { session: sid, peer },
+            Role::Client => Event::Connected {
+                session: sid,
+                peer,
+                addrs: s.announced_addrs.clone(),
+            },
             Role::Server => Event::Accepted {
                 session: sid,
                 peer,
@@ -2084,10 +2185,13 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Whether a peer dialling `target` meant us. A nonce of 0 names no instance (the peer
+    /// knows only IP and port), so it reaches whichever one listens there; Ceph daemons always
+    /// name the nonce from their maps, so this changes nothing between them.
     fn is_my_addr(&self, target: &EntityAddr) -> bool {
         self.config.addrs.0.iter().any(|mine| {
             mine.ty == target.ty
-                && mine.nonce == target.nonce
+                && (mine.nonce == target.nonce || target.nonce == 0)
                 && match (mine.addr, target.addr) {
                     (Some(m), Some(t)) => {
                         m.port() == t.port() && (m.ip() == t.ip() || m.ip().is_unspecified())
@@ -2190,7 +2294,10 @@ impl Endpoint {
             return;
         }
         if s.policy.lossy {
-            self.events.push_back(Event::Reset { session: sid });
+            self.events.push_back(Event::Reset {
+                session: sid,
+                reason: reason.clone(),
+            });
             self.close_session(sid);
             return;
         }
@@ -2257,6 +2364,7 @@ fn new_session(
     Session {
         peer_type,
         peer_addrs: EntityAddrVec(vec![addr]),
+        announced_addrs: EntityAddrVec::default(),
         peer_gid: -1,
         policy,
         state: SessionState::Connecting,

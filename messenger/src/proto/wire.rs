@@ -207,6 +207,11 @@ pub struct EntityName {
 }
 
 impl EntityName {
+    /// `EntityName::new(EntityType::CLIENT, "admin")` is `client.admin`.
+    pub fn new(ty: EntityType, id: impl Into<String>) -> Self {
+        EntityName { ty, id: id.into() }
+    }
+
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let ty = r.u32("entity name type")?;
         let id = r.bufferlist("entity name")?;
@@ -220,6 +225,20 @@ impl EntityName {
     pub fn encode(&self, out: &mut impl BufMut) {
         out.put_u32_le(self.ty.0 as u32);
         put_bufferlist(out, self.id.as_bytes());
+    }
+}
+
+/// Parses Ceph's `TYPE.ID` form: `client.admin`, `osd.0`, `mon.a`.
+impl std::str::FromStr for EntityName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ty, id) = s
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?} is not TYPE.ID (client.admin, osd.0)"))?;
+        let ty = EntityType::from_name(ty)
+            .ok_or_else(|| format!("unknown entity type {ty:?} (mon, osd, client, mds, mgr)"))?;
+        Ok(EntityName::new(ty, id))
     }
 }
 

@@ -36,7 +36,7 @@ use crate::messenger::{
 use crate::proto::endpoint::IdMap;
 use crate::proto::{
     AddrType, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityType, Event,
-    Fabric, Handoff, Io, Message, Placement, SessionId, Time,
+    Fabric, FaultReason, Handoff, Io, Message, Placement, SessionId, Time,
 };
 
 /// Work handed to a worker by other threads (or by its own dispatcher callbacks).
@@ -301,6 +301,8 @@ pub(crate) fn start(
         name: b.name.clone(),
         by_addr: Mutex::new(HashMap::new()),
         counters: Default::default(),
+        policy_types: b.policies.iter().map(|(ty, _)| *ty).collect(),
+        warned_default_policy: Mutex::new(Default::default()),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -542,7 +544,7 @@ impl Worker {
                 anon,
             } => {
                 if self.shutting_down {
-                    handle.state.store(STATE_CLOSED, Ordering::Release);
+                    handle.set_state(STATE_CLOSED);
                     return;
                 }
                 let sid = if anon {
@@ -555,7 +557,7 @@ impl Worker {
                 } else {
                     STATE_CONNECTING
                 };
-                handle.state.store(state, Ordering::Release);
+                handle.set_state(state);
                 if !self.handles.contains_key(&sid) {
                     self.count_as(&handle, state);
                 }
@@ -657,7 +659,7 @@ impl Worker {
             }
         }
         for h in hs {
-            h.state.store(state, Ordering::Release);
+            h.set_state(state);
         }
     }
 
@@ -668,7 +670,7 @@ impl Worker {
         if let Some(hs) = self.handles.remove(&sid) {
             let mut by_addr = self.shared.by_addr.lock().expect("not poisoned");
             for h in hs {
-                h.state.store(STATE_CLOSED, Ordering::Release);
+                h.set_state(STATE_CLOSED);
                 self.sessions.remove(&h.id);
                 by_addr.retain(|_, c| !Arc::ptr_eq(&c.inner, &h));
             }
@@ -726,16 +728,19 @@ impl Worker {
             Event::RemoteReset { .. } => bump(&counters.remote_resets, 1),
             Event::Fault { reason, .. } => {
                 bump(&counters.faults, 1);
-                if *reason == crate::proto::FaultReason::Injected {
+                if *reason == FaultReason::Injected {
                     bump(&counters.injected_faults, 1);
                 }
             }
             _ => {}
         }
         match ev {
-            Event::Connected { session, peer } => {
-                tracing::debug!(worker = self.index, ?session, %peer, "connected");
-                let addrs = self.peer_addrs_hint(session);
+            Event::Connected {
+                session,
+                peer,
+                addrs,
+            } => {
+                tracing::debug!(worker = self.index, ?session, %peer, %addrs, "connected");
                 self.set_peer(session, peer, addrs);
                 self.set_state(session, STATE_READY);
                 if let Some(c) = self.connection(session) {
@@ -763,12 +768,13 @@ impl Worker {
                 };
                 d.dispatch(&c, msg);
             }
-            Event::Reset { session } => {
-                tracing::debug!(worker = self.index, ?session, "reset");
+            Event::Reset { session, reason } => {
+                tracing::debug!(worker = self.index, ?session, %reason, "reset");
+                self.record_fault(session, &reason);
                 let c = self.connection(session);
                 self.session_closed(session);
                 if let Some(c) = c {
-                    d.on_reset(&c);
+                    d.on_reset(&c, &reason);
                 }
             }
             Event::RemoteReset { session } => {
@@ -778,6 +784,7 @@ impl Worker {
             }
             Event::Refused { session, reason } => {
                 tracing::info!(worker = self.index, ?session, %reason, "refused");
+                self.record_fault(session, &reason);
                 if let Some(c) = self.connection(session) {
                     d.on_refused(&c, &reason);
                 }
@@ -788,29 +795,31 @@ impl Worker {
                     d.on_keepalive_ack(&c, rtt);
                 }
             }
+            // Logged by the endpoint, in the connection's span. A session the fault closes is
+            // reported by the Reset event that follows.
             Event::Fault {
-                session,
-                conn,
+                session: Some(sid),
                 reason,
-            } => {
-                let _ = (conn, reason); // logged by the endpoint, in the connection's span
-                                        // A session closed by the fault is reported by the Reset event that follows.
-                if let Some(sid) = session.filter(|s| !self.ep.is_closed(*s)) {
-                    if !self.ep.is_connected(sid) {
-                        self.set_state(sid, STATE_CONNECTING);
+                ..
+            } if !self.ep.is_closed(sid) => {
+                if !self.ep.is_connected(sid) {
+                    self.set_state(sid, STATE_CONNECTING);
+                }
+                if reason != FaultReason::Wait {
+                    self.record_fault(sid, &reason);
+                    if let Some(c) = self.connection(sid) {
+                        d.on_fault(&c, &reason);
                     }
                 }
             }
+            Event::Fault { .. } => {}
         }
     }
 
-    fn peer_addrs_hint(&self, sid: SessionId) -> EntityAddrVec {
-        self.handles
-            .get(&sid)
-            .and_then(|h| h.first())
-            .and_then(|h| h.peer.lock().expect("not poisoned").clone())
-            .map(|p| p.1)
-            .unwrap_or_default()
+    fn record_fault(&self, sid: SessionId, reason: &FaultReason) {
+        for h in self.handles.get(&sid).into_iter().flatten() {
+            h.record_fault(reason);
+        }
     }
 
     fn set_peer(&self, sid: SessionId, peer: crate::proto::EntityName, addrs: EntityAddrVec) {
@@ -823,15 +832,7 @@ impl Worker {
         if let Some(c) = self.connection(sid) {
             return c;
         }
-        let inner = Arc::new(ConnShared {
-            id: self.shared.next_handle.fetch_add(1, Ordering::Relaxed),
-            worker: self.index,
-            state: std::sync::atomic::AtomicU8::new(STATE_CONNECTING),
-            was_ready: Default::default(),
-            counted: std::sync::atomic::AtomicU8::new(STATE_CLOSED),
-            peer: Mutex::new(None),
-            messenger: self.shared.clone(),
-        });
+        let inner = ConnShared::new(self.shared.clone(), self.index);
         self.sessions.insert(inner.id, sid);
         self.handles.insert(sid, vec![inner.clone()]);
         self.count_as(&inner, STATE_CONNECTING);

@@ -3,7 +3,6 @@
 //! zero-copy sends, backpressure, hand-over of sockets between workers).
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -172,7 +171,8 @@ impl Tcp {
             Err(e) => {
                 tracing::warn!(worker = self.index, %addr, "cannot create socket: {e}");
                 let now = cx.now;
-                cx.ep.on_closed(now, conn);
+                cx.ep
+                    .on_connect_failed(now, conn, e.raw_os_error().unwrap_or(libc::EIO));
                 return;
             }
         };
@@ -400,8 +400,7 @@ impl Tcp {
                         s.probe.report(cx.ep, key);
                         cx.ep.on_connected(now, ConnId(key));
                     } else {
-                        tracing::debug!("connect failed: {}", io::Error::from_raw_os_error(-res));
-                        cx.ep.on_closed(now, ConnId(key));
+                        cx.ep.on_connect_failed(now, ConnId(key), -res);
                     }
                 }
                 self.mark_dirty(key);

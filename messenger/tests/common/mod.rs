@@ -121,7 +121,7 @@ impl Dispatcher for Recorder {
         self.conns.lock().unwrap().push(conn.clone());
         self.push(Seen::Accept(conn_id(conn)));
     }
-    fn on_reset(&self, conn: &Connection) {
+    fn on_reset(&self, conn: &Connection, _reason: &FaultReason) {
         self.push(Seen::Reset(conn_id(conn)));
     }
     fn on_remote_reset(&self, conn: &Connection) {
