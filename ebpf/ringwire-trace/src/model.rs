@@ -118,7 +118,10 @@ pub fn describe(e: &Event) -> (&'static str, Vec<(&'static str, String)>) {
             vec![
                 ("conn", hex(e.a)),
                 ("session", hex(e.b)),
-                ("reason", s(e.c)),
+                (
+                    "reason",
+                    ringwire::proto::FaultReason::code_name(e.c as u32).into(),
+                ),
             ],
         ),
         RECONNECT => (

@@ -287,7 +287,7 @@ fn scripted_session_is_traced_end_to_end() {
         .filter(|e| field(e, "event") == "fault" && conns.iter().any(|c| c == field(e, "conn")))
         .map(|e| field(e, "reason"))
         .collect();
-    assert_eq!(faults, ["17"], "one fault, the interceptor's");
+    assert_eq!(faults, ["intercepted"], "one fault, the interceptor's");
     let reconnects: Vec<&str> = of_session("reconnect")
         .iter()
         .map(|e| field(e, "outcome"))
