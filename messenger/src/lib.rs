@@ -24,16 +24,19 @@
 //! ```
 
 pub mod decode;
+mod error;
 pub mod messenger;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod options;
 pub mod pipe;
 pub mod proto;
 mod runtime;
+mod stats;
 
-pub use messenger::{
-    Closed, Connection, Dispatcher, Error, Messenger, MessengerBuilder, MessengerInterceptor,
-    NotReady, Options, RdmaOptions, Stats,
-};
+pub use error::Error;
+pub use messenger::{Messenger, MessengerBuilder};
+pub use options::{Options, RdmaOptions};
 pub use proto::FaultReason;
-pub use runtime::ArenaBuf;
+pub use runtime::{ArenaBuf, Closed, Connection, Dispatcher, MessengerInterceptor, NotReady};
+pub use stats::Stats;

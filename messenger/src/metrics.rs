@@ -1,15 +1,14 @@
 //! Prometheus metrics of a messenger (the `prometheus` crate's registry and text format),
-//! rendered from its counters at each scrape, and a minimal `/metrics` HTTP endpoint.
+//! rendered from a [`Stats`] snapshot at each scrape, and a minimal `/metrics` HTTP endpoint.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Weak;
 use std::time::Duration;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::messenger::{stats_of, Shared, Stats};
 use crate::proto::EntityName;
+use crate::Stats;
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -161,14 +160,6 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
         .encode(&reg.gather(), &mut out)
         .expect("text encoding");
     String::from_utf8(out).expect("utf-8")
-}
-
-/// Serves `GET /metrics` until the messenger is gone.
-pub(crate) fn serve(shared: Weak<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    serve_text(addr, move || {
-        let shared = shared.upgrade()?;
-        Some(render(&stats_of(&shared), &shared.name))
-    })
 }
 
 /// Serves `GET /metrics` from a small thread, answering each scrape with what `render`

@@ -11,33 +11,66 @@
 
 mod arena;
 mod bufring;
+mod handle;
 mod rdma;
 mod tcp;
 mod transport;
 
 pub use self::arena::{Arena, ArenaBuf};
+pub use self::handle::{Closed, Connection, Dispatcher, MessengerInterceptor, NotReady};
+pub(crate) use self::handle::{ConnShared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::thread::ThreadId;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use socket2::{Domain, Socket, Type};
 
-use crate::messenger::{
-    ConnShared, Connection, Dispatcher, Error, Messenger, MessengerBuilder, Shared, STATE_CLOSED,
-    STATE_CONNECTING, STATE_READY,
-};
+use crate::options::{Options, RdmaOptions};
 use crate::proto::endpoint::IdMap;
 use crate::proto::{
-    AddrType, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityType, Event,
-    Fabric, FaultReason, Handoff, Io, Message, Placement, SessionId, Time,
+    AddrType, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType,
+    Event, Fabric, FaultReason, Handoff, Io, Message, Placement, Policy, SessionId, Time,
 };
+use crate::stats::Counters;
+use crate::Error;
+
+/// What a messenger is started with (its builder's settings).
+pub(crate) struct Config {
+    pub name: EntityName,
+    pub bind: Vec<EntityAddr>,
+    pub policies: Vec<(EntityType, Policy)>,
+    pub default_policy: Policy,
+    pub options: Options,
+    pub interceptor: Option<Arc<dyn MessengerInterceptor>>,
+}
+
+/// State shared by the messenger, its workers and its connection handles.
+pub(crate) struct Shared {
+    pub workers: Vec<WorkerHandle>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub origin: Instant,
+    pub next_handle: AtomicU64,
+    pub addrs: EntityAddrVec,
+    pub name: EntityName,
+    /// Open connections by peer address, for `connect` to reuse (connect/accept path only).
+    pub by_addr: Mutex<HashMap<EntityAddr, Connection>>,
+    pub counters: Counters,
+    pub throttle: Option<Arc<crate::proto::throttle::Throttle>>,
+    pub max_send_backlog: usize,
+    pub zerocopy_min: usize,
+    pub arena: Option<Arc<Arena>>,
+    pub rdma: RdmaOptions,
+    /// Peer types with a policy of their own, and those we warned about falling back.
+    pub policy_types: Vec<EntityType>,
+    pub warned_default_policy: Mutex<HashSet<EntityType>>,
+}
 
 /// Work handed to a worker by other threads (or by its own dispatcher callbacks).
 pub(crate) enum Command {
@@ -208,10 +241,11 @@ fn listen_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Binds, starts the workers and waits until each is running.
 pub(crate) fn start(
-    b: MessengerBuilder,
+    b: Config,
     dispatcher: Arc<dyn Dispatcher>,
-) -> Result<Messenger, Error> {
+) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), Error> {
     let n = b.options.workers.max(1);
     // Numbers messengers in this process, so that probe ids of two messengers never collide.
     static MESSENGERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
@@ -346,22 +380,26 @@ pub(crate) fn start(
         threads.push(t);
     }
     drop(ready_tx);
-    let messenger = Messenger {
-        shared,
-        threads: Mutex::new(threads),
-    };
     for _ in 0..n {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Error::Thread(io::Error::other("worker died at start"))),
+        let failed = match ready_rx.recv() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => Error::Thread(io::Error::other("worker died at start")),
+        };
+        // The workers that did start stop again.
+        for w in &shared.workers {
+            w.push(Command::Shutdown);
         }
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(failed);
     }
-    Ok(messenger)
+    Ok((shared, threads))
 }
 
 /// Adapts the messenger's interceptor to one worker's endpoint.
-struct OnWorker(usize, Arc<dyn crate::messenger::MessengerInterceptor>);
+struct OnWorker(usize, Arc<dyn MessengerInterceptor>);
 
 impl crate::proto::Interceptor for OnWorker {
     fn intercept(&mut self, conn: ConnId, step: crate::proto::Step) -> crate::proto::Action {

@@ -14,9 +14,9 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::bufring::BufRing;
 use super::transport::{user_data, Cx, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::{io_uring_error, Command};
-use crate::messenger::Error;
 use crate::proto::endpoint::IdMap;
 use crate::proto::{ConnId, Endpoint, Handoff};
+use crate::Error;
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_CONNECT: u64 = 2;

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::messenger::Shared;
+use super::Shared;
 use crate::proto::{ConnId, Endpoint, Handoff, Time};
 
 /// The worker's state a transport works with, borrowed for one call.

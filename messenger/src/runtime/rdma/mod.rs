@@ -37,10 +37,10 @@ use self::record::{Body, Credits, Header, Hello, HEADER_LEN, READY};
 use self::verbs::{Device, Qp};
 use super::transport::{user_data, Cx, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::Command;
-use crate::messenger::Error;
 use crate::proto::endpoint::IdMap;
 use crate::proto::frame::TxQueue;
 use crate::proto::{ConnId, Endpoint, Handoff};
+use crate::Error;
 
 const KIND_ACCEPT: u64 = 0x10;
 const KIND_DIAL: u64 = 0x11;

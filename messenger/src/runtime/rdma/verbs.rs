@@ -25,7 +25,8 @@ use sideway::ibverbs::queue_pair::{
 use sideway::ibverbs::AccessFlags;
 
 use super::record::Hello;
-use crate::messenger::{Error, RdmaOptions};
+use crate::options::RdmaOptions;
+use crate::Error;
 
 /// READs one queue pair may have in flight as initiator and as target.
 pub(super) const READ_DEPTH: u8 = 16;

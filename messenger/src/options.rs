@@ -1,0 +1,97 @@
+//! The messenger's options, with Ceph's option names where there is one (docs/options.md).
+
+use std::time::Duration;
+
+use crate::proto::Tuning;
+
+/// Options, with Ceph's option names where there is one.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Worker threads (each with one io_uring); default: the number of CPUs.
+    pub workers: usize,
+    /// Protocol limits, timers and fault injection.
+    pub tuning: Tuning,
+    /// io_uring submission queue entries per worker.
+    pub ring_entries: u32,
+    /// `ms_dispatch_throttle_bytes`: bytes of dispatched messages the application may hold
+    /// before workers stop reading (0: unlimited).
+    pub dispatch_throttle_bytes: u64,
+    /// Dispatched messages the application may hold before workers stop reading (0: unlimited).
+    pub dispatch_throttle_messages: u64,
+    /// A connection whose unsent bytes exceed this is not read until they drain: a peer that
+    /// sends but never reads cannot make us buffer its replies without bound.
+    pub max_send_backlog: usize,
+    /// Size of the registered payload arena ([`Messenger::alloc_payload`]); 0: none.
+    pub arena_size: usize,
+    /// Chunks at least this large go out with SENDMSG_ZC (0: never). A connection whose
+    /// zero-copy sends come back "copied" (loopback, some NICs) falls back to plain sends.
+    pub zerocopy_min: usize,
+    /// The nonce in our addresses (peers must name it to reach us). Default: 0 for monitors,
+    /// as in Ceph, random otherwise.
+    pub nonce: Option<u32>,
+    /// The RDMA transport (addresses `rdma:IP:PORT`); see docs/rdma.md.
+    pub rdma: RdmaOptions,
+}
+
+/// Options of the RDMA transport. Each worker opens the device when it first needs it and
+/// registers `(send_buffers + max_connections × credits) × buffer_size` bytes once; that
+/// memory never grows.
+#[derive(Debug, Clone)]
+pub struct RdmaOptions {
+    /// The device (`ibv_devices` names it); default: the first one.
+    pub device: Option<String>,
+    /// The device port.
+    pub port: u8,
+    /// The GID index (RoCE); default: chosen (RoCE v2 with an IPv4 address first).
+    pub gid_index: Option<u8>,
+    /// Bytes per send and receive buffer: the largest SEND.
+    pub buffer_size: usize,
+    /// Receive buffers posted per connection: the peer's send credits.
+    pub credits: u16,
+    /// Send buffers per worker, shared by its connections.
+    pub send_buffers: usize,
+    /// RDMA connections per worker (each holds `credits` receive buffers).
+    pub max_connections: usize,
+    /// Stream chunks at least this large are not sent: the receiver READs them in place.
+    pub read_min: usize,
+    /// Before sleeping, a worker with RDMA connections polls its completion queue this long
+    /// (0: never; completions then wake it through the completion channel).
+    pub busy_poll: Duration,
+    /// Testing: one received record in this many moves its queue pair to the error state,
+    /// as a failing HCA or link would (0: never). Counted as injected faults.
+    pub inject_qp_failures: u32,
+}
+
+impl Default for RdmaOptions {
+    fn default() -> Self {
+        RdmaOptions {
+            device: None,
+            port: 1,
+            gid_index: None,
+            buffer_size: 8 << 10,
+            credits: 16,
+            send_buffers: 256,
+            max_connections: 128,
+            read_min: 32 << 10,
+            busy_poll: Duration::ZERO,
+            inject_qp_failures: 0,
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tuning: Tuning::default(),
+            ring_entries: 1024,
+            dispatch_throttle_bytes: 100 << 20,
+            dispatch_throttle_messages: 0,
+            max_send_backlog: 64 << 20,
+            zerocopy_min: 256 << 10,
+            arena_size: 64 << 20,
+            nonce: None,
+            rdma: RdmaOptions::default(),
+        }
+    }
+}
