@@ -1,0 +1,332 @@
+//! One worker: a thread with one io_uring, one protocol endpoint, the transports' sockets and
+//! queue pairs, and the handles of the sessions it owns. Its loop drains commands, endpoint
+//! output and transport progress, then sleeps in `io_uring_enter` until the endpoint's next
+//! deadline or a completion.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{opcode, types, IoUring};
+
+use super::commands::Command;
+use super::events;
+use super::handles::HandleTable;
+use super::rdma::{self, Rdma};
+use super::start::build_ring;
+use super::tcp::Tcp;
+use super::transport::{user_data, Cx, Transport};
+use super::{Shared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
+use crate::proto::{Endpoint, EndpointConfig, Fabric, Interceptor, Io, Time};
+use crate::Error;
+
+/// The eventfd read's operation kind (the transport's kinds are below it).
+const KIND_EVENTFD: u64 = 0x7f;
+/// How often a worker reports its connections to the `ringwire_conn_socket` probe.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) struct Worker {
+    // Dropped first: unregisters the transport's buffers before their memory goes.
+    ring: IoUring,
+    tcp: Tcp,
+    rdma: Rdma,
+    index: usize,
+    shared: Arc<Shared>,
+    ep: Endpoint,
+    eventfd_buf: Box<[u8; 8]>,
+    handles: HandleTable,
+    cqes: Vec<(u64, i32, u32)>,
+    commands: VecDeque<Command>,
+    /// The time read once after each wait, for everything handled until the next one.
+    now: Time,
+    /// When connections are next reported to the `ringwire_conn_socket` probe, and whether
+    /// there were any to report last time (an idle worker does not wake up for it).
+    next_announce: Time,
+    announcing: bool,
+    shutting_down: bool,
+}
+
+/// Borrows the worker's ring, endpoint and shared state for a transport call.
+macro_rules! cx {
+    ($w:ident) => {
+        Cx {
+            ring: &mut $w.ring,
+            ep: &mut $w.ep,
+            shared: &$w.shared,
+            now: $w.now,
+            shutting_down: $w.shutting_down,
+        }
+    };
+}
+
+impl Worker {
+    pub(super) fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        cfg: EndpointConfig,
+        interceptor: Option<Box<dyn Interceptor>>,
+        [listeners, rdma_listeners]: [Vec<OwnedFd>; 2],
+        entries: u32,
+    ) -> Result<Worker, Error> {
+        let mut ring = build_ring(entries)?;
+        let mut ep = Endpoint::new(cfg);
+        ep.set_interceptor(interceptor);
+        let (tcp, rdma) = {
+            let mut cx = Cx {
+                ring: &mut ring,
+                ep: &mut ep,
+                shared: &shared,
+                now: Time(0),
+                shutting_down: false,
+            };
+            let tcp = Tcp::new(&mut cx, index, listeners)?;
+            (tcp, Rdma::new(&mut cx, index, rdma_listeners)?)
+        };
+        let handles = HandleTable::new(shared.clone(), index);
+        let mut w = Worker {
+            ring,
+            tcp,
+            rdma,
+            index,
+            shared,
+            ep,
+            eventfd_buf: Box::new([0; 8]),
+            handles,
+            cqes: Vec::with_capacity(256),
+            commands: VecDeque::new(),
+            now: Time(0),
+            next_announce: Time(0),
+            announcing: false,
+            shutting_down: false,
+        };
+        w.arm_eventfd();
+        Ok(w)
+    }
+
+    fn now(&self) -> Time {
+        self.now
+    }
+
+    fn tick(&mut self) {
+        self.now = Time(self.shared.origin.elapsed().as_nanos() as u64);
+    }
+
+    fn arm_eventfd(&mut self) {
+        let fd = self.shared.workers[self.index].eventfd.as_raw_fd();
+        let e = opcode::Read::new(types::Fd(fd), self.eventfd_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(user_data(KIND_EVENTFD, 0));
+        cx!(self).push(e);
+    }
+
+    /// A completion: the eventfd's, or the transport's.
+    fn complete(&mut self, ud: u64, res: i32, flags: u32) {
+        if ud >> 56 == KIND_EVENTFD {
+            if !(self.shutting_down && self.is_idle()) {
+                self.arm_eventfd();
+            }
+            return;
+        }
+        if rdma::owns_kind(ud >> 56) {
+            self.rdma.complete(&mut cx!(self), ud, res, flags);
+        } else {
+            self.tcp.complete(&mut cx!(self), ud, res, flags);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.tcp.is_idle() && self.rdma.is_idle()
+    }
+
+    pub(super) fn run(&mut self) {
+        loop {
+            self.tick();
+            self.drain();
+            if self.shutting_down && self.is_idle() {
+                return;
+            }
+            let now = self.now();
+            if now >= self.next_announce {
+                let tcp = self.tcp.announce(&self.ep);
+                self.announcing = self.rdma.announce(&self.ep) | tcp;
+                self.next_announce = now.after(ANNOUNCE_INTERVAL);
+            }
+            let wake = match (self.ep.poll_timeout(), self.announcing) {
+                (Some(t), true) => Some(t.min(self.next_announce)),
+                (None, true) => Some(self.next_announce),
+                (t, false) => t,
+            };
+            let mut wait = wake.map(|t| t.0.saturating_sub(now.0));
+            if wait != Some(0) && self.rdma.busy_poll(&mut cx!(self)) {
+                wait = Some(0);
+            }
+            let result = match wait {
+                Some(0) => self.ring.submit().map(|_| ()),
+                Some(ns) => {
+                    let ts = types::Timespec::new()
+                        .sec(ns / 1_000_000_000)
+                        .nsec((ns % 1_000_000_000) as u32);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args).map(|_| ())
+                }
+                None => self.ring.submit_and_wait(1).map(|_| ()),
+            };
+            if let Err(e) = result {
+                match e.raw_os_error() {
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                    _ => tracing::error!(worker = self.index, "io_uring_enter: {e}"),
+                }
+            }
+            self.tick();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(ud, res, flags) in &cqes {
+                self.complete(ud, res, flags);
+            }
+            cqes.clear();
+            self.cqes = cqes;
+            let now = self.now();
+            self.ep.handle_timeout(now);
+        }
+    }
+
+    /// Commands, endpoint output and socket work until nothing is left to do without waiting.
+    fn drain(&mut self) {
+        loop {
+            let mut commands = std::mem::take(&mut self.commands);
+            self.shared.workers[self.index].take_into(&mut commands);
+            let idle = commands.is_empty();
+            for cmd in commands.drain(..) {
+                self.command(cmd);
+            }
+            self.commands = commands;
+            let mut moved = self.endpoint_output();
+            moved |= self.tcp.progress(&mut cx!(self));
+            moved |= self.rdma.progress(&mut cx!(self));
+            if idle && !moved {
+                return;
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Connect {
+                handle,
+                addr,
+                peer_type,
+                anon,
+            } => {
+                if self.shutting_down {
+                    handle.set_state(STATE_CLOSED);
+                    return;
+                }
+                let sid = if anon {
+                    self.ep.connect_anon(now, addr, peer_type)
+                } else {
+                    self.ep.connect(now, addr, peer_type)
+                };
+                let state = if self.ep.is_connected(sid) {
+                    STATE_READY
+                } else {
+                    STATE_CONNECTING
+                };
+                self.handles.attach(handle, sid, state);
+            }
+            Command::Send { handle, msg } => {
+                let Some(sid) = self.handles.session_of(handle) else {
+                    return;
+                };
+                if self.ep.send(now, sid, msg).is_err() {
+                    self.handles.close(sid);
+                }
+            }
+            Command::MarkDown { handle } => {
+                if let Some(sid) = self.handles.session_of(handle) {
+                    self.ep.mark_down(now, sid);
+                    self.handles.close(sid);
+                }
+            }
+            Command::Keepalive { handle } => {
+                if let Some(sid) = self.handles.session_of(handle) {
+                    self.ep.keepalive(now, sid);
+                }
+            }
+            Command::MarkDownAll => {
+                self.ep.mark_down_all(now);
+                self.close_all();
+            }
+            Command::Resume { conn } => self.ep.resume(now, conn),
+            Command::Unthrottle => {
+                self.tcp.unthrottle();
+                self.rdma.unthrottle();
+            }
+            Command::Adopt { fd, handoff } => {
+                let cid = self.ep.adopt(now, *handoff);
+                self.tcp.adopt(&self.ep, cid, fd);
+            }
+            Command::AdoptRdma { fd, hello } => self.rdma.adopt(&mut cx!(self), fd, Some(hello)),
+            Command::Shutdown => {
+                self.shutting_down = true;
+                self.ep.mark_down_all(now);
+                self.close_all();
+                self.tcp.shutdown();
+                self.rdma.shutdown();
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for sid in self.handles.sessions() {
+            self.handles.close(sid);
+        }
+    }
+
+    /// Handles the endpoint's I/O requests and events. Returns whether anything came out.
+    fn endpoint_output(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(io) = self.ep.poll_io() {
+            moved = true;
+            self.io(io);
+        }
+        while let Some(ev) = self.ep.poll_event() {
+            moved = true;
+            events::deliver(
+                ev,
+                &mut self.handles,
+                &self.ep,
+                &self.shared,
+                self.index,
+                self.now,
+            );
+        }
+        moved
+    }
+
+    fn io(&mut self, io: Io) {
+        match io {
+            Io::Connect {
+                conn,
+                addr,
+                fabric: Fabric::Rdma,
+            } => self.rdma.connect(&mut cx!(self), conn, addr),
+            Io::Connect { conn, addr, .. } => self.tcp.connect(&mut cx!(self), conn, addr),
+            Io::Transmit { conn } if self.rdma.owns(conn) => self.rdma.wake(conn),
+            Io::Transmit { conn } => self.tcp.wake(conn),
+            Io::Close { conn, remaining } if self.rdma.owns(conn) => {
+                self.rdma.close(conn, remaining)
+            }
+            Io::Close { conn, remaining } => self.tcp.close(conn, remaining),
+            Io::Migrate { conn, to, handoff } if self.rdma.owns(conn) => {
+                self.rdma.migrate(conn, to, handoff)
+            }
+            Io::Migrate { conn, to, handoff } => self.tcp.migrate(conn, to, handoff),
+        }
+    }
+}
