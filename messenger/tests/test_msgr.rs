@@ -261,8 +261,9 @@ fn stateful_test() {
     });
     conn.send(ping(4)).unwrap();
     c.rec.wait_for(T, "echo after the reset", |s| {
-        s.iter()
-            .any(|x| matches!(x, Seen::Message { front, .. } if front == &4u32.to_le_bytes()))
+        s.iter().any(
+            |x| matches!(x, Seen::Message { content, .. } if content.front == 4u32.to_le_bytes()),
+        )
     });
 }
 
