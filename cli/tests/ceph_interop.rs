@@ -143,9 +143,8 @@ impl CephMon {
         run(&["ceph-mon", "-c", c, "-i", "a"]);
         // Until it has formed a quorum a monitor refuses authentication (-EBUSY), so wait
         // until it answers a real client.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new("timeout")
+        let answers = || {
+            Command::new("timeout")
                 .args([
                     "10",
                     "ceph",
@@ -159,17 +158,10 @@ impl CephMon {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ceph-mon did not come up; see {}/log",
-                dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+                .is_ok_and(|s| s.success())
+        };
+        let what = format!("ceph-mon to come up (see {}/log)", dir.display());
+        wait_until(Instant::now() + Duration::from_secs(60), &what, answers);
         CephMon { dir, port, fsid }
     }
 
