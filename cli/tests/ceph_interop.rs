@@ -143,9 +143,8 @@ impl CephMon {
         run(&["ceph-mon", "-c", c, "-i", "a"]);
         // Until it has formed a quorum a monitor refuses authentication (-EBUSY), so wait
         // until it answers a real client.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new("timeout")
+        let answers = || {
+            Command::new("timeout")
                 .args([
                     "10",
                     "ceph",
@@ -159,17 +158,10 @@ impl CephMon {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ceph-mon did not come up; see {}/log",
-                dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+                .is_ok_and(|s| s.success())
+        };
+        let what = format!("ceph-mon to come up (see {}/log)", dir.display());
+        wait_until(Instant::now() + Duration::from_secs(60), &what, answers);
         CephMon { dir, port, fsid }
     }
 
@@ -243,7 +235,7 @@ fn ringwire_client_talks_to_a_real_monitor() {
         |s| {
             let has = |ty| {
                 s.iter()
-                    .any(|x| matches!(x, Seen::Message { ty: t, .. } if *t == ty))
+                    .any(|x| matches!(x, Seen::Message { content, .. } if content.ty == ty))
             };
             has(MON_MAP) && has(MON_GET_VERSION_REPLY)
         },
@@ -252,11 +244,12 @@ fn ringwire_client_talks_to_a_real_monitor() {
     assert_eq!(conn.peer().unwrap().ty, EntityType::MON);
     let seen = rec.seen.lock().unwrap().clone();
     for s in &seen {
-        let Seen::Message { ty, front, seq, .. } = s else {
+        let Seen::Message { content, seq, .. } = s else {
             continue;
         };
+        let (ty, front) = (content.ty, &content.front);
         assert!(*seq >= 1);
-        if *ty == MON_MAP {
+        if ty == MON_MAP {
             // MMonMap: bufferlist(monmap); MonMap::encode: ENCODE_START (6 bytes), fsid, ...
             let bl_len = u32::from_le_bytes(front[0..4].try_into().unwrap()) as usize;
             assert_eq!(bl_len + 4, front.len());
@@ -266,7 +259,7 @@ fn ringwire_client_talks_to_a_real_monitor() {
                 "our cluster's fsid"
             );
         }
-        if *ty == MON_GET_VERSION_REPLY {
+        if ty == MON_GET_VERSION_REPLY {
             let handle = u64::from_le_bytes(front[0..8].try_into().unwrap());
             let version = u64::from_le_bytes(front[8..16].try_into().unwrap());
             assert_eq!(handle, 7);
@@ -325,7 +318,7 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
         .unwrap()
         .iter()
         .find_map(|s| match s {
-            Seen::Message { seq, ty, .. } => Some((*seq, *ty)),
+            Seen::Message { seq, content, .. } => Some((*seq, content.ty)),
             _ => None,
         })
         .unwrap();

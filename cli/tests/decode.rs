@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// A capture from `shared/fixtures/msgr2`; a missing one fails the test, naming its path.
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/fixtures/msgr2")
-        .join(name)
+        .join(name);
+    assert!(path.is_file(), "fixture {} is missing", path.display());
+    path
 }
 
 fn decode(args: &[&str]) -> (bool, String, String) {

@@ -262,6 +262,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
         })
 }
 
+/// `back` (decoded) carries what `m` (encoded) did: header fields and every payload byte.
+fn same_message(back: &Message, m: &Message) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        (
+            back.ty,
+            back.priority,
+            back.version,
+            back.compat_version,
+            back.tid
+        ),
+        (m.ty, m.priority, m.version, m.compat_version, m.tid)
+    );
+    prop_assert_eq!(&back.front, &m.front);
+    prop_assert_eq!(&back.middle, &m.middle);
+    prop_assert_eq!(back.data_contiguous(), m.data_contiguous());
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -288,11 +306,7 @@ proptest! {
         let (h, back) = Message::from_frame(frames[0].clone()).unwrap();
         prop_assert_eq!(h.seq, seq);
         prop_assert_eq!(h.ack_seq, ack);
-        prop_assert_eq!((back.ty, back.priority, back.version, back.compat_version, back.tid),
-                        (m.ty, m.priority, m.version, m.compat_version, m.tid));
-        prop_assert_eq!(&back.front, &m.front);
-        prop_assert_eq!(&back.middle, &m.middle);
-        prop_assert_eq!(back.data_contiguous(), m.data_contiguous());
+        same_message(&back, &m)?;
     }
 
     #[test]
@@ -304,9 +318,10 @@ proptest! {
         let wire = tx.take_all();
         let frames = decode_all(&wire, split);
         prop_assert_eq!(frames.len(), ms.len());
-        for (f, m) in frames.into_iter().zip(&ms) {
-            let (_, back) = Message::from_frame(f).unwrap();
-            prop_assert_eq!(back.payload_len(), m.payload_len());
+        for (i, (f, m)) in frames.into_iter().zip(&ms).enumerate() {
+            let (h, back) = Message::from_frame(f).unwrap();
+            prop_assert_eq!(h.seq, i as u64 + 1);
+            same_message(&back, m)?;
         }
     }
 }

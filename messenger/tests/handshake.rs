@@ -150,13 +150,19 @@ fn client_gets_a_clear_error_when_the_peer_wants_cephx() {
     assert!(ep.is_closed(s), "lossy session ends");
 }
 
+/// A capture from `shared/fixtures/msgr2`; a missing one fails the test, naming its path.
+fn fixture(file: &str) -> Vec<u8> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/msgr2")
+        .join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
 #[test]
 fn server_answers_cephx_requests_with_auth_bad_method() {
     // The captured client asking an auth-none monitor for cephx (badmethod fixture), replayed
     // against a Ringwire server: it must answer as the real monitor did.
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/msgr2/badmethod-stream0-client-to-server.bin");
-    let captured = std::fs::read(dir).expect("badmethod fixture");
+    let captured = fixture("badmethod-stream0-client-to-server.bin");
     let mut cfg = config(true, Policy::stateless_server());
     cfg.name.ty = EntityType::MON;
     cfg.addrs = EntityAddrVec(vec![EntityAddr::msgr2(
@@ -192,9 +198,7 @@ fn server_answers_cephx_requests_with_auth_bad_method() {
 fn handshake_with_a_captured_ceph_client() {
     // `ceph -s` as captured: a real client's bytes up to its first messages, fed to a Ringwire
     // monitor-typed server. It must accept the session and dispatch MON_GET_MAP as seq 1.
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/msgr2/ceph_s-stream0-client-to-server.bin");
-    let captured = std::fs::read(path).expect("ceph_s fixture");
+    let captured = fixture("ceph_s-stream0-client-to-server.bin");
     let mut cfg = config(true, Policy::stateless_server());
     cfg.name.ty = EntityType::MON;
     cfg.addrs = EntityAddrVec(vec![EntityAddr::msgr2(

@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ringwire::proto::{EntityType, Message, Policy};
@@ -96,30 +96,31 @@ fn metrics_endpoint_counts_what_was_sent() {
         1.0
     );
     assert_eq!(value(&s, "ringwire_faults_total", None), 0.0);
-    let c = scrape(
-        client
-            .serve_metrics("127.0.0.1:0".parse().unwrap())
-            .unwrap(),
-    );
+    let client_metrics = client
+        .serve_metrics("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let c = scrape(client_metrics);
     assert_eq!(
         value(&c, "ringwire_messages_total", Some(("direction", "out"))),
         100.0
     );
     assert_eq!(value(&c, "ringwire_handshakes_total", None), 1.0);
-    // Closing the session takes it off the gauge.
-    conn.mark_down();
-    std::thread::sleep(Duration::from_millis(100));
-    let c = scrape(
-        client
-            .serve_metrics("127.0.0.1:0".parse().unwrap())
-            .unwrap(),
-    );
     assert_eq!(
         value(&c, "ringwire_sessions", Some(("state", "ready"))),
-        0.0
+        1.0
     );
-    assert_eq!(
-        value(&c, "ringwire_sessions", Some(("state", "connecting"))),
-        0.0
+    // Closing the session takes it off the gauge (the worker updates it after mark_down).
+    conn.mark_down();
+    let sessions = |state| {
+        value(
+            &scrape(client_metrics),
+            "ringwire_sessions",
+            Some(("state", state)),
+        )
+    };
+    wait_until(
+        Instant::now() + Duration::from_secs(10),
+        "the closed session off the ready and connecting gauges",
+        || sessions("ready") == 0.0 && sessions("connecting") == 0.0,
     );
 }

@@ -142,17 +142,10 @@ fn receive_memory_stays_bounded_under_a_flood() {
     }
     // The clients live in this process too: their registrations are in place once every
     // session is up; from then on only the flood runs.
-    let deadline = Instant::now() + T;
-    while srv.stats().sessions_ready < CLIENTS as i64
-        || slow.got.load(Ordering::Relaxed) < CLIENTS as u64
-    {
-        assert!(
-            Instant::now() < deadline,
-            "sessions not up: {:?}",
-            srv.stats()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Instant::now() + T, "every session up", || {
+        srv.stats().sessions_ready >= CLIENTS as i64
+            && slow.got.load(Ordering::Relaxed) >= CLIENTS as u64
+    });
     let pinned_at_start = vm_pinned_kib();
     let payload = Bytes::from(vec![7u8; 2048]);
     for i in 1..=EACH {
@@ -167,16 +160,14 @@ fn receive_memory_stays_bounded_under_a_flood() {
     }
     let total = CLIENTS as u64 * (EACH as u64 + 1);
     let mut max_pinned = pinned_at_start;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while slow.got.load(Ordering::Relaxed) < total {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {total} arrived",
-            slow.got.load(Ordering::Relaxed)
-        );
-        max_pinned = max_pinned.max(vm_pinned_kib());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Instant::now() + Duration::from_secs(240),
+        &format!("all {total} messages"),
+        || {
+            max_pinned = max_pinned.max(vm_pinned_kib());
+            slow.got.load(Ordering::Relaxed) >= total
+        },
+    );
     let st: Stats = srv.stats();
     let waits: u64 = clients
         .iter()
@@ -216,21 +207,14 @@ fn arena_payload_crosses_without_a_copy() {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = (i % 253) as u8;
     }
-    let data = buf.freeze();
-    let sum: u64 = data.iter().map(|b| *b as u64).sum();
-    conn.send(Message::new(0x10).with_front(vec![1]).with_data(data))
-        .unwrap();
+    let msg = Message::new(0x10)
+        .with_front(vec![1])
+        .with_data(buf.freeze());
+    let sent = Content::of(&msg);
+    conn.send(msg).unwrap();
     rec.wait_for(T, "the 4 MiB message", |s| msgs(s) == 2);
-    let got = rec.seen.lock().unwrap().clone();
-    let data_sum = got
-        .iter()
-        .filter_map(|s| match s {
-            Seen::Message { data_sum, .. } => Some(*data_sum),
-            _ => None,
-        })
-        .next_back()
-        .unwrap();
-    assert_eq!(data_sum, sum, "payload intact");
+    let got = rec.contents().pop().unwrap().1;
+    assert_eq!(got, sent, "payload intact");
     let (after_c, after_s) = (c.stats(), srv.stats());
     let d = |a: u64, b: u64| a - b;
     println!("sender: {after_c:?}\nreceiver: {after_s:?}");
@@ -315,15 +299,9 @@ fn silent_or_foreign_side_channels_do_not_hold_connection_slots() {
     let (c, _rec) = client("1", opts(1));
     let conn = c.connect(srv.addrs().0[0], EntityType::OSD);
     conn.send(Message::new(0x10).with_front(vec![1])).unwrap();
-    let deadline = Instant::now() + T;
-    while srv.stats().messages_in < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the real client got no slot: {:?}",
-            srv.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Instant::now() + T, "the real client's message", || {
+        srv.stats().messages_in >= 1
+    });
 }
 
 #[test]
@@ -339,21 +317,18 @@ fn a_port_that_is_down_is_a_clear_error() {
     let port_state =
         || std::fs::read_to_string("/sys/class/infiniband/rxe0/ports/1/state").unwrap_or_default();
     ip("down");
-    let deadline = Instant::now() + T;
-    while port_state().contains("ACTIVE") {
-        assert!(Instant::now() < deadline, "port stays active with lo down");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Instant::now() + T, "the port inactive with lo down", || {
+        !port_state().contains("ACTIVE")
+    });
     let err = Messenger::builder(name(EntityType::OSD, "0"))
         .bind(rdma_addr())
         .options(opts(1))
         .start(Arc::new(Recorder::default()))
         .err();
     ip("up");
-    while !port_state().contains("ACTIVE") {
-        assert!(Instant::now() < deadline, "port not active again");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Instant::now() + T, "the port active again", || {
+        port_state().contains("ACTIVE")
+    });
     let text = err
         .expect("no messenger on a port that is down")
         .to_string();

@@ -3,9 +3,12 @@
 //! mid-frame), interceptor failures at every handshake step, refused connects, delays, and
 //! simultaneous connects from both peers.
 //!
-//! Asserts, per seed: lossless policies deliver every message exactly once and in order;
-//! lossy policies never duplicate or reorder, and any loss is reported as a reset; sequence
-//! numbers and acks agree at the end; every run finishes within a step and time budget.
+//! Asserts, per seed: every message arrives intact (type, front, data); lossless policies
+//! deliver every message exactly once and in order; lossy policies deliver, in both
+//! directions, on each session a prefix of what was sent on its peer session (nothing
+//! duplicated, reordered or skipped), and the sender of anything lost saw its session reset
+//! or closed; sequence numbers and acks agree at the end; every run finishes within a step and
+//! time budget.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -114,7 +117,8 @@ struct Node {
     resets: HashSet<SessionId>,
     /// Last index received from the other node, per receiving session.
     last_rx: HashMap<SessionId, u32>,
-    received: Vec<u32>,
+    /// (receiving session, index) of every message received, in order.
+    received: Vec<(SessionId, u32)>,
     echoes_sent: u32,
 }
 
@@ -578,7 +582,7 @@ impl Sim {
                     panic!("node {node}: index {index} after {last}: duplicated or reordered");
                 }
                 *last = index;
-                n.received.push(index);
+                n.received.push((session, index));
                 // Servers echo; the echo stream has its own indices.
                 if matches!(self.scenario, Scenario::ClientServer { .. }) && node == 1 {
                     n.echoes_sent += 1;
@@ -647,21 +651,8 @@ impl Sim {
     fn check_final(&self) -> Result<(), String> {
         let lossy = matches!(self.scenario, Scenario::ClientServer { lossy: true });
         if lossy {
-            for (i, n) in self.nodes.iter().enumerate() {
-                let peer = &self.nodes[1 - i];
-                let got: HashSet<u32> = peer.received.iter().copied().collect();
-                for (sid, index) in &n.sent_ok {
-                    let delivered = if i == 0 {
-                        got.contains(index)
-                    } else {
-                        true // echo indices restart per server session; checked by order only
-                    };
-                    if !delivered && !n.resets.contains(sid) && !n.ep.is_closed(*sid) {
-                        return Err(format!(
-                            "node {i}: message {index} on {sid:?} lost without a reset"
-                        ));
-                    }
-                }
+            for i in 0..self.nodes.len() {
+                self.check_lossy_delivery(i)?;
             }
             return Ok(());
         }
@@ -690,6 +681,60 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// Lossy delivery from node `i` to its peer: each receiving session got a prefix of what
+    /// one sending session sent (each sending session feeding at most one receiving session),
+    /// and whatever did not arrive was sent on a session its sender saw reset or closed.
+    fn check_lossy_delivery(&self, i: usize) -> Result<(), String> {
+        let (n, peer) = (&self.nodes[i], &self.nodes[1 - i]);
+        // Indices are unique per sending node (clients count their sends, servers their echoes).
+        let mut sent: HashMap<SessionId, Vec<u32>> = HashMap::new();
+        let mut sent_on: HashMap<u32, SessionId> = HashMap::new();
+        for &(sid, index) in &n.sent_ok {
+            sent.entry(sid).or_default().push(index);
+            if sent_on.insert(index, sid).is_some() {
+                return Err(format!("node {i}: index {index} sent twice"));
+            }
+        }
+        let mut got: BTreeMap<SessionId, Vec<u32>> = BTreeMap::new();
+        for &(rx, index) in &peer.received {
+            got.entry(rx).or_default().push(index);
+        }
+        let mut fed: HashMap<SessionId, SessionId> = HashMap::new();
+        let mut delivered = HashSet::new();
+        for (rx, indices) in &got {
+            let Some(&tx) = sent_on.get(&indices[0]) else {
+                return Err(format!(
+                    "node {}: {rx:?} got index {} that node {i} never sent",
+                    1 - i,
+                    indices[0]
+                ));
+            };
+            if let Some(other) = fed.insert(tx, *rx) {
+                return Err(format!(
+                    "node {i}: {tx:?} delivered on two sessions, {other:?} and {rx:?}"
+                ));
+            }
+            if !sent[&tx].starts_with(indices) {
+                return Err(format!(
+                    "node {i} → {}: {rx:?} got {indices:?}, not a prefix of {tx:?}'s {:?}",
+                    1 - i,
+                    sent[&tx]
+                ));
+            }
+            delivered.extend(indices.iter().copied());
+        }
+        for &(sid, index) in &n.sent_ok {
+            if !delivered.contains(&index) && !n.resets.contains(&sid) && !n.ep.is_closed(sid) {
+                return Err(format!(
+                    "node {i}: message {index} on {sid:?} lost without a reset"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn payload(node: usize, index: u32) -> Message {
     let mut front = Vec::with_capacity(8);
     front.extend_from_slice(&(node as u32).to_le_bytes());
@@ -701,17 +746,21 @@ fn payload(node: usize, index: u32) -> Message {
     m
 }
 
+/// The (node, index) a received message names, after checking it is exactly what
+/// [`payload`] built for them.
 fn parse(m: &Message) -> (usize, u32) {
     let f = &m.front;
-    assert_eq!(f.len(), 8, "payload intact");
-    if let Some(d) = m.data.first() {
-        let index = u32::from_le_bytes([f[4], f[5], f[6], f[7]]);
-        assert!(d.iter().all(|b| *b == index as u8), "data intact");
-    }
-    (
-        u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize,
-        u32::from_le_bytes([f[4], f[5], f[6], f[7]]),
-    )
+    assert_eq!(f.len(), 8, "front intact");
+    let node = u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize;
+    let index = u32::from_le_bytes([f[4], f[5], f[6], f[7]]);
+    let sent = payload(node, index);
+    assert_eq!(m.ty, sent.ty, "type intact");
+    assert_eq!(m.middle, sent.middle, "middle intact");
+    assert!(
+        m.data_contiguous() == sent.data_contiguous(),
+        "data of ({node}, {index}) intact"
+    );
+    (node, index)
 }
 
 fn run_seeds(scenario: Scenario) -> Stats {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ringwire::proto::{EntityType, Message, Policy, Tuning};
@@ -33,12 +33,15 @@ fn lossless_client_to_stateful_server_echo() {
     let target = server.addrs().0[0];
     let conn = client.connect(target, EntityType::OSD);
     const N: usize = 2000;
-    for i in 0..N {
+    let sent = |i: usize| {
         let mut m = Message::new(0x10).with_front((i as u32).to_le_bytes().to_vec());
         if i % 100 == 0 {
             m = m.with_data(vec![i as u8; 300_000]);
         }
-        conn.send(m).unwrap();
+        m
+    };
+    for i in 0..N {
+        conn.send(sent(i)).unwrap();
     }
     client_rec.wait_for(Duration::from_secs(20), "echoes", |s| {
         s.iter()
@@ -53,8 +56,7 @@ fn lossless_client_to_stateful_server_echo() {
     }
     assert!(conn.is_connected());
     assert_eq!(conn.peer().unwrap().ty, EntityType::OSD);
-    let on_server = server_rec.messages();
-    assert_eq!(on_server.len(), N);
+    assert_received(&server_rec, N, sent);
     drop(client);
     drop(server);
 }
@@ -68,13 +70,15 @@ fn numbered(i: usize, big_every: usize, big: usize) -> Message {
     m
 }
 
-fn assert_in_order(msgs: &[(u64, u64, Vec<u8>)], n: usize) {
-    assert_eq!(msgs.len(), n, "every message exactly once");
-    for (i, (_, _, front)) in msgs.iter().enumerate() {
+/// `rec` received exactly the `n` messages `sent(0..n)`, in order, each intact.
+fn assert_received(rec: &Recorder, n: usize, sent: impl Fn(usize) -> Message) {
+    let got = rec.contents();
+    assert_eq!(got.len(), n, "every message exactly once");
+    for (i, (_, content)) in got.iter().enumerate() {
         assert_eq!(
-            front,
-            &(i as u32).to_le_bytes().to_vec(),
-            "message {i} in order"
+            *content,
+            Content::of(&sent(i)),
+            "message {i}: in order, intact"
         );
     }
 }
@@ -124,7 +128,7 @@ fn lossless_survives_injected_socket_failures() {
             .count()
             >= N
     });
-    assert_in_order(&server_rec.messages(), N);
+    assert_received(&server_rec, N, |i| numbered(i, 97, 1 << 20));
     assert_eq!(server_rec.count(|s| matches!(s, Seen::RemoteReset(_))), 0);
     assert_eq!(client_rec.count(|s| matches!(s, Seen::RemoteReset(_))), 0);
     let injected = server.stats().injected_faults + client.stats().injected_faults;
@@ -166,8 +170,8 @@ fn lossless_peers_connecting_both_ways_share_one_session() {
         });
     }
     for rec in &recs {
+        assert_received(rec, N, |i| numbered(i, 0, 0));
         let msgs = rec.messages();
-        assert_in_order(&msgs, N);
         let conns: std::collections::HashSet<u64> = msgs.iter().map(|m| m.0).collect();
         assert_eq!(conns.len(), 1, "one session between the peers");
     }
@@ -256,7 +260,7 @@ fn zero_copy_is_tried_and_dropped_where_the_kernel_copies_anyway() {
             .count()
             == 20
     });
-    assert_in_order(&server_rec.messages(), 20);
+    assert_received(&server_rec, 20, |i| numbered(i, 1, 1 << 20));
     let st = client.stats();
     // Loopback copies: the first zero-copy attempt says so, and the connection stops trying.
     assert!(st.zerocopy_copied >= 1, "{st:?}");
@@ -274,12 +278,16 @@ fn arena_payloads_go_out_from_the_registered_buffer_and_come_back() {
     });
     // 40 × 4 MiB through a 16 MiB arena: only possible if sent payloads return to it.
     for i in 0..40u64 {
-        let mut buf = loop {
-            match client.alloc_payload(4 << 20) {
-                Some(b) => break b,
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
-        };
+        let mut buf = None;
+        wait_until(
+            Instant::now() + Duration::from_secs(30),
+            "a sent payload back in the arena",
+            || {
+                buf = client.alloc_payload(4 << 20);
+                buf.is_some()
+            },
+        );
+        let mut buf = buf.unwrap();
         buf.fill((i % 251) as u8);
         conn.send(
             Message::new(0x10)
@@ -294,14 +302,11 @@ fn arena_payloads_go_out_from_the_registered_buffer_and_come_back() {
             .count()
             == 40
     });
-    let seen = server_rec.seen.lock().unwrap().clone();
-    let mut i = 0u64;
-    for s in seen {
-        if let Seen::Message { data_sum, .. } = s {
-            assert_eq!(data_sum, (i % 251) * (4 << 20), "payload {i} intact");
-            i += 1;
-        }
-    }
+    assert_received(&server_rec, 40, |i| {
+        Message::new(0x10)
+            .with_front((i as u32).to_le_bytes().to_vec())
+            .with_data(vec![(i % 251) as u8; 4 << 20])
+    });
     let st = client.stats();
     assert!(
         st.registered_sends >= 1,
@@ -344,4 +349,20 @@ fn rdma_without_its_device_is_a_clear_error() {
         s.iter().any(|x| matches!(x, Seen::Reset(_)))
     });
     assert!(conn.is_closed());
+    // TCP: a round trip with an echoing server.
+    let server = Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(ringwire::proto::EntityAddr::parse("v2:127.0.0.1:0").unwrap())
+        .policy(EntityType::CLIENT, Policy::stateless_server())
+        .options(options(1))
+        .start(Recorder::echoing(0x11))
+        .unwrap();
+    let tcp = client.connect(server.addrs().0[0], EntityType::OSD);
+    tcp.send(numbered(7, 0, 0)).unwrap();
+    rec.wait_for(Duration::from_secs(10), "the echo over TCP", |s| {
+        s.iter().any(|x| matches!(x, Seen::Message { .. }))
+    });
+    let echoes = rec.contents();
+    assert_eq!(echoes.len(), 1);
+    assert_eq!(echoes[0].1.ty, 0x11);
+    assert_eq!(echoes[0].1.front, 7u32.to_le_bytes());
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
+use ringwire::proto::Policy;
 use ringwire_trace_common::*;
 
 const CONN_STATES: [&str; 8] = [
@@ -50,18 +51,23 @@ fn name(table: &[&'static str], i: u64) -> &'static str {
     table.get(i as usize).copied().unwrap_or("?")
 }
 
-/// Ceph's policy factories by their flags (`Policy::probe_bits`: lossy, server, standby,
-/// resetcheck).
+/// Ceph's policy factories, named as the probes report them (`Policy::probe_bits`). The
+/// registered stateless server reports the same bits as `stateless_server`, which names both.
+const POLICIES: [(&str, Policy); 6] = [
+    ("lossy_client", Policy::lossy_client()),
+    ("stateless_server", Policy::stateless_server()),
+    ("lossless_client", Policy::lossless_client()),
+    ("stateful_server", Policy::stateful_server()),
+    ("lossless_peer", Policy::lossless_peer()),
+    ("lossless_peer_reuse", Policy::lossless_peer_reuse()),
+];
+
+/// The factory whose policy the probes encode as `bits` (`Policy::probe_bits`), or "?".
 pub fn policy_name(bits: u64) -> &'static str {
-    match bits & 0xf {
-        0b0001 => "lossy_client",
-        0b0011 => "stateless_server",
-        0b1000 => "lossless_client",
-        0b1110 => "stateful_server",
-        0b0100 => "lossless_peer",
-        0b1100 => "lossless_peer_reuse",
-        _ => "?",
-    }
+    POLICIES
+        .iter()
+        .find(|(_, p)| u64::from(p.probe_bits()) == bits)
+        .map_or("?", |(name, _)| name)
 }
 
 /// The event as (what, fields), for text or JSON.
@@ -502,8 +508,24 @@ mod tests {
 
     #[test]
     fn policies_are_named_like_the_factories() {
-        assert_eq!(policy_name(0b1110), "stateful_server");
-        assert_eq!(policy_name(0b1000), "lossless_client");
-        assert_eq!(policy_name(0b0001), "lossy_client");
+        let bits = |p: Policy| u64::from(p.probe_bits());
+        // Each factory's encoding finds its own name (so no two share an encoding).
+        for (name, policy) in POLICIES {
+            assert_eq!(policy_name(bits(policy)), name, "{policy:?}");
+        }
+        // The registered stateless server differs only in what the probes do not report.
+        assert_eq!(
+            policy_name(bits(Policy::stateless_registered_server())),
+            "stateless_server"
+        );
+        let unnamed = Policy {
+            lossy: false,
+            ..Policy::stateless_server()
+        };
+        assert_eq!(
+            policy_name(bits(unnamed)),
+            "?",
+            "no factory makes {unnamed:?}"
+        );
     }
 }

@@ -9,9 +9,10 @@
 //! - Clear errors without privileges, without probes, without the process.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ringwire::proto::{Action, ConnId, EntityAddr, EntityName, EntityType, Message, Policy, Step};
@@ -49,12 +50,53 @@ impl MessengerInterceptor for FailOnce {
     }
 }
 
-fn wait(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+#[path = "../../../messenger/tests/common/wait.rs"]
+mod wait;
+use wait::wait_until;
+
+const T: Duration = Duration::from_secs(20);
+
+fn wait(what: &str, f: impl FnMut() -> bool) {
+    wait_until(Instant::now() + T, what, f);
+}
+
+/// Collects the JSON events `tracer` prints, as they come; the thread ends with the tracer.
+fn collect_events(tracer: &mut Child) -> (Arc<Mutex<Vec<Value>>>, JoinHandle<()>) {
+    let out = BufReader::new(tracer.stdout.take().unwrap());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let reader = std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    (events, reader)
+}
+
+/// The scripted session's end is in `events`: the client session closed, and every client
+/// connection's TCP socket (by the port its conn_socket event gave) reached CLOSE.
+fn client_closed(events: &[Value]) -> bool {
+    let session_closed = events.iter().any(|e| {
+        field(e, "event") == "session_state"
+            && field(e, "policy") == "lossless_client"
+            && field(e, "new") == "CLOSED"
+    });
+    let ports: Vec<&str> = events
+        .iter()
+        .filter(|e| field(e, "event") == "conn_socket" && field(e, "role") == "client")
+        .map(|e| field(e, "local_port"))
+        .collect();
+    session_closed
+        && !ports.is_empty()
+        && ports.iter().all(|p| {
+            events.iter().any(|e| {
+                field(e, "event") == "tcp_state"
+                    && field(e, "sport") == *p
+                    && field(e, "new") == "CLOSE"
+            })
+        })
 }
 
 fn field<'a>(e: &'a Value, k: &str) -> &'a str {
@@ -126,6 +168,29 @@ fn client_builder() -> MessengerBuilder {
     .options(options())
 }
 
+/// Exposition text parsed by a real parser (so: valid exposition format).
+fn parse_exposition(exposition: &str) -> prometheus_parse::Scrape {
+    let lines = exposition.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid exposition format")
+}
+
+/// The sum of counter or gauge `name` of `pid` over the samples with `labels`.
+fn metric(exposition: &str, pid: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    parse_exposition(exposition)
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == name
+                && s.labels.get("pid") == Some(pid)
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => panic!("{name} is not a counter or gauge"),
+        })
+        .sum()
+}
+
 /// GET over plain TCP (the test has no HTTP client).
 fn http_get(url: &str) -> String {
     use std::io::{Read, Write};
@@ -156,6 +221,7 @@ fn scripted_session_is_traced_end_to_end() {
         "--pid",
         &pid,
     ]);
+    let (events, reader) = collect_events(&mut tracer);
 
     let server_seen = Arc::new(Peer::default());
     let server = start_server(server_seen.clone());
@@ -183,15 +249,27 @@ fn scripted_session_is_traced_end_to_end() {
     });
     // → mark_down
     conn.mark_down();
-    // The tracer refreshes its metrics once a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    let exposition = http_get(&metrics_url.expect("the tracer printed its metrics address"));
+    wait(
+        "the client's session and sockets closed, in the events",
+        || client_closed(&events.lock().unwrap()),
+    );
+    // The tracer refreshes its metrics once a second: wait for a refresh that has the
+    // script's last message (its exact count is checked below).
+    let metrics_url = metrics_url.expect("the tracer printed its metrics address");
+    let mut exposition = String::new();
+    wait("metrics with all 102 dispatched messages", || {
+        exposition = http_get(&metrics_url);
+        metric(
+            &exposition,
+            &pid,
+            "ringwire_trace_messages_total",
+            &[("direction", "in")],
+        ) >= 102.0
+    });
     let _ = tracer.kill();
-    let out = tracer.wait_with_output().unwrap();
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let _ = tracer.wait();
+    reader.join().unwrap();
+    let events = std::mem::take(&mut *events.lock().unwrap());
 
     // The client's session: the one its (client-role) connections belong to.
     let client_conns: Vec<&Value> = events
@@ -317,23 +395,8 @@ fn scripted_session_is_traced_end_to_end() {
 
     // The tracer's metrics: valid exposition format (a real parser), and the counters equal
     // to what the events and the script say.
-    let lines = exposition.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
-    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| {
-                s.metric == name
-                    && s.labels.get("pid") == Some(pid.as_str())
-                    && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-            })
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-                _ => panic!("{name} is not a counter or gauge"),
-            })
-            .sum()
-    };
+    let scrape = parse_exposition(&exposition);
+    let value = |name: &str, labels: &[(&str, &str)]| metric(&exposition, &pid, name, labels);
     let count = |kind: &str| events.iter().filter(|e| field(e, "event") == kind).count() as f64;
     let direction = |d| [("direction", d)];
     assert_eq!(
@@ -403,24 +466,15 @@ fn top_shows_each_connection() {
         conn.send(Message::new(PING).with_front(vec![0; i as usize]))
             .unwrap();
     }
-    // Snapshots until one shows both ends of the connection with all 50 messages.
     let mut lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (row, server_row) = loop {
-        assert!(Instant::now() < deadline, "no snapshot with the connection");
-        let snapshot: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        let rows = snapshot["connections"].as_array().unwrap();
+    let (row, server_row) = next_snapshot(&mut lines, "both ends with all 50 messages", |rows| {
         let find = |role: &str, key: &str| {
             rows.iter()
                 .find(|c| c["role"] == role && c[key] == 50 && c["state"] == "READY")
                 .cloned()
         };
-        if let (Some(client), Some(server)) =
-            (find("client", "msgs_out"), find("server", "msgs_in"))
-        {
-            break (client, server);
-        }
-    };
+        find("client", "msgs_out").zip(find("server", "msgs_in"))
+    });
     let _ = tracer.kill();
     let _ = tracer.wait();
     assert_eq!(row["peer"], format!("{server_addr}"));
@@ -443,6 +497,24 @@ fn top_shows_each_connection() {
         .as_f64()
         .expect("a latency");
     assert!(0.0 < p50 && p50 <= p99, "p50 {p50} µs, p99 {p99} µs");
+}
+
+/// Reads `top --json` snapshots from `lines` until `pick` finds what it looks for among one's
+/// connections; fails after T.
+fn next_snapshot<R>(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    what: &str,
+    mut pick: impl FnMut(&[Value]) -> Option<R>,
+) -> R {
+    let deadline = Instant::now() + T;
+    loop {
+        assert!(Instant::now() < deadline, "no snapshot with {what}");
+        let line = lines.next().expect("the tracer's output ended").unwrap();
+        let snapshot: Value = serde_json::from_str(&line).unwrap();
+        if let Some(found) = pick(snapshot["connections"].as_array().unwrap()) {
+            return found;
+        }
+    }
 }
 
 /// `ringwire-trace ARGS` run to its end, which must be a failure: its stderr.
@@ -514,27 +586,27 @@ fn retransmits_are_counted_per_connection() {
     ip(&["link", "set", "lo", "down"]);
     conn.send(Message::new(PING).with_front(vec![7; 1000]))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // With lo down TCP retransmits the message: wait until the tracer shows it.
+    let mut lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
+    let retransmitting = |c: &&Value| c["role"] == "client" && c["retransmits"].as_u64() > Some(0);
+    next_snapshot(&mut lines, "retransmits while lo is down", |rows| {
+        rows.iter().find(retransmitting).cloned()
+    });
     ip(&["link", "set", "lo", "up"]);
     wait("the message sent while the link was down", || {
         server_seen.0.load(Ordering::SeqCst) == 2
     });
-    let mut lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let row = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no snapshot with the retransmits"
-        );
-        let snapshot: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        let rows = snapshot["connections"].as_array().unwrap();
-        let found = rows.iter().find(|c| {
-            c["role"] == "client" && c["retransmits"].as_u64() > Some(0) && c["msgs_out"] == 2
-        });
-        if let Some(row) = found {
-            break row.clone();
-        }
-    };
+    // A snapshot from after the delivery: the server's row has both messages.
+    let row = next_snapshot(&mut lines, "the connection after the retransmits", |rows| {
+        let delivered = rows
+            .iter()
+            .any(|c| c["role"] == "server" && c["msgs_in"] == 2);
+        let client = rows
+            .iter()
+            .filter(retransmitting)
+            .find(|c| c["msgs_out"] == 2);
+        client.filter(|_| delivered).cloned()
+    });
     let _ = tracer.kill();
     let _ = tracer.wait();
     assert_eq!(row["state"], "READY", "the connection survived: {row}");

@@ -1,8 +1,15 @@
-//! Shared by the socket tests: a dispatcher that records everything and can echo.
+//! Shared by the socket tests: a dispatcher that records everything and can echo, and
+//! waiting for events up to a deadline (`wait`).
 #![allow(dead_code)]
+
+mod wait;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+// Not every test file waits.
+#[allow(unused_imports)]
+pub use wait::*;
 
 use ringwire::proto::{EntityAddr, EntityName, EntityType, FaultReason, Message};
 use ringwire::{Connection, Dispatcher};
@@ -12,10 +19,7 @@ pub enum Seen {
     Message {
         conn: u64,
         seq: u64,
-        ty: u16,
-        front: Vec<u8>,
-        /// Sum of the data bytes: enough to check a large payload arrived intact.
-        data_sum: u64,
+        content: Content,
     },
     Connect(u64),
     Accept(u64),
@@ -23,6 +27,52 @@ pub enum Seen {
     RemoteReset(u64),
     Refused(u64, String),
     KeepaliveAck(u64),
+}
+
+/// What a message carries end to end: its type and the bytes of its three parts (data
+/// joined into one buffer). Tests compare it with what was sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Content {
+    pub ty: u16,
+    pub front: Vec<u8>,
+    pub middle: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+impl Content {
+    pub fn of(msg: &Message) -> Self {
+        Content {
+            ty: msg.ty,
+            front: msg.front.to_vec(),
+            middle: msg.middle.to_vec(),
+            data: msg.data_contiguous().to_vec(),
+        }
+    }
+}
+
+/// Short enough for a failed `assert_eq!` on megabyte payloads: short parts in full, long ones
+/// as their length and an FNV-1a digest.
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Part<'a>(&'a [u8]);
+        impl std::fmt::Debug for Part<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if self.0.len() <= 16 {
+                    return write!(f, "{:02x?}", self.0);
+                }
+                let digest = self.0.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                write!(f, "<{} bytes, fnv {digest:016x}>", self.0.len())
+            }
+        }
+        f.debug_struct("Content")
+            .field("ty", &format_args!("{:#x}", self.ty))
+            .field("front", &Part(&self.front))
+            .field("middle", &Part(&self.middle))
+            .field("data", &Part(&self.data))
+            .finish()
+    }
 }
 
 #[derive(Default)]
@@ -82,9 +132,20 @@ impl Recorder {
             .unwrap()
             .iter()
             .filter_map(|s| match s {
-                Seen::Message {
-                    conn, seq, front, ..
-                } => Some((*conn, *seq, front.clone())),
+                Seen::Message { conn, seq, content } => Some((*conn, *seq, content.front.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The messages received, in order: (connection, content).
+    pub fn contents(&self) -> Vec<(u64, Content)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Message { conn, content, .. } => Some((*conn, content.clone())),
                 _ => None,
             })
             .collect()
@@ -100,18 +161,10 @@ impl Dispatcher for Recorder {
         if let Some(ty) = self.echo {
             let _ = conn.send(Message::new(ty).with_front(msg.front.clone()));
         }
-        let data_sum = msg
-            .data
-            .iter()
-            .flat_map(|d| d.iter())
-            .map(|b| *b as u64)
-            .sum();
         self.push(Seen::Message {
             conn: conn_id(conn),
             seq: msg.seq,
-            ty: msg.ty,
-            front: msg.front.to_vec(),
-            data_sum,
+            content: Content::of(&msg),
         });
     }
     fn on_connect(&self, conn: &Connection) {
