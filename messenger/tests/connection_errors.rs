@@ -1,6 +1,9 @@
 //! A connection that cannot be established is reported to the application with the reason:
 //! in the reset and fault callbacks, and by `Connection::wait_ready`. Real sockets on loopback.
 
+#[path = "common/wait.rs"]
+mod wait;
+
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,13 +35,10 @@ impl Reasons {
     /// marked closed, so wait for it up to a deadline.
     fn resets(&self, n: usize) -> Vec<FaultReason> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let resets = self.resets.lock().unwrap().clone();
-            if resets.len() >= n || Instant::now() > deadline {
-                return resets;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait::wait_until(deadline, "reset callbacks", || {
+            self.resets.lock().unwrap().len() >= n
+        });
+        self.resets.lock().unwrap().clone()
     }
 }
 
