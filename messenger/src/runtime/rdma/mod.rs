@@ -16,6 +16,7 @@
 //! - Completions: one CQ per worker; its completion channel fd is a multishot poll on the
 //!   worker's io_uring, and the CQ is also polled on every pass of the loop.
 
+mod ibv;
 mod record;
 mod verbs;
 
@@ -28,13 +29,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types};
-use rdma_mummy_sys as sys;
-use sideway::ibverbs::memory_region::MemoryRegion;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 pub(super) use self::record::HELLO_LEN;
 use self::record::{Body, Credits, Header, Hello, HEADER_LEN, READY};
-use self::verbs::{Device, Qp};
+use self::verbs::{Device, MemoryRegion, Qp};
 use super::transport::{user_data, Cx, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::Command;
 use crate::proto::endpoint::IdMap;
@@ -162,7 +161,7 @@ pub(crate) struct Rdma {
     held_back: Vec<usize>,
     /// Connections that found no free send buffer: woken when one is released.
     send_waiters: Vec<usize>,
-    wcs: Vec<sys::ibv_wc>,
+    wcs: Vec<ibv::ibv_wc>,
 }
 
 fn bump(a: &AtomicU64, n: u64) {
@@ -688,7 +687,7 @@ impl Rdma {
             }
             WR_READ => {
                 let r = c.reading.take();
-                if status == sys::ibv_wc_status::IBV_WC_SUCCESS {
+                if status == ibv::IBV_WC_SUCCESS {
                     let r = r.expect("a READ was in flight");
                     let counters = &cx.shared.counters;
                     bump(&counters.rdma_read_bytes, r.len as u64);
@@ -717,13 +716,13 @@ impl Rdma {
                 }
             }
             _ => {
-                if status == sys::ibv_wc_status::IBV_WC_SUCCESS {
+                if status == ibv::IBV_WC_SUCCESS {
                     c.arrived.push_back((slot, byte_len));
                 }
             }
         }
-        if status != sys::ibv_wc_status::IBV_WC_SUCCESS {
-            if status != sys::ibv_wc_status::IBV_WC_WR_FLUSH_ERR {
+        if status != ibv::IBV_WC_SUCCESS {
+            if status != ibv::IBV_WC_WR_FLUSH_ERR {
                 bump(&cx.shared.counters.rdma_errors, 1);
                 let what = match kind {
                     WR_SEND => "SEND",
@@ -843,7 +842,7 @@ impl Rdma {
         // SAFETY: the target is kept in `reading` until the READ completes.
         let mr = unsafe { dev.register(dst, n, false) }?;
         bump(&cx.shared.counters.rdma_registrations, 1);
-        let sge = sys::ibv_sge {
+        let sge = ibv::ibv_sge {
             addr: dst as u64,
             length: n as u32,
             lkey: mr.lkey(),
@@ -1036,19 +1035,19 @@ impl Rdma {
 /// The scatter-gather list of one SEND, in stream order: the send buffer's header and copied
 /// bytes, with arena payloads between them.
 struct Sges {
-    list: [sys::ibv_sge; MAX_SGE],
+    list: [ibv::ibv_sge; MAX_SGE],
     len: usize,
 }
 
 impl Sges {
     /// Starts with the header: the first `header_len` bytes at `base`.
     fn new(base: *mut u8, header_len: usize, lkey: u32) -> Self {
-        let mut list = [sys::ibv_sge {
+        let mut list = [ibv::ibv_sge {
             addr: 0,
             length: 0,
             lkey: 0,
         }; MAX_SGE];
-        list[0] = sys::ibv_sge {
+        list[0] = ibv::ibv_sge {
             addr: base as u64,
             length: header_len as u32,
             lkey,
@@ -1067,7 +1066,7 @@ impl Sges {
         if self.len == MAX_SGE {
             return false;
         }
-        self.list[self.len] = sys::ibv_sge {
+        self.list[self.len] = ibv::ibv_sge {
             addr: at as u64,
             length: len as u32,
             lkey,
@@ -1076,7 +1075,7 @@ impl Sges {
         true
     }
 
-    fn as_mut(&mut self) -> &mut [sys::ibv_sge] {
+    fn as_mut(&mut self) -> &mut [ibv::ibv_sge] {
         &mut self.list[..self.len]
     }
 }
@@ -1089,7 +1088,7 @@ fn post_record(
     i: usize,
     slot: u32,
     body: Body,
-    sges: &mut [sys::ibv_sge],
+    sges: &mut [ibv::ibv_sge],
     held: Vec<Bytes>,
 ) -> Result<(), String> {
     let header = Header {
