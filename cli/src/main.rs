@@ -80,10 +80,11 @@ enum Command {
         /// Policy pair: lossless (lossless_client/stateful_server), lossy, or peer.
         #[arg(long, default_value = "lossless")]
         policy: String,
-        /// Ping-pong message size (front bytes).
+        /// Payload bytes of each ping-pong and rate-phase message, Ringwire (front segment,
+        /// sequence number in the first 8 bytes) and baselines alike; at least 8.
         #[arg(long, default_value_t = 64)]
         size: usize,
-        /// Streaming message size (data bytes).
+        /// Payload bytes of each stream message, Ringwire (data segment) and baselines alike.
         #[arg(long, default_value_t = 4 << 20)]
         large: usize,
         /// Connections for the many-connection message rate (all on one worker).
@@ -162,8 +163,8 @@ fn main() -> ExitCode {
             };
             let args = cmd::bench::BenchArgs {
                 policy,
-                small: size.max(8),
-                large: large.max(8),
+                small: size,
+                large,
                 connections,
                 duration: Duration::from_secs_f64(duration),
                 rounds: rounds.max(1),
@@ -175,6 +176,10 @@ fn main() -> ExitCode {
                 transport,
                 busy_poll: Duration::from_micros(busy_poll_us),
             };
+            if let Err(e) = args.validate() {
+                eprintln!("ringwire bench: {e}");
+                return ExitCode::from(2);
+            }
             match cmd::bench::run(args) {
                 Ok(report) if json => {
                     println!("{}", serde_json::to_string(&report).expect("serialisable"));

@@ -618,15 +618,19 @@ fn rxe_bench(root: &Path, rounds: usize) -> Result<(), String> {
         &["build", "--release", "--locked", "-p", "ringwire-cli"],
     )?;
     let ringwire = target_dir(root).join("release").join("ringwire");
+    // One size per phase for every side: the ping-pong payload of `ringwire bench --size` and
+    // `ib_send_lat -s`, the stream message of `--large`, `ib_write_bw -s` and `rstream -S`.
+    const SMALL: usize = 64;
+    const LARGE: usize = 4 << 20;
     let round = format!(
         r#"echo "ROUND $r"
-{rw} bench --transport rdma --rounds 1 --iters 3000 --connections 20 --duration 1 --no-pin --busy-poll-us 200 --json || exit 1
-ib_send_lat -d rxe0 -x 0 -s 64 -n 3000 >/dev/null 2>&1 & sleep 1
-ib_send_lat -d rxe0 -x 0 -s 64 -n 3000 127.0.0.1 | awk '$1 == 64 {{print "IB_SEND_LAT_US", $5}}'; wait
-ib_write_bw -d rxe0 -x 0 -s 4194304 -n 100 >/dev/null 2>&1 & sleep 1
-ib_write_bw -d rxe0 -x 0 -s 4194304 -n 100 127.0.0.1 | awk '$1 == 4194304 {{print "IB_WRITE_BW_MIBPS", $4}}'; wait
-rstream -b "$A%rxenet0" -S 4194304 -C 50 >/dev/null 2>&1 & sleep 1
-rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_GBPS", $7}}'; wait
+{rw} bench --transport rdma --rounds 1 --iters 3000 --connections 20 --duration 1 --no-pin --busy-poll-us 200 --size {SMALL} --large {LARGE} --json || exit 1
+ib_send_lat -d rxe0 -x 0 -s {SMALL} -n 3000 >/dev/null 2>&1 & sleep 1
+ib_send_lat -d rxe0 -x 0 -s {SMALL} -n 3000 127.0.0.1 | awk '$1 == {SMALL} {{print "IB_SEND_LAT_US", $5}}'; wait
+ib_write_bw -d rxe0 -x 0 -s {LARGE} -n 100 >/dev/null 2>&1 & sleep 1
+ib_write_bw -d rxe0 -x 0 -s {LARGE} -n 100 127.0.0.1 | awk '$1 == {LARGE} {{print "IB_WRITE_BW_MIBPS", $4}}'; wait
+rstream -b "$A%rxenet0" -S {LARGE} -C 50 >/dev/null 2>&1 & sleep 1
+rstream -s "$A%rxenet0" -S {LARGE} -C 50 | awk '$1 == "custom" {{print "RSTREAM_GBPS", $7}}'; wait
 "#,
         rw = ringwire.display()
     );
@@ -669,6 +673,16 @@ rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_
         if let Some(at) = line.find("{\"policy\"") {
             let v: serde_json::Value =
                 serde_json::from_str(&line[at..]).map_err(|e| format!("bench JSON: {e}"))?;
+            // The payload Ringwire's receivers saw must be what the references move.
+            let sizes = &v["sizes"];
+            for (phase, want) in [("ping_pong", SMALL), ("stream", LARGE)] {
+                if sizes[phase]["ringwire"].as_u64() != Some(want as u64) {
+                    return Err(format!(
+                        "ringwire bench sent {} payload bytes in its {phase} phase, not {want}",
+                        sizes[phase]["ringwire"]
+                    ));
+                }
+            }
             r.rw_p50_us = v["median"]["rw_p50_us"].as_f64().unwrap_or(0.0);
             r.rw_stream_mbps = v["median"]["rw_stream_mbps"].as_f64().unwrap_or(0.0);
             r.std_p50_us = v["median"]["std_p50_us"].as_f64().unwrap_or(0.0);
@@ -707,7 +721,7 @@ rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_
         done.len()
     );
     println!(
-        "  64 B round trip: ringwire p50 {:.1} us, ib_send_lat typical {:.1} us: {:.2} x",
+        "  {SMALL} B round trip: ringwire p50 {:.1} us, ib_send_lat typical {:.1} us: {:.2} x",
         med(&|r| r.rw_p50_us),
         med(&|r| r.send_lat_us),
         med(&|r| r.rw_p50_us / r.send_lat_us)
@@ -719,7 +733,8 @@ rstream -s "$A%rxenet0" -S 4194304 -C 50 | awk '$1 == "custom" {{print "RSTREAM_
         med(&|r| r.crc_mbps)
     );
     println!(
-        "  4 MiB stream: ringwire {:.1} MB/s, ib_write_bw {:.1} MB/s: {:.2} x; rstream {:.1} MB/s: ringwire {:.2} x rstream",
+        "  {} MiB stream: ringwire {:.1} MB/s, ib_write_bw {:.1} MB/s: {:.2} x; rstream {:.1} MB/s: ringwire {:.2} x rstream",
+        LARGE >> 20,
         med(&|r| r.rw_stream_mbps),
         med(&|r| r.write_bw_mbps),
         med(&|r| r.rw_stream_mbps / r.write_bw_mbps),

@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning};
+use bytes::{Bytes, BytesMut};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning, TxQueue};
 use ringwire::{Connection, Dispatcher, Messenger, Options};
 use ringwire_bench as baseline;
 use serde::Serialize;
@@ -29,7 +29,10 @@ const MANY_PONG: u16 = 0x5006;
 
 pub struct BenchArgs {
     pub policy: String,
+    /// Payload bytes of each ping-pong and rate-phase message, on every side (at least 8: the
+    /// first 8 carry Ringwire's sequence number).
     pub small: usize,
+    /// Payload bytes of each stream message, on every side (Ringwire: the data segment).
     pub large: usize,
     pub connections: usize,
     pub duration: Duration,
@@ -42,6 +45,26 @@ pub struct BenchArgs {
     /// `tcp` or `rdma`: how the messengers reach each other (the baselines are TCP).
     pub transport: String,
     pub busy_poll: Duration,
+}
+
+impl BenchArgs {
+    /// Rejects sizes the benchmark cannot send as asked (nothing is rounded up behind the
+    /// caller's back: every side sends exactly these sizes).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.small < 8 {
+            return Err(format!(
+                "--size {}: ping-pong messages carry at least 8 bytes (the first 8 hold the sequence number the integrity check reads)",
+                self.small
+            ));
+        }
+        if self.large == 0 {
+            return Err("--large 0: stream messages carry at least 1 byte".into());
+        }
+        if self.connections == 0 {
+            return Err("--connections 0: the rate phase needs at least 1 connection".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -69,6 +92,36 @@ pub struct Integrity {
     pub duplicated: u64,
     pub reordered: u64,
     pub injected_faults: u64,
+    /// Echoes (pongs) whose sequence number is not the one of the ping they answer.
+    pub echo_mismatches: u64,
+}
+
+/// Bytes per message of one phase, for every side. Rates count payload bytes only.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSizes {
+    /// Payload bytes (front + middle + data) of each Ringwire message, as the receiving
+    /// messenger saw them (every message of the phase had this size, or the run fails).
+    pub ringwire: usize,
+    /// Bytes of each message of the blocking std baseline.
+    pub std: usize,
+    /// Bytes of each message of the io_uring baseline (the rate phase has none).
+    pub io_uring: Option<usize>,
+    /// Payload bytes of each Ringwire reply, as received (the echo, or the stream's empty
+    /// acknowledgement). The baselines echo their ping-pong messages and acknowledge a whole
+    /// stream with one byte.
+    pub ringwire_reply: usize,
+    /// Bytes a Ringwire message occupies on a TCP connection beyond its payload: the msgr2
+    /// frame's preamble, message header, CRCs and epilogue (the session's ACK frames are not
+    /// included). Not counted in any rate; the baselines have no framing.
+    pub ringwire_frame_overhead: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    pub ping_pong: PhaseSizes,
+    pub stream: PhaseSizes,
+    /// Ringwire on `connections` connections against the std ping-pong on one.
+    pub rate: PhaseSizes,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,8 +129,12 @@ pub struct Report {
     pub policy: String,
     pub transport: String,
     pub pinned_cpu: Option<usize>,
+    /// Payload bytes of each ping-pong and rate-phase message, Ringwire and baselines alike.
     pub small_bytes: usize,
+    /// Payload bytes of each stream message, Ringwire (data segment) and baselines alike.
     pub large_bytes: usize,
+    /// Per phase and per side, as measured.
+    pub sizes: Sizes,
     pub connections: usize,
     pub rounds: Vec<Round>,
     pub median: Round,
@@ -135,7 +192,12 @@ fn key(c: &Connection) -> u64 {
     c.id()
 }
 
+/// The sequence number a message carries: in the first 8 bytes of a ping's front, in the tid
+/// of a stream message (whose payload is the data segment alone, as the baselines' is).
 fn seq_of(m: &Message) -> u64 {
+    if m.ty == DATA {
+        return m.tid;
+    }
     let f = &m.front;
     if f.len() >= 8 {
         u64::from_le_bytes(f[..8].try_into().expect("8 bytes"))
@@ -144,17 +206,53 @@ fn seq_of(m: &Message) -> u64 {
     }
 }
 
-fn numbered(ty: u16, seq: u64) -> Message {
-    Message::new(ty).with_front(seq.to_le_bytes().to_vec())
+/// Smallest and largest payload seen per message type (`PING..=MANY_PONG`), so that the
+/// report states the sizes that were sent, not the ones that were asked for.
+struct Seen([(AtomicUsize, AtomicUsize); 6]);
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen(std::array::from_fn(|_| {
+            (AtomicUsize::new(usize::MAX), AtomicUsize::new(0))
+        }))
+    }
 }
 
-/// The server side: echoes pings, acknowledges data, checks order.
+impl Seen {
+    fn record(&self, m: &Message) {
+        let Some((min, max)) = self.0.get(m.ty.wrapping_sub(PING) as usize) else {
+            return;
+        };
+        let len = m.payload_len();
+        // Plain loads on the usual path: every message of a phase has the same size.
+        if len < min.load(Ordering::Relaxed) {
+            min.fetch_min(len, Ordering::Relaxed);
+        }
+        if len > max.load(Ordering::Relaxed) {
+            max.fetch_max(len, Ordering::Relaxed);
+        }
+    }
+
+    /// The one payload size messages of type `ty` had.
+    fn size(&self, ty: u16, what: &str) -> Result<usize, String> {
+        let (min, max) = &self.0[(ty - PING) as usize];
+        match (min.load(Ordering::Relaxed), max.load(Ordering::Relaxed)) {
+            (min, max) if min == max => Ok(min),
+            (usize::MAX, 0) => Err(format!("no {what} arrived")),
+            (min, max) => Err(format!("{what} arrived with {min} to {max} payload bytes")),
+        }
+    }
+}
+
+/// The server side: echoes pings (the same bytes), acknowledges data, checks order.
 struct Server {
     checker: Arc<Checker>,
+    seen: Arc<Seen>,
 }
 
 impl Dispatcher for Server {
     fn dispatch(&self, conn: &Connection, msg: Message) {
+        self.seen.record(&msg);
         let reply = match msg.ty {
             PING => Message::new(PONG).with_front(msg.front.clone()),
             DATA => Message::new(DATA_ACK),
@@ -182,27 +280,52 @@ struct ClientState {
     record: bool,
     remaining: u64,
     done: Option<Sender<()>>,
+    /// Ping payloads are split off this buffer: one allocation per many messages.
+    slab: BytesMut,
 }
+
+/// Bytes of ping payloads per slab allocation (at least one payload).
+const SLAB_BYTES: usize = 64 << 10;
 
 /// The client side: ping-pong and windowed streaming, driven from the dispatcher so the
 /// next message leaves from the worker thread as soon as the previous answer arrives.
 struct Client {
     state: Mutex<ClientState>,
+    /// Payload bytes of a ping (`--size`): the sequence number, then `PING_FILL`.
+    small: usize,
     /// The stream's payload: from the client's registered arena over RDMA (sent without a
     /// copy), a plain heap buffer over TCP.
     data: std::sync::OnceLock<Bytes>,
     stop: AtomicBool,
     pongs: AtomicU64,
     sent: AtomicU64,
+    echo_mismatches: AtomicU64,
+    seen: Arc<Seen>,
 }
 
+const PING_FILL: u8 = 0x5a;
+
 impl Client {
-    fn send(&self, conn: &Connection, flow: &mut Flow, ty: u16) {
-        flow.next_seq += 1;
-        let mut m = numbered(ty, flow.next_seq);
+    /// The message of type `ty` numbered `seq`: a ping carries `small` payload bytes in its
+    /// front, the sequence number first; a stream message carries the data segment alone
+    /// (`large` bytes), its sequence number in the header's tid.
+    fn message(&self, slab: &mut BytesMut, ty: u16, seq: u64) -> Message {
         if ty == DATA {
-            m = m.with_data(self.data.get().expect("set at start").clone());
+            return Message::new(DATA)
+                .with_tid(seq)
+                .with_data(self.data.get().expect("set at start").clone());
         }
+        if slab.capacity() < self.small {
+            slab.reserve(self.small.max(SLAB_BYTES));
+        }
+        slab.extend_from_slice(&seq.to_le_bytes());
+        slab.resize(self.small, PING_FILL);
+        Message::new(ty).with_front(slab.split().freeze())
+    }
+
+    fn send(&self, conn: &Connection, slab: &mut BytesMut, flow: &mut Flow, ty: u16) {
+        flow.next_seq += 1;
+        let m = self.message(slab, ty, flow.next_seq);
         flow.sent_at = Some(Instant::now());
         if conn.send(m).is_ok() && ty != MANY_PING {
             self.sent.fetch_add(1, Ordering::Relaxed);
@@ -211,10 +334,9 @@ impl Client {
 
     fn start(&self, conn: &Connection, ty: u16, in_flight: usize) {
         let mut st = self.state.lock().expect("not poisoned");
-        let flow = st.flows.entry(key(conn)).or_default();
-        let mut flow = std::mem::take(flow);
+        let mut flow = st.flows.remove(&key(conn)).unwrap_or_default();
         for _ in 0..in_flight {
-            self.send(conn, &mut flow, ty);
+            self.send(conn, &mut st.slab, &mut flow, ty);
         }
         st.flows.insert(key(conn), flow);
     }
@@ -228,10 +350,15 @@ impl Dispatcher for Client {
             MANY_PONG => MANY_PING,
             _ => return,
         };
+        self.seen.record(&msg);
         self.pongs.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("not poisoned");
         let k = key(conn);
         let mut flow = st.flows.remove(&k).unwrap_or_default();
+        // One ping in flight per connection: its echo carries the last sequence number sent.
+        if next != DATA && seq_of(&msg) != flow.next_seq {
+            self.echo_mismatches.fetch_add(1, Ordering::Relaxed);
+        }
         if st.record {
             if let Some(t) = flow.sent_at {
                 st.rtts.push(t.elapsed());
@@ -246,7 +373,7 @@ impl Dispatcher for Client {
             st.remaining == u64::MAX
         };
         if more {
-            self.send(conn, &mut flow, next);
+            self.send(conn, &mut st.slab, &mut flow, next);
         } else if let Some(done) = st.done.take() {
             let _ = done.send(());
         }
@@ -285,6 +412,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     };
     options.rdma.busy_poll = args.busy_poll;
     let server_checker = Arc::new(Checker::default());
+    let seen = Arc::new(Seen::default());
     let server = Messenger::builder(EntityName {
         ty: EntityType::OSD,
         id: "0".into(),
@@ -296,14 +424,18 @@ fn start_pair(args: &BenchArgs) -> Result<Pair, String> {
     .options(options.clone())
     .start(Arc::new(Server {
         checker: server_checker.clone(),
+        seen: seen.clone(),
     }))
     .map_err(|e| e.to_string())?;
     let client_side = Arc::new(Client {
         state: Mutex::new(ClientState::default()),
+        small: args.small,
         data: std::sync::OnceLock::new(),
         stop: AtomicBool::new(false),
         pongs: AtomicU64::new(0),
         sent: AtomicU64::new(0),
+        echo_mismatches: AtomicU64::new(0),
+        seen,
     });
     let client_type = if args.policy == "peer" {
         EntityType::OSD
@@ -376,7 +508,7 @@ fn refresh(p: &Pair, many: &mut [Connection]) -> Result<(), String> {
     wait_connected(many, Duration::from_secs(1))
 }
 
-/// 64 B ping-pong on one connection: returns sorted round trips.
+/// Ping-pong of `small`-byte messages on one connection: returns sorted round trips.
 fn rw_pingpong(p: &Pair, args: &BenchArgs, conn: &Connection) -> Result<Vec<Duration>, String> {
     let c = &p.client_side;
     let (tx, rx) = channel();
@@ -513,6 +645,7 @@ impl Progress {
 }
 
 pub fn run(args: BenchArgs) -> Result<Report, String> {
+    args.validate()?;
     if let Some(cpu) = args.cpu {
         if !baseline::pin_to_cpu(cpu) {
             return Err(format!(
@@ -624,13 +757,16 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         duplicated,
         reordered: ck.reordered.load(Ordering::Relaxed),
         injected_faults: p.server.stats().injected_faults + p.client.stats().injected_faults,
+        echo_mismatches: p.client_side.echo_mismatches.load(Ordering::Relaxed),
     };
+    let sizes = measured_sizes(&p, &args)?;
     Ok(Report {
         policy: args.policy.clone(),
         transport: args.transport.clone(),
         pinned_cpu: args.cpu,
         small_bytes: args.small,
         large_bytes: args.large,
+        sizes,
         connections: args.connections,
         ratio_p50_vs_std: col(|r| r.rw_p50_us / r.std_p50_us),
         ratio_p50_vs_uring: col(|r| r.rw_p50_us / r.uring_p50_us),
@@ -641,6 +777,45 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         median: med,
         idle_connection_bytes,
         integrity,
+    })
+}
+
+/// The sizes every side sent in each phase: Ringwire's as its receivers saw them, checked
+/// against the baselines' (which send exactly what they are given).
+fn measured_sizes(p: &Pair, args: &BenchArgs) -> Result<Sizes, String> {
+    let c = &p.client_side;
+    let seen = &c.seen;
+    // What a message costs on a TCP connection beyond its payload, encoded as the runtime
+    // encodes it.
+    let overhead = |ty: u16| {
+        let m = c.message(&mut BytesMut::new(), ty, 1);
+        m.encode_frame(&mut TxQueue::default(), 1, 0) - m.payload_len()
+    };
+    let phase = |ty: u16, reply: u16, what: &str, baseline: usize, io_uring: bool| {
+        let ringwire = seen.size(ty, &format!("Ringwire {what} messages"))?;
+        if ringwire != baseline {
+            return Err(format!(
+                "Ringwire's {what} messages carried {ringwire} payload bytes, the baselines' {baseline}"
+            ));
+        }
+        let ringwire_reply = seen.size(reply, &format!("Ringwire {what} replies"))?;
+        if reply != DATA_ACK && ringwire_reply != ringwire {
+            return Err(format!(
+                "Ringwire's {what} echoes carried {ringwire_reply} payload bytes, not {ringwire}"
+            ));
+        }
+        Ok(PhaseSizes {
+            ringwire,
+            std: baseline,
+            io_uring: io_uring.then_some(baseline),
+            ringwire_reply,
+            ringwire_frame_overhead: overhead(ty),
+        })
+    };
+    Ok(Sizes {
+        ping_pong: phase(PING, PONG, "ping-pong", args.small, true)?,
+        stream: phase(DATA, DATA_ACK, "stream", args.large, true)?,
+        rate: phase(MANY_PING, MANY_PONG, "rate-phase", args.small, false)?,
     })
 }
 
@@ -662,14 +837,25 @@ fn clone_args(a: &BenchArgs) -> BenchArgs {
     }
 }
 
+/// `n` bytes as the docs write them: 64 B, 4 KiB, 4 MiB, 1000 B.
+fn human_bytes(n: usize) -> String {
+    match n {
+        0 => "0 B".into(),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
 pub fn print(r: &Report) {
     let m = &r.median;
+    let z = &r.sizes;
+    let small = human_bytes(z.ping_pong.ringwire);
+    let large = human_bytes(z.stream.ringwire);
     println!(
-        "ringwire bench: {} transport, policy {}, {} B ping-pong, {} B stream, {} connections, {} rounds{}",
+        "ringwire bench: {} transport, policy {}, {} connections, {} rounds{}",
         r.transport,
         r.policy,
-        r.small_bytes,
-        r.large_bytes,
         r.connections,
         r.rounds.len(),
         r.pinned_cpu
@@ -677,18 +863,35 @@ pub fn print(r: &Report) {
             .unwrap_or_default()
     );
     println!(
+        "payload per message, Ringwire and baselines alike: ping-pong and rate {small} (echoed), stream {large}; \
+         Ringwire's msgr2 framing adds {} B and {} B per message, not counted",
+        z.ping_pong.ringwire_frame_overhead, z.stream.ringwire_frame_overhead
+    );
+    println!(
         "{:<34} {:>12} {:>12} {:>12} {:>16}",
         "figure (median)", "ringwire", "std", "io_uring", "ratio"
     );
     println!(
         "{:<34} {:>9.1} us {:>9.1} us {:>9.1} us {:>9.2} x std",
-        "ping-pong p50", m.rw_p50_us, m.std_p50_us, m.uring_p50_us, r.ratio_p50_vs_std
+        format!("{small} ping-pong p50"),
+        m.rw_p50_us,
+        m.std_p50_us,
+        m.uring_p50_us,
+        r.ratio_p50_vs_std
     );
-    println!("{:<34} {:>9.1} us", "ping-pong p99", m.rw_p99_us);
-    println!("{:<34} {:>9.1} us", "ping-pong p999", m.rw_p999_us);
+    println!(
+        "{:<34} {:>9.1} us",
+        format!("{small} ping-pong p99"),
+        m.rw_p99_us
+    );
+    println!(
+        "{:<34} {:>9.1} us",
+        format!("{small} ping-pong p999"),
+        m.rw_p999_us
+    );
     println!(
         "{:<34} {:>7.0} MB/s {:>7.0} MB/s {:>7.0} MB/s {:>7.2} x uring",
-        "one-connection stream",
+        format!("{large} stream, one connection"),
         m.rw_stream_mbps,
         m.std_stream_mbps,
         m.uring_stream_mbps,
@@ -696,7 +899,11 @@ pub fn print(r: &Report) {
     );
     println!(
         "{:<34} {:>9.0}/s {:>9.0}/s {:>12} {:>9.2} x std",
-        format!("ping-pong rate, {} conns vs 1", r.connections),
+        format!(
+            "{} rate, {} conns vs 1",
+            human_bytes(z.rate.ringwire),
+            r.connections
+        ),
         m.rw_many_msgs_per_sec,
         m.std_one_msgs_per_sec,
         "",
@@ -704,7 +911,8 @@ pub fn print(r: &Report) {
     );
     println!(
         "{:<34} {:>6.0} MB/s",
-        "CRC32C over the payload, one CPU", m.crc32c_mbps
+        format!("CRC32C over {large}, one CPU"),
+        m.crc32c_mbps
     );
     if let Some(b) = r.idle_connection_bytes {
         println!(
@@ -715,7 +923,21 @@ pub fn print(r: &Report) {
     }
     let i = &r.integrity;
     println!(
-        "messages: {} sent, {} received, {} lost, {} duplicated, {} reordered ({} injected socket failures)",
-        i.sent, i.received, i.lost, i.duplicated, i.reordered, i.injected_faults
+        "messages: {} sent, {} received, {} lost, {} duplicated, {} reordered, {} echoes mismatched ({} injected socket failures)",
+        i.sent, i.received, i.lost, i.duplicated, i.reordered, i.echo_mismatches, i.injected_faults
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn labels_name_the_sizes() {
+        assert_eq!(human_bytes(64), "64 B");
+        assert_eq!(human_bytes(1000), "1000 B");
+        assert_eq!(human_bytes(4096), "4 KiB");
+        assert_eq!(human_bytes(4 << 20), "4 MiB");
+        assert_eq!(human_bytes((4 << 20) + 8), "4194312 B");
+    }
 }
