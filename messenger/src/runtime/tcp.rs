@@ -12,7 +12,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::bufring::BufRing;
-use super::transport::{user_data, Cx, Listeners, ProbeIds, Transport, KEY_MASK};
+use super::transport::{user_data, Cx, Gate, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::{io_uring_error, Command};
 use crate::proto::endpoint::IdMap;
 use crate::proto::{ConnId, Endpoint, Handoff};
@@ -272,19 +272,16 @@ impl Tcp {
                 _ => self.submit_send(cx, key, chunks),
             }
         }
-        let backlog = cx.ep.tx_queue(conn).map_or(0, |q| q.len());
         let s = self.socks.get_mut(&key).expect("present");
         if matches!(s.recv, RecvState::Idle) && !cx.shutting_down {
-            let counters = &cx.shared.counters;
-            if backlog > cx.shared.max_send_backlog {
-                // Re-armed when a send completes (which marks the socket dirty).
-                counters.backlog_stalls.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            if cx.shared.throttle.as_ref().is_some_and(|t| t.over()) {
-                counters.throttle_stalls.fetch_add(1, Ordering::Relaxed);
-                self.held_back.push(key);
-                return;
+            match cx.receive_gate(conn) {
+                Gate::Open => {}
+                // A completed send marks the socket dirty, which comes back here.
+                Gate::Backlog => return,
+                Gate::Throttled => {
+                    self.held_back.push(key);
+                    return;
+                }
             }
             let s = self.socks.get_mut(&key).expect("present");
             let fd = s.fd.as_raw_fd();

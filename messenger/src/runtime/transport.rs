@@ -1,15 +1,15 @@
 //! What a worker asks of a transport. A transport owns the connections of one kind (TCP
-//! sockets today), starts ring operations for them and turns their completions into endpoint
-//! input; the worker owns the ring, the endpoint, commands, events and timers. The
-//! message-oriented transport with registered memory (RDMA) fits the same shape: its
-//! completion channel is one more ring operation, its records and READs feed the same
-//! endpoint, and the protocol core does not change (see `rdma/`).
+//! sockets in `tcp.rs`, RC queue pairs in `rdma/`), starts ring operations for them and turns
+//! their completions into endpoint input; the worker owns the ring, the endpoint, commands,
+//! events and timers, and drives every transport through [`Transport`]. Whether a connection
+//! may be read ([`Cx::receive_gate`]) is decided here, once for both.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
 use socket2::SockAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -29,7 +29,34 @@ pub(crate) struct Cx<'a> {
     pub shutting_down: bool,
 }
 
+/// Whether a connection may be read now. Both transports ask before each receive, so that
+/// what holds a peer back is decided in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    Open,
+    /// Its unsent bytes are over `max_send_backlog`: read again when a send completes, so a
+    /// peer that sends but never reads cannot make us buffer its replies without bound.
+    Backlog,
+    /// The dispatch throttle is full: read again on `Transport::unthrottle`.
+    Throttled,
+}
+
 impl Cx<'_> {
+    /// The [`Gate`] for reading `conn`, counted in the stall counters when closed.
+    pub fn receive_gate(&mut self, conn: ConnId) -> Gate {
+        let backlog = self.ep.tx_queue(conn).map_or(0, |q| q.len());
+        let counters = &self.shared.counters;
+        if backlog > self.shared.max_send_backlog {
+            counters.backlog_stalls.fetch_add(1, Ordering::Relaxed);
+            return Gate::Backlog;
+        }
+        if self.shared.throttle.as_ref().is_some_and(|t| t.over()) {
+            counters.throttle_stalls.fetch_add(1, Ordering::Relaxed);
+            return Gate::Throttled;
+        }
+        Gate::Open
+    }
+
     /// Queues a ring operation (submitting first if the queue is full).
     pub fn push(&mut self, e: squeue::Entry) {
         // SAFETY: every buffer an entry points to is owned by the transport (or the worker)

@@ -18,7 +18,7 @@ use super::start::build_ring;
 use super::tcp::Tcp;
 use super::transport::{user_data, Cx, Transport};
 use super::{Shared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
-use crate::proto::{Endpoint, EndpointConfig, Fabric, Interceptor, Io, Time};
+use crate::proto::{ConnId, Endpoint, EndpointConfig, Fabric, Interceptor, Io, Time};
 use crate::Error;
 
 /// The eventfd read's operation kind (the transport's kinds are below it).
@@ -29,8 +29,7 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) struct Worker {
     // Dropped first: unregisters the transport's buffers before their memory goes.
     ring: IoUring,
-    tcp: Tcp,
-    rdma: Rdma,
+    transports: Transports,
     index: usize,
     shared: Arc<Shared>,
     ep: Endpoint,
@@ -45,6 +44,47 @@ pub(super) struct Worker {
     next_announce: Time,
     announcing: bool,
     shutting_down: bool,
+}
+
+/// The worker's transports, driven through [`Transport`]: what every transport does goes to
+/// all of them, what concerns one connection goes to the one that owns it.
+struct Transports {
+    tcp: Tcp,
+    rdma: Rdma,
+}
+
+impl Transports {
+    fn all(&self) -> [&dyn Transport; 2] {
+        [&self.tcp, &self.rdma]
+    }
+
+    fn all_mut(&mut self) -> [&mut dyn Transport; 2] {
+        [&mut self.tcp, &mut self.rdma]
+    }
+
+    fn owner(&mut self, conn: ConnId) -> &mut dyn Transport {
+        if self.rdma.owns(conn) {
+            &mut self.rdma
+        } else {
+            &mut self.tcp
+        }
+    }
+
+    fn for_fabric(&mut self, fabric: Fabric) -> &mut dyn Transport {
+        match fabric {
+            Fabric::Rdma => &mut self.rdma,
+            Fabric::Tcp => &mut self.tcp,
+        }
+    }
+
+    /// The transport whose ring operations have this kind (user data's top byte).
+    fn by_kind(&mut self, kind: u64) -> &mut dyn Transport {
+        if rdma::owns_kind(kind) {
+            &mut self.rdma
+        } else {
+            &mut self.tcp
+        }
+    }
 }
 
 /// Borrows the worker's ring, endpoint and shared state for a transport call.
@@ -86,8 +126,7 @@ impl Worker {
         let handles = HandleTable::new(shared.clone(), index);
         let mut w = Worker {
             ring,
-            tcp,
-            rdma,
+            transports: Transports { tcp, rdma },
             index,
             shared,
             ep,
@@ -128,15 +167,12 @@ impl Worker {
             }
             return;
         }
-        if rdma::owns_kind(ud >> 56) {
-            self.rdma.complete(&mut cx!(self), ud, res, flags);
-        } else {
-            self.tcp.complete(&mut cx!(self), ud, res, flags);
-        }
+        let t = self.transports.by_kind(ud >> 56);
+        t.complete(&mut cx!(self), ud, res, flags);
     }
 
     fn is_idle(&self) -> bool {
-        self.tcp.is_idle() && self.rdma.is_idle()
+        self.transports.all().into_iter().all(|t| t.is_idle())
     }
 
     pub(super) fn run(&mut self) {
@@ -148,8 +184,10 @@ impl Worker {
             }
             let now = self.now();
             if now >= self.next_announce {
-                let tcp = self.tcp.announce(&self.ep);
-                self.announcing = self.rdma.announce(&self.ep) | tcp;
+                let ep = &self.ep;
+                // Every transport reports, whether or not another had connections.
+                let announced = self.transports.all().map(|t| t.announce(ep));
+                self.announcing = announced.contains(&true);
                 self.next_announce = now.after(ANNOUNCE_INTERVAL);
             }
             let wake = match (self.ep.poll_timeout(), self.announcing) {
@@ -158,7 +196,7 @@ impl Worker {
                 (t, false) => t,
             };
             let mut wait = wake.map(|t| t.0.saturating_sub(now.0));
-            if wait != Some(0) && self.rdma.busy_poll(&mut cx!(self)) {
+            if wait != Some(0) && self.transports.rdma.busy_poll(&mut cx!(self)) {
                 wait = Some(0);
             }
             let result = match wait {
@@ -206,8 +244,9 @@ impl Worker {
             }
             self.commands = commands;
             let mut moved = self.endpoint_output();
-            moved |= self.tcp.progress(&mut cx!(self));
-            moved |= self.rdma.progress(&mut cx!(self));
+            for t in self.transports.all_mut() {
+                moved |= t.progress(&mut cx!(self));
+            }
             if idle && !moved {
                 return;
             }
@@ -264,20 +303,26 @@ impl Worker {
             }
             Command::Resume { conn } => self.ep.resume(now, conn),
             Command::Unthrottle => {
-                self.tcp.unthrottle();
-                self.rdma.unthrottle();
+                self.transports
+                    .all_mut()
+                    .into_iter()
+                    .for_each(|t| t.unthrottle());
             }
             Command::Adopt { fd, handoff } => {
                 let cid = self.ep.adopt(now, *handoff);
-                self.tcp.adopt(&self.ep, cid, fd);
+                self.transports.tcp.adopt(&self.ep, cid, fd);
             }
-            Command::AdoptRdma { fd, hello } => self.rdma.adopt(&mut cx!(self), fd, Some(hello)),
+            Command::AdoptRdma { fd, hello } => {
+                self.transports.rdma.adopt(&mut cx!(self), fd, Some(hello))
+            }
             Command::Shutdown => {
                 self.shutting_down = true;
                 self.ep.mark_down_all(now);
                 self.close_all();
-                self.tcp.shutdown();
-                self.rdma.shutdown();
+                self.transports
+                    .all_mut()
+                    .into_iter()
+                    .for_each(|t| t.shutdown());
             }
         }
     }
@@ -311,22 +356,15 @@ impl Worker {
 
     fn io(&mut self, io: Io) {
         match io {
-            Io::Connect {
-                conn,
-                addr,
-                fabric: Fabric::Rdma,
-            } => self.rdma.connect(&mut cx!(self), conn, addr),
-            Io::Connect { conn, addr, .. } => self.tcp.connect(&mut cx!(self), conn, addr),
-            Io::Transmit { conn } if self.rdma.owns(conn) => self.rdma.wake(conn),
-            Io::Transmit { conn } => self.tcp.wake(conn),
-            Io::Close { conn, remaining } if self.rdma.owns(conn) => {
-                self.rdma.close(conn, remaining)
+            Io::Connect { conn, addr, fabric } => {
+                let t = self.transports.for_fabric(fabric);
+                t.connect(&mut cx!(self), conn, addr)
             }
-            Io::Close { conn, remaining } => self.tcp.close(conn, remaining),
-            Io::Migrate { conn, to, handoff } if self.rdma.owns(conn) => {
-                self.rdma.migrate(conn, to, handoff)
+            Io::Transmit { conn } => self.transports.owner(conn).wake(conn),
+            Io::Close { conn, remaining } => self.transports.owner(conn).close(conn, remaining),
+            Io::Migrate { conn, to, handoff } => {
+                self.transports.owner(conn).migrate(conn, to, handoff)
             }
-            Io::Migrate { conn, to, handoff } => self.tcp.migrate(conn, to, handoff),
         }
     }
 }

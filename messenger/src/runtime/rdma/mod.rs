@@ -34,7 +34,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 pub(super) use self::record::HELLO_LEN;
 use self::record::{Body, Credits, Header, Hello, HEADER_LEN, READY};
 use self::verbs::{Device, MemoryRegion, Qp};
-use super::transport::{user_data, Cx, Listeners, ProbeIds, Transport, KEY_MASK};
+use super::transport::{user_data, Cx, Gate, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::Command;
 use crate::proto::endpoint::IdMap;
 use crate::proto::frame::TxQueue;
@@ -754,18 +754,13 @@ impl Rdma {
                 return Ok(());
             };
             let Some(cid) = c.cid else { return Ok(()) };
-            if cx
-                .ep
-                .tx_queue(cid)
-                .is_some_and(|q| q.len() > cx.shared.max_send_backlog)
-            {
-                bump(&cx.shared.counters.backlog_stalls, 1);
-                return Ok(()); // resumed when a SEND completes
-            }
-            if cx.shared.throttle.as_ref().is_some_and(|t| t.over()) {
-                bump(&cx.shared.counters.throttle_stalls, 1);
-                self.held_back.push(i);
-                return Ok(());
+            match cx.receive_gate(cid) {
+                Gate::Open => {}
+                Gate::Backlog => return Ok(()), // resumed when a SEND completes
+                Gate::Throttled => {
+                    self.held_back.push(i);
+                    return Ok(());
+                }
             }
             let dev = self.dev.as_ref().expect("device open");
             let bytes = dev.region.slot_bytes(slot, len as usize);
