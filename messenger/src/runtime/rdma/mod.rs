@@ -152,7 +152,6 @@ pub(crate) struct Rdma {
     /// Why the device could not be opened (said once, then every RDMA connect fails).
     dev_error: Option<String>,
     listeners: Option<Listeners>,
-    cq_armed: bool,
     conns: Vec<Option<Conn>>,
     free_conns: Vec<usize>,
     by_cid: IdMap<u64, usize>,
@@ -181,7 +180,6 @@ impl Rdma {
             dev: None,
             dev_error: None,
             listeners: None,
-            cq_armed: false,
             conns: Vec::new(),
             free_conns: Vec::new(),
             by_cid: IdMap::default(),
@@ -240,7 +238,6 @@ impl Rdma {
             .build()
             .user_data(user_data(KIND_CQ, 0));
         cx.push(e);
-        self.cq_armed = true;
     }
 
     /// Whether endpoint connection `conn` is one of ours.
@@ -1181,7 +1178,6 @@ impl Transport for Rdma {
                     }
                 }
                 if !cqueue::more(flags) {
-                    self.cq_armed = false;
                     self.arm_cq(cx);
                 }
                 self.poll_cq(cx);
