@@ -238,9 +238,11 @@ fn port_state_name(state: u32) -> String {
 
 /// Every valid GID of the device with its type, through `ibv_query_gid_table` (which falls
 /// back to sysfs itself on kernels without the query ioctl). `room` is a first guess at the
-/// number of entries; the call fails with EINVAL when the table has more.
+/// number of valid entries on all ports; the call fails with EINVAL when there are more, and
+/// also when the buffer exceeds the ioctl's 16-bit attribute length (2047 entries).
 fn gid_table(v: &Verbs, ctx: &Context, room: usize) -> io::Result<Vec<ibv::ibv_gid_entry>> {
-    let mut room = room.max(16);
+    const MAX_ROOM: usize = u16::MAX as usize / size_of::<ibv::ibv_gid_entry>();
+    let mut room = room.clamp(1, MAX_ROOM);
     loop {
         let mut entries = vec![ibv::ibv_gid_entry::default(); room];
         // SAFETY: the context is live; `entries` has room for `room` entries of the size
@@ -258,8 +260,8 @@ fn gid_table(v: &Verbs, ctx: &Context, room: usize) -> io::Result<Vec<ibv::ibv_g
             entries.truncate(n as usize);
             return Ok(entries);
         }
-        if n == -(libc::EINVAL as isize) && room < 1 << 16 {
-            room *= 4;
+        if n == -(libc::EINVAL as isize) && room < MAX_ROOM {
+            room = (room * 2).min(MAX_ROOM);
             continue;
         }
         return Err(io::Error::from_raw_os_error(-n as i32));
@@ -287,7 +289,7 @@ fn choose_gid(
         }
         return Ok((i, gid.raw));
     }
-    let table = gid_table(v, ctx, table_len * 2)
+    let table = gid_table(v, ctx, table_len)
         .map_err(|e| rdma_error(format!("cannot read the GID table: {e}")))?;
     let rank = |ty: u32, raw: &[u8; 16]| -> u8 {
         let v4_mapped = raw[..10].iter().all(|b| *b == 0) && raw[10] == 0xff && raw[11] == 0xff;
