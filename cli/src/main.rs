@@ -171,7 +171,6 @@ fn main() -> ExitCode {
                 iters: iters.max(10),
                 inject: inject_socket_failures,
                 cpu,
-                json,
                 metrics,
                 transport,
                 busy_poll: Duration::from_micros(busy_poll_us),

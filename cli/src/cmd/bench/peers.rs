@@ -1,0 +1,505 @@
+//! The two ends of the benchmark in one process: a server messenger that echoes pings and
+//! acknowledges stream messages, the client messengers that send them from their dispatcher,
+//! and the server's integrity check (every numbered message once, in order). The phases drive
+//! the client through `Client`'s few methods; the rest stays in here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning, TxQueue};
+use ringwire::{Connection, Dispatcher, Messenger, Options};
+
+use super::report::{Integrity, PhaseSizes, Sizes};
+use super::BenchArgs;
+
+// The phases name the kind of flow they start by its first message type.
+pub(super) const PING: u16 = 0x5001;
+const PONG: u16 = 0x5002;
+pub(super) const DATA: u16 = 0x5003;
+const DATA_ACK: u16 = 0x5004;
+/// Ping-pong of the many-connection phase, on lossy connections: not part of the integrity
+/// count, whose subject is the lossless session.
+pub(super) const MANY_PING: u16 = 0x5005;
+const MANY_PONG: u16 = 0x5006;
+
+fn policies(name: &str) -> Result<(Policy, Policy), String> {
+    Ok(match name {
+        "lossless" => (Policy::lossless_client(), Policy::stateful_server()),
+        "lossy" => (Policy::lossy_client(), Policy::stateless_server()),
+        "peer" => (Policy::lossless_peer(), Policy::lossless_peer()),
+        _ => {
+            return Err(format!(
+                "unknown policy pair {name:?} (lossless, lossy, peer)"
+            ))
+        }
+    })
+}
+
+/// Per-connection order check on the receiving side: sequence numbers the sender put in the
+/// front must arrive each once, in order.
+#[derive(Default)]
+struct Checker {
+    last: Mutex<HashMap<u64, u64>>,
+    seen: AtomicU64,
+    duplicated: AtomicU64,
+    reordered: AtomicU64,
+}
+
+impl Checker {
+    fn check(&self, conn_key: u64, seq: u64) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().expect("not poisoned");
+        let l = last.entry(conn_key).or_insert(0);
+        if seq == *l {
+            self.duplicated.fetch_add(1, Ordering::Relaxed);
+        } else if seq < *l {
+            self.reordered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // A gap is counted as lost at the end (sent minus seen).
+            *l = seq;
+        }
+    }
+}
+
+fn key(c: &Connection) -> u64 {
+    c.id()
+}
+
+/// The sequence number a message carries: in the first 8 bytes of a ping's front, in the tid
+/// of a stream message (whose payload is the data segment alone, as the baselines' is).
+fn seq_of(m: &Message) -> u64 {
+    if m.ty == DATA {
+        return m.tid;
+    }
+    let f = &m.front;
+    if f.len() >= 8 {
+        u64::from_le_bytes(f[..8].try_into().expect("8 bytes"))
+    } else {
+        0
+    }
+}
+
+/// Smallest and largest payload seen per message type (`PING..=MANY_PONG`), so that the
+/// report states the sizes that were sent, not the ones that were asked for.
+struct Seen([(AtomicUsize, AtomicUsize); 6]);
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen(std::array::from_fn(|_| {
+            (AtomicUsize::new(usize::MAX), AtomicUsize::new(0))
+        }))
+    }
+}
+
+impl Seen {
+    fn record(&self, m: &Message) {
+        let Some((min, max)) = self.0.get(m.ty.wrapping_sub(PING) as usize) else {
+            return;
+        };
+        let len = m.payload_len();
+        // Plain loads on the usual path: every message of a phase has the same size.
+        if len < min.load(Ordering::Relaxed) {
+            min.fetch_min(len, Ordering::Relaxed);
+        }
+        if len > max.load(Ordering::Relaxed) {
+            max.fetch_max(len, Ordering::Relaxed);
+        }
+    }
+
+    /// The one payload size messages of type `ty` had.
+    fn size(&self, ty: u16, what: &str) -> Result<usize, String> {
+        let (min, max) = &self.0[(ty - PING) as usize];
+        match (min.load(Ordering::Relaxed), max.load(Ordering::Relaxed)) {
+            (min, max) if min == max => Ok(min),
+            (usize::MAX, 0) => Err(format!("no {what} arrived")),
+            (min, max) => Err(format!("{what} arrived with {min} to {max} payload bytes")),
+        }
+    }
+}
+
+/// The server side: echoes pings (the same bytes), acknowledges data, checks order.
+struct Server {
+    checker: Arc<Checker>,
+    seen: Arc<Seen>,
+}
+
+impl Dispatcher for Server {
+    fn dispatch(&self, conn: &Connection, msg: Message) {
+        self.seen.record(&msg);
+        let reply = match msg.ty {
+            PING => Message::new(PONG).with_front(msg.front.clone()),
+            DATA => Message::new(DATA_ACK),
+            MANY_PING => Message::new(MANY_PONG).with_front(msg.front.clone()),
+            _ => return,
+        };
+        if msg.ty != MANY_PING {
+            self.checker.check(key(conn), seq_of(&msg));
+        }
+        let _ = conn.send(reply);
+    }
+}
+
+/// What a client connection is doing.
+#[derive(Default)]
+struct Flow {
+    next_seq: u64,
+    sent_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct ClientState {
+    flows: HashMap<u64, Flow>,
+    rtts: Vec<Duration>,
+    record: bool,
+    remaining: u64,
+    done: Option<Sender<()>>,
+    /// Ping payloads are split off this buffer: one allocation per many messages.
+    slab: BytesMut,
+}
+
+/// Bytes of ping payloads per slab allocation (at least one payload).
+const SLAB_BYTES: usize = 64 << 10;
+
+/// The client side: ping-pong and windowed streaming, driven from the dispatcher so the
+/// next message leaves from the worker thread as soon as the previous answer arrives.
+pub(super) struct Client {
+    state: Mutex<ClientState>,
+    /// Payload bytes of a ping (`--size`): the sequence number, then `PING_FILL`.
+    small: usize,
+    /// The stream's payload: from the client's registered arena over RDMA (sent without a
+    /// copy), a plain heap buffer over TCP.
+    data: std::sync::OnceLock<Bytes>,
+    stop: AtomicBool,
+    pongs: AtomicU64,
+    sent: AtomicU64,
+    echo_mismatches: AtomicU64,
+    seen: Arc<Seen>,
+}
+
+const PING_FILL: u8 = 0x5a;
+
+impl Client {
+    /// The message of type `ty` numbered `seq`: a ping carries `small` payload bytes in its
+    /// front, the sequence number first; a stream message carries the data segment alone
+    /// (`large` bytes), its sequence number in the header's tid.
+    fn message(&self, slab: &mut BytesMut, ty: u16, seq: u64) -> Message {
+        if ty == DATA {
+            return Message::new(DATA)
+                .with_tid(seq)
+                .with_data(self.payload().clone());
+        }
+        if slab.capacity() < self.small {
+            slab.reserve(self.small.max(SLAB_BYTES));
+        }
+        slab.extend_from_slice(&seq.to_le_bytes());
+        slab.resize(self.small, PING_FILL);
+        Message::new(ty).with_front(slab.split().freeze())
+    }
+
+    fn send(&self, conn: &Connection, slab: &mut BytesMut, flow: &mut Flow, ty: u16) {
+        flow.next_seq += 1;
+        let m = self.message(slab, ty, flow.next_seq);
+        flow.sent_at = Some(Instant::now());
+        if conn.send(m).is_ok() && ty != MANY_PING {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Readies the next phase: after the messages `start` sends, `remaining` more (`u64::MAX`:
+    /// until `stop`), and `done` told when the last has been sent; round trips are recorded
+    /// when `rtts` gives room for them.
+    pub(super) fn arm(&self, rtts: Option<usize>, remaining: u64, done: Option<Sender<()>>) {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.record = rtts.is_some();
+        if let Some(n) = rtts {
+            st.rtts = Vec::with_capacity(n);
+        }
+        st.remaining = remaining;
+        st.done = done;
+        self.stop.store(false, Ordering::Relaxed);
+    }
+
+    /// Sends `in_flight` messages of type `ty` on `conn`; each answer sends the next.
+    pub(super) fn start(&self, conn: &Connection, ty: u16, in_flight: usize) {
+        let mut st = self.state.lock().expect("not poisoned");
+        let mut flow = st.flows.remove(&key(conn)).unwrap_or_default();
+        for _ in 0..in_flight {
+            self.send(conn, &mut st.slab, &mut flow, ty);
+        }
+        st.flows.insert(key(conn), flow);
+    }
+
+    /// Ends an open-ended phase: answers still arrive and count, but send nothing more.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Answers (echoes and acknowledgements) received so far, all phases together.
+    pub(super) fn replies(&self) -> u64 {
+        self.pongs.load(Ordering::Relaxed)
+    }
+
+    /// The round trips recorded since `arm`, sorted; recording stops.
+    pub(super) fn take_rtts(&self) -> Vec<Duration> {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.record = false;
+        let mut rtts = std::mem::take(&mut st.rtts);
+        rtts.sort();
+        rtts
+    }
+
+    /// The stream's payload, the same buffer in every stream message.
+    pub(super) fn payload(&self) -> &Bytes {
+        self.data.get().expect("set at start")
+    }
+}
+
+impl Dispatcher for Client {
+    fn dispatch(&self, conn: &Connection, msg: Message) {
+        let next = match msg.ty {
+            PONG => PING,
+            DATA_ACK => DATA,
+            MANY_PONG => MANY_PING,
+            _ => return,
+        };
+        self.seen.record(&msg);
+        self.pongs.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("not poisoned");
+        let k = key(conn);
+        let mut flow = st.flows.remove(&k).unwrap_or_default();
+        // One ping in flight per connection: its echo carries the last sequence number sent.
+        if next != DATA && seq_of(&msg) != flow.next_seq {
+            self.echo_mismatches.fetch_add(1, Ordering::Relaxed);
+        }
+        if st.record {
+            if let Some(t) = flow.sent_at {
+                st.rtts.push(t.elapsed());
+            }
+        }
+        let more = if self.stop.load(Ordering::Relaxed) {
+            false
+        } else if st.remaining > 0 {
+            st.remaining -= 1;
+            true
+        } else {
+            st.remaining == u64::MAX
+        };
+        if more {
+            self.send(conn, &mut st.slab, &mut flow, next);
+        } else if let Some(done) = st.done.take() {
+            let _ = done.send(());
+        }
+        st.flows.insert(k, flow);
+    }
+}
+
+/// The server, the clients, and the address the clients connect to.
+pub(super) struct Pair {
+    server: Messenger,
+    client: Messenger,
+    /// Many anonymous connections need unregistered (lossy) sessions: anonymous lossless
+    /// connections from one messenger would all claim the same session at the server.
+    many_client: Messenger,
+    server_checker: Arc<Checker>,
+    client_side: Arc<Client>,
+    target: EntityAddr,
+}
+
+impl Pair {
+    pub(super) fn start(args: &BenchArgs) -> Result<Pair, String> {
+        let (cp, sp) = policies(&args.policy)?;
+        let prefix = match args.transport.as_str() {
+            "tcp" => "v2",
+            "rdma" => "rdma",
+            other => return Err(format!("unknown transport {other:?} (tcp, rdma)")),
+        };
+        let listen = EntityAddr::parse(&format!("{prefix}:127.0.0.1:0")).expect("valid");
+        let mut options = Options {
+            workers: 1,
+            tuning: Tuning {
+                inject_socket_failures: args.inject,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(200),
+                ..Tuning::default()
+            },
+            ..Options::default()
+        };
+        options.rdma.busy_poll = args.busy_poll;
+        let server_checker = Arc::new(Checker::default());
+        let seen = Arc::new(Seen::default());
+        let server = Messenger::builder(EntityName {
+            ty: EntityType::OSD,
+            id: "0".into(),
+        })
+        .bind(listen)
+        .policy(EntityType::CLIENT, sp)
+        .policy(EntityType::OSD, sp)
+        .policy(EntityType::MGR, Policy::stateless_server())
+        .options(options.clone())
+        .start(Arc::new(Server {
+            checker: server_checker.clone(),
+            seen: seen.clone(),
+        }))
+        .map_err(|e| e.to_string())?;
+        let client_side = Arc::new(Client {
+            state: Mutex::new(ClientState::default()),
+            small: args.small,
+            data: std::sync::OnceLock::new(),
+            stop: AtomicBool::new(false),
+            pongs: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            echo_mismatches: AtomicU64::new(0),
+            seen,
+        });
+        let client_type = if args.policy == "peer" {
+            EntityType::OSD
+        } else {
+            EntityType::CLIENT
+        };
+        let mut cb = Messenger::builder(EntityName {
+            ty: client_type,
+            id: "1".into(),
+        })
+        .policy(EntityType::OSD, cp)
+        .options(options);
+        if args.policy == "peer" {
+            cb = cb.bind(listen);
+        }
+        let client = cb.start(client_side.clone()).map_err(|e| e.to_string())?;
+        let data = match client.alloc_payload(args.large) {
+            Some(mut buf) if args.transport == "rdma" => {
+                buf.fill(0x5a);
+                buf.freeze()
+            }
+            _ => Bytes::from(vec![0x5a; args.large]),
+        };
+        let _ = client_side.data.set(data);
+        let many_client = Messenger::builder(EntityName {
+            ty: EntityType::MGR,
+            id: "many".into(),
+        })
+        .policy(EntityType::OSD, Policy::lossy_client())
+        .options(Options {
+            workers: 1,
+            arena_size: 0,
+            ..Options::default()
+        })
+        .start(client_side.clone())
+        .map_err(|e| e.to_string())?;
+        let target = server.addrs().0[0];
+        Ok(Pair {
+            server,
+            client,
+            many_client,
+            server_checker,
+            client_side,
+            target,
+        })
+    }
+
+    pub(super) fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        self.server.serve_metrics(addr)
+    }
+
+    /// The connection of the ping-pong and stream phases.
+    pub(super) fn connect(&self) -> Connection {
+        self.client.connect(self.target, EntityType::OSD)
+    }
+
+    /// A connection of the many-connection phase.
+    pub(super) fn connect_anon(&self) -> Connection {
+        self.many_client.connect_anon(self.target, EntityType::OSD)
+    }
+
+    pub(super) fn client(&self) -> &Client {
+        &self.client_side
+    }
+
+    /// Replaces closed (lossy, reset) connections and waits until all are up.
+    pub(super) fn refresh(&self, many: &mut [Connection]) -> Result<(), String> {
+        for _ in 0..20 {
+            for c in many.iter_mut().filter(|c| c.is_closed()) {
+                *c = self.connect_anon();
+            }
+            if wait_connected(many, Duration::from_secs(10)).is_ok() {
+                return Ok(());
+            }
+        }
+        wait_connected(many, Duration::from_secs(1))
+    }
+
+    /// Every numbered message the client sent, accounted for at the server: to be taken once
+    /// all have been answered.
+    pub(super) fn integrity(&self) -> Integrity {
+        let ck = &self.server_checker;
+        let sent = self.client_side.sent.load(Ordering::Relaxed);
+        let received = ck.seen.load(Ordering::Relaxed);
+        let duplicated = ck.duplicated.load(Ordering::Relaxed);
+        Integrity {
+            sent,
+            received,
+            lost: sent.saturating_sub(received - duplicated),
+            duplicated,
+            reordered: ck.reordered.load(Ordering::Relaxed),
+            injected_faults: self.server.stats().injected_faults
+                + self.client.stats().injected_faults,
+            echo_mismatches: self.client_side.echo_mismatches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The sizes every side sent in each phase: Ringwire's as its receivers saw them, checked
+    /// against the baselines' (which send exactly what they are given: `small`, `large`).
+    pub(super) fn sizes(&self, small: usize, large: usize) -> Result<Sizes, String> {
+        let c = &self.client_side;
+        let seen = &c.seen;
+        // What a message costs on a TCP connection beyond its payload, encoded as the runtime
+        // encodes it.
+        let overhead = |ty: u16| {
+            let m = c.message(&mut BytesMut::new(), ty, 1);
+            m.encode_frame(&mut TxQueue::default(), 1, 0) - m.payload_len()
+        };
+        let phase = |ty: u16, reply: u16, what: &str, baseline: usize, io_uring: bool| {
+            let ringwire = seen.size(ty, &format!("Ringwire {what} messages"))?;
+            if ringwire != baseline {
+                return Err(format!(
+                "Ringwire's {what} messages carried {ringwire} payload bytes, the baselines' {baseline}"
+            ));
+            }
+            let ringwire_reply = seen.size(reply, &format!("Ringwire {what} replies"))?;
+            if reply != DATA_ACK && ringwire_reply != ringwire {
+                return Err(format!(
+                "Ringwire's {what} echoes carried {ringwire_reply} payload bytes, not {ringwire}"
+            ));
+            }
+            Ok(PhaseSizes {
+                ringwire,
+                std: baseline,
+                io_uring: io_uring.then_some(baseline),
+                ringwire_reply,
+                ringwire_frame_overhead: overhead(ty),
+            })
+        };
+        Ok(Sizes {
+            ping_pong: phase(PING, PONG, "ping-pong", small, true)?,
+            stream: phase(DATA, DATA_ACK, "stream", large, true)?,
+            rate: phase(MANY_PING, MANY_PONG, "rate-phase", small, false)?,
+        })
+    }
+}
+
+pub(super) fn wait_connected(conns: &[Connection], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !conns.iter().all(|c| c.is_connected()) {
+        if Instant::now() > deadline || conns.iter().any(|c| c.is_closed()) {
+            let n = conns.iter().filter(|c| c.is_connected()).count();
+            return Err(format!("only {n} of {} connections came up", conns.len()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}

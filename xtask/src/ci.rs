@@ -1,0 +1,46 @@
+//! `cargo xtask ci`: the whole check, in order, and one line adding up every test run.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{ebpf, exec, fuzz, provision, rxe};
+
+pub fn run(root: &Path) -> Result<(), String> {
+    exec::run(root, "cargo", &["fmt", "--all", "--check"])?;
+    // A real monitor and the ceph CLI for the interop tests (Debian 12 ships 16.2.15).
+    provision::ensure_packages(&["ceph-mon", "ceph-common"])?;
+    // ringwire-trace embeds the BPF object: build it first; cargo finds it through the env.
+    ebpf::build(root)?;
+    exec::run(
+        root,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            // tests/rdma.rs too (built for the rxe guest)
+            "--features",
+            "ringwire/rdma-tests",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let (mut passed, mut failed) =
+        run_tests(root, &["test", "--workspace", "--locked", "--release"])?;
+    let (rxe_passed, rxe_failed) = rxe::test(root)?;
+    passed += rxe_passed;
+    failed += rxe_failed;
+    // The fuzz targets must keep building; a short run catches regressions in the harness.
+    fuzz::run(root, "20")?;
+    println!("ci: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its "test result" lines.
+fn run_tests(dir: &Path, args: &[&str]) -> Result<(u64, u64), String> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(dir);
+    exec::count_test_results(cmd, &format!("cargo {}", args.join(" ")))
+}
