@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use ringwire::proto::{EntityName, EntityType, Message};
-use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire::proto::{EntityName, EntityType};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 struct Nothing;
 impl Dispatcher for Nothing {
-    fn dispatch(&self, _: &Connection, _: Message) {}
+    fn dispatch(&self, _: &Connection, _: Incoming) {}
 }
 
 fn deploy(path: &str) -> String {

@@ -38,5 +38,7 @@ pub use error::Error;
 pub use messenger::{Messenger, MessengerBuilder};
 pub use options::{Options, RdmaOptions};
 pub use proto::FaultReason;
-pub use runtime::{ArenaBuf, Closed, Connection, Dispatcher, MessengerInterceptor, NotReady};
+pub use runtime::{
+    ArenaBuf, Closed, Connection, Dispatcher, Incoming, MessengerInterceptor, NotReady,
+};
 pub use stats::Stats;

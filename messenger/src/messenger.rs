@@ -56,12 +56,12 @@ impl MessengerBuilder {
 /// ```no_run
 /// use std::sync::Arc;
 /// use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
-/// use ringwire::{Connection, Dispatcher, Messenger, Options};
+/// use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 ///
 /// /// Echoes every message back.
 /// struct Echo;
 /// impl Dispatcher for Echo {
-///     fn dispatch(&self, conn: &Connection, msg: Message) {
+///     fn dispatch(&self, conn: &Connection, msg: Incoming) {
 ///         let _ = conn.send(msg);
 ///     }
 /// }

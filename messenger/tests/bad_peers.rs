@@ -15,7 +15,7 @@ use ringwire::proto::frame::Banner;
 use ringwire::proto::{
     Endpoint, EndpointConfig, EntityAddrVec, EntityType, Event, Io, Message, Policy, Time, Tuning,
 };
-use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 fn server(rec: Arc<Recorder>, options: Options) -> Messenger {
     Messenger::builder(name(EntityType::OSD, "0"))
@@ -237,13 +237,13 @@ fn a_peer_that_floods_without_reading_gets_backpressure_not_our_memory() {
 
 /// Holds every message it is given until told to let go.
 struct Hoarder {
-    held: Mutex<Vec<Message>>,
+    held: Mutex<Vec<Incoming>>,
     peak: AtomicU64,
     total: AtomicU64,
 }
 
 impl Dispatcher for Hoarder {
-    fn dispatch(&self, _conn: &Connection, msg: Message) {
+    fn dispatch(&self, _conn: &Connection, msg: Incoming) {
         let mut h = self.held.lock().unwrap();
         h.push(msg);
         self.peak.fetch_max(h.len() as u64, Ordering::SeqCst);

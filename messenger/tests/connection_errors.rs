@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy, Tuning};
-use ringwire::{Connection, Dispatcher, FaultReason, Messenger, NotReady, Options};
+use ringwire::{Connection, Dispatcher, FaultReason, Incoming, Messenger, NotReady, Options};
 
 /// Records the reasons the reset and fault callbacks carry.
 #[derive(Default)]
@@ -19,7 +19,7 @@ struct Reasons {
 }
 
 impl Dispatcher for Reasons {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         let _ = conn.send(msg);
     }
     fn on_reset(&self, _conn: &Connection, reason: &FaultReason) {

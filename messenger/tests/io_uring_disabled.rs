@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use ringwire::proto::{EntityName, EntityType, Message};
-use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire::proto::{EntityName, EntityType};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
 
@@ -19,7 +19,7 @@ impl Drop for Restore {
 
 struct Nothing;
 impl Dispatcher for Nothing {
-    fn dispatch(&self, _: &Connection, _: Message) {}
+    fn dispatch(&self, _: &Connection, _: Incoming) {}
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, Messenger, Options, Stats};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options, Stats};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -101,7 +101,7 @@ struct Slow {
 }
 
 impl Dispatcher for Slow {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         std::thread::sleep(Duration::from_micros(200));
         let n = u32::from_le_bytes(msg.front[..4].try_into().unwrap());
         let mut last = self.last.lock().unwrap();

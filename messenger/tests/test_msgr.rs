@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringwire::proto::policy::{FEATURES_PACIFIC, FEATURE_MSG_ADDR2};
 use ringwire::proto::{Action, ConnId, EntityType, Message, Policy, Step, Tuning};
-use ringwire::{Connection, Dispatcher, Messenger, MessengerInterceptor, Options};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, MessengerInterceptor, Options};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -502,7 +502,7 @@ impl Dispatcher for MarkdownServer {
         }
     }
 
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         let sh = &self.shared;
         sh.got
             .lock()
@@ -619,7 +619,7 @@ struct MarkOther {
 }
 
 impl Dispatcher for MarkOther {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         for c in self.conns.lock().unwrap().iter() {
             if c != conn {
                 c.mark_down();

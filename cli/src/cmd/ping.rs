@@ -5,13 +5,13 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, FaultReason, Messenger, NotReady, Options};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Policy};
+use ringwire::{Connection, Dispatcher, FaultReason, Incoming, Messenger, NotReady, Options};
 
 struct Pinger(Mutex<Sender<Duration>>);
 
 impl Dispatcher for Pinger {
-    fn dispatch(&self, _conn: &Connection, _msg: Message) {}
+    fn dispatch(&self, _conn: &Connection, _msg: Incoming) {}
     fn on_keepalive_ack(&self, _conn: &Connection, rtt: Duration) {
         let _ = self.0.lock().expect("not poisoned").send(rtt);
     }

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, Policy};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 struct Echo;
 
 impl Dispatcher for Echo {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         let _ = conn.send(msg);
     }
     fn on_accept(&self, conn: &Connection) {

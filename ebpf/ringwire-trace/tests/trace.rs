@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ringwire::proto::{Action, ConnId, EntityAddr, EntityName, EntityType, Message, Policy, Step};
 use ringwire::{
-    Connection, Dispatcher, Messenger, MessengerBuilder, MessengerInterceptor, Options,
+    Connection, Dispatcher, Incoming, Messenger, MessengerBuilder, MessengerInterceptor, Options,
 };
 use serde_json::Value;
 
@@ -29,7 +29,7 @@ const POKE_REPLY: u16 = 0x12;
 #[derive(Default)]
 struct Peer(AtomicUsize);
 impl Dispatcher for Peer {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         self.0.fetch_add(1, Ordering::SeqCst);
         if msg.ty == POKE {
             let _ = conn.send(Message::new(POKE_REPLY));

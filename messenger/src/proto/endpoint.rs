@@ -827,8 +827,6 @@ impl Endpoint {
             return Err(Box::new(msg));
         };
         msg.seq = 0;
-        // Handed on: no longer the application's to count against its dispatch budget.
-        msg.permit = None;
         s.queued += 1;
         if hooks::sampled(s.queued, self.config.tuning.probe_sample) {
             hooks::ringwire_msg_queued(session.0, msg.ty as u32, msg.payload_len() as u64);

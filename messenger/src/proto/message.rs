@@ -1,11 +1,8 @@
 //! Messages and the MESSAGE frame's `ceph_msg_header2` (msgr2.md §1.8).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use super::frame::{encode_frame, Frame, Tag, TxQueue, ALIGN_DEFAULT, ALIGN_PAGE};
-use super::throttle::Permit;
 use super::wire::{Reader, WireError};
 
 pub const MSG_HEADER2_LEN: usize = 41;
@@ -93,9 +90,6 @@ pub struct Message {
     /// The session sequence number: assigned when the message is first sent, read from the
     /// header on receipt.
     pub seq: u64,
-    /// Set on dispatched messages when a dispatch throttle is configured: the budget returns
-    /// when this message and its clones are dropped. Leave `None` when building messages.
-    pub permit: Option<Arc<Permit>>,
 }
 
 impl Message {
@@ -205,7 +199,6 @@ impl Message {
                 middle,
                 data,
                 seq: header.seq,
-                permit: None,
             },
         ))
     }

@@ -14,7 +14,6 @@ pub mod hooks;
 pub mod intercept;
 pub mod message;
 pub mod policy;
-pub mod throttle;
 pub mod wire;
 
 pub use control::{Control, ControlError};

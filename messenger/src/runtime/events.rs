@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::handles::HandleTable;
-use super::{Shared, STATE_CONNECTING, STATE_READY};
+use super::{Incoming, Shared, STATE_CONNECTING, STATE_READY};
 use crate::proto::{Endpoint, EntityAddrVec, Event, FaultReason, Time};
 use crate::stats::Counters;
 
@@ -65,10 +65,12 @@ pub(super) fn deliver(
             handles.set_state(session, STATE_READY);
             d.on_accept(&c);
         }
-        Event::Message { session, mut msg } => {
-            if let Some(t) = &shared.throttle {
-                msg.permit = Some(t.acquire(msg.payload_len() as u64));
-            }
+        Event::Message { session, msg } => {
+            let permit = shared
+                .throttle
+                .as_ref()
+                .map(|t| t.acquire(msg.payload_len() as u64));
+            let msg = Incoming::new(msg, permit);
             let c = match handles.connection(session) {
                 Some(c) => c,
                 None => handles.accepted(session, &EntityAddrVec::default()),

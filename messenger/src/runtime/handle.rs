@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::throttle::Permit;
 use super::{Command, Shared};
 use crate::proto::{
     owner_of, Action, ConnId, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason,
@@ -15,8 +16,9 @@ use crate::proto::{
 /// Receives messages and connection events. Called on the worker thread that owns the
 /// connection (fast dispatch): return quickly, hand long work to other threads.
 pub trait Dispatcher: Send + Sync + 'static {
-    /// A message arrived, in order, exactly once per lossless session.
-    fn dispatch(&self, conn: &Connection, msg: Message);
+    /// A message arrived, in order, exactly once per lossless session. It counts against the
+    /// dispatch throttle until it is dropped or turned into a plain [`Message`].
+    fn dispatch(&self, conn: &Connection, msg: Incoming);
     /// Our connection became ready.
     fn on_connect(&self, _conn: &Connection) {}
     /// A peer's connection became ready on our side.
@@ -35,6 +37,53 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn on_refused(&self, _conn: &Connection, _reason: &FaultReason) {}
     /// A KEEPALIVE2 we sent came back after `rtt`.
     fn on_keepalive_ack(&self, _conn: &Connection, _rtt: Duration) {}
+}
+
+/// A dispatched message: a [`Message`] (it derefs to one) that holds its share of the dispatch
+/// throttle (`Options::dispatch_throttle_bytes`) until it is dropped. Turning it into a plain
+/// `Message` (`into()`, or sending it on, which does that) gives the share back, so forwarding
+/// a message never counts against the application's budget.
+pub struct Incoming {
+    msg: Message,
+    _permit: Option<Permit>,
+}
+
+impl Incoming {
+    pub(crate) fn new(msg: Message, permit: Option<Permit>) -> Self {
+        Incoming {
+            msg,
+            _permit: permit,
+        }
+    }
+
+    pub fn into_message(self) -> Message {
+        self.msg
+    }
+}
+
+impl From<Incoming> for Message {
+    fn from(i: Incoming) -> Message {
+        i.msg
+    }
+}
+
+impl std::ops::Deref for Incoming {
+    type Target = Message;
+    fn deref(&self) -> &Message {
+        &self.msg
+    }
+}
+
+impl std::ops::DerefMut for Incoming {
+    fn deref_mut(&mut self) -> &mut Message {
+        &mut self.msg
+    }
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.msg.fmt(f)
+    }
 }
 
 /// Fault injection for a whole messenger (Ceph's `Interceptor`): asked at every protocol
@@ -155,7 +204,8 @@ impl Connection {
     }
 
     /// Queues a message; never blocks. Fails only if the connection is closed.
-    pub fn send(&self, msg: Message) -> Result<(), Closed> {
+    pub fn send(&self, msg: impl Into<Message>) -> Result<(), Closed> {
+        let msg = msg.into();
         if self.inner.state() == STATE_CLOSED {
             return Err(Closed(Box::new(msg)));
         }

@@ -18,12 +18,13 @@ mod handles;
 mod rdma;
 mod start;
 mod tcp;
+mod throttle;
 mod transport;
 mod worker;
 
 pub use self::arena::{Arena, ArenaBuf};
 pub(crate) use self::commands::{Command, WorkerHandle};
-pub use self::handle::{Closed, Connection, Dispatcher, MessengerInterceptor, NotReady};
+pub use self::handle::{Closed, Connection, Dispatcher, Incoming, MessengerInterceptor, NotReady};
 pub(crate) use self::handle::{ConnShared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
 /// Seeds and cookies for the workers and transports.
 use self::start::random_u64;
@@ -49,7 +50,7 @@ pub(crate) struct Shared {
     /// Open connections by peer address, for `connect` to reuse (connect/accept path only).
     pub by_addr: Mutex<HashMap<EntityAddr, Connection>>,
     pub counters: Counters,
-    pub throttle: Option<Arc<crate::proto::throttle::Throttle>>,
+    pub throttle: Option<Arc<throttle::Throttle>>,
     pub max_send_backlog: usize,
     pub zerocopy_min: usize,
     pub arena: Option<Arc<Arena>>,

@@ -154,7 +154,7 @@ pub(crate) fn start(
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
         throttle: (tb > 0 || tm > 0).then(|| {
             let weak = weak.clone();
-            Arc::new(crate::proto::throttle::Throttle::new(
+            Arc::new(super::throttle::Throttle::new(
                 tb,
                 tm,
                 // Back under the limit: every worker re-arms the receives it held back.

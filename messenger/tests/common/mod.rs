@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 pub use wait::*;
 
 use ringwire::proto::{EntityAddr, EntityName, EntityType, FaultReason, Message};
-use ringwire::{Connection, Dispatcher};
+use ringwire::{Connection, Dispatcher, Incoming};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
@@ -157,7 +157,7 @@ impl Recorder {
 }
 
 impl Dispatcher for Recorder {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         if let Some(ty) = self.echo {
             let _ = conn.send(Message::new(ty).with_front(msg.front.clone()));
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning, TxQueue};
-use ringwire::{Connection, Dispatcher, Messenger, Options};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 use super::report::{Integrity, PhaseSizes, Sizes};
 use super::BenchArgs;
@@ -129,7 +129,7 @@ struct Server {
 }
 
 impl Dispatcher for Server {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         self.seen.record(&msg);
         let reply = match msg.ty {
             PING => Message::new(PONG).with_front(msg.front.clone()),
@@ -260,7 +260,7 @@ impl Client {
 }
 
 impl Dispatcher for Client {
-    fn dispatch(&self, conn: &Connection, msg: Message) {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
         let next = match msg.ty {
             PONG => PING,
             DATA_ACK => DATA,

@@ -1,13 +1,14 @@
 //! The dispatch throttle (Ceph's `ms_dispatch_throttle_bytes`): bytes and messages handed to
-//! the dispatcher and not yet released. A dispatched message carries a [`Permit`]; the budget
-//! comes back when the message and all its clones are dropped. Over budget, the transport stops
-//! reading (it asks [`Throttle::over`] before each receive) instead of growing memory.
+//! the dispatcher and not yet released. A dispatched message ([`super::Incoming`]) holds a
+//! [`Permit`]; the budget comes back when the application drops it or turns it into a plain
+//! `Message` (to forward it, say). Over budget, the transports stop reading (they ask
+//! [`Throttle::over`] before each receive) instead of growing memory.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub struct Throttle {
+pub(crate) struct Throttle {
     max_bytes: u64,
     max_messages: u64,
     bytes: AtomicU64,
@@ -43,16 +44,17 @@ impl Throttle {
 
     /// Counts `bytes` as in dispatch until the returned permit is dropped. Never blocks: the
     /// limit is enforced by not reading, not by refusing what was already read.
-    pub fn acquire(self: &Arc<Self>, bytes: u64) -> Arc<Permit> {
+    pub fn acquire(self: &Arc<Self>, bytes: u64) -> Permit {
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
         self.messages.fetch_add(1, Ordering::AcqRel);
-        Arc::new(Permit {
+        Permit {
             bytes,
             throttle: self.clone(),
-        })
+        }
     }
 
     /// (bytes, messages) currently in dispatch.
+    #[cfg(test)]
     pub fn in_dispatch(&self) -> (u64, u64) {
         (
             self.bytes.load(Ordering::Acquire),
@@ -62,7 +64,7 @@ impl Throttle {
 }
 
 /// A dispatched message's share of the throttle, returned on drop.
-pub struct Permit {
+pub(crate) struct Permit {
     bytes: u64,
     throttle: Arc<Throttle>,
 }
@@ -85,14 +87,6 @@ impl fmt::Debug for Permit {
     }
 }
 
-/// Permits are bookkeeping, not content: they never make two messages differ.
-impl PartialEq for Permit {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for Permit {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,10 +107,7 @@ mod tests {
         assert!(!t.over());
         let b = t.acquire(60);
         assert!(t.over());
-        let b2 = b.clone();
         drop(b);
-        assert!(t.over(), "a clone still holds it");
-        drop(b2);
         assert!(!t.over());
         assert_eq!(woken.load(Ordering::SeqCst), 1);
         drop(a);
