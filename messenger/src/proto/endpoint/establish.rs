@@ -15,7 +15,9 @@ use crate::proto::wire::{AddrType, EntityAddr, EntityAddrVec};
 
 use super::conn::{ConnState, Role, Trigger};
 use super::fault::FaultReason;
+use super::ident::{decide_client_ident, IdentDecision};
 use super::ids::{ConnId, SessionId};
+use super::reconnect::{decide_reconnect, ReconnectDecision};
 use super::session::{Session, SessionState};
 use super::timer::Timer;
 use super::{Endpoint, Event, Flow, Halt};
@@ -198,46 +200,49 @@ impl Endpoint {
         let lossy_peer = ci.flags & IDENT_FLAG_LOSSY != 0;
         let registers = !lossy_peer || policy.register_lossy_clients;
         let key = ci.addrs.primary().copied().expect("non-empty");
-        let existing = if registers {
-            self.registry.get(&key).copied()
-        } else {
-            None
-        };
-        let Some(eid) = existing.filter(|e| self.sessions.contains_key(e)) else {
-            return self.accept_new_session(cid, frame, ci, policy, registers);
-        };
-        let my_addr = self.config.race_addr().copied();
-        let e = self.sessions.get_mut(&eid).expect("registered");
-        if e.peer_global_seq > ci.global_seq {
-            return self.fail(cid, FaultReason::Stale);
-        }
-        if e.policy.lossy {
-            // A lossy session is never resumed: the old one ends, a new one starts.
-            self.events.push_back(Event::Reset {
-                session: eid,
-                reason: FaultReason::Replaced,
-            });
-            self.close_session(eid);
-            return self.accept_new_session(cid, frame, ci, policy, registers);
-        }
-        let peer_restarted =
-            e.client_cookie != 0 && e.server_cookie != 0 && e.client_cookie != ci.client_cookie;
-        if peer_restarted {
-            if e.policy.resetcheck {
-                e.reset();
-                self.events.push_back(Event::RemoteReset { session: eid });
+        let existing = registers
+            .then(|| self.registry.get(&key).copied())
+            .flatten()
+            .and_then(|eid| Some((eid, self.sessions.get(&eid)?.view())));
+        let mine = self.config.race_addr();
+        let decision = decide_client_ident(existing.as_ref().map(|(_, v)| v), &ci, &key, mine);
+        match (decision, existing.map(|(eid, _)| eid)) {
+            (IdentDecision::NewSession, _) | (_, None) => {
+                self.accept_new_session(cid, frame, ci, policy, registers)
             }
-        } else if e.client_cookie != ci.client_cookie
-            && !matches!(e.state, SessionState::Ready | SessionState::Standby)
-        {
-            // Both sides are connecting: the connection from the lower address wins.
-            let incoming_wins = e.policy.server || my_addr.is_none_or(|mine| key < mine);
-            if !incoming_wins {
+            (IdentDecision::Stale, _) => self.fail(cid, FaultReason::Stale),
+            (IdentDecision::Wait, _) => {
                 self.send_control(cid, Control::Wait);
                 self.drop_conn(cid, true);
-                return Err(Halt::Closed);
+                Err(Halt::Closed)
             }
+            (IdentDecision::ReplaceLossy, Some(eid)) => {
+                self.events.push_back(Event::Reset {
+                    session: eid,
+                    reason: FaultReason::Replaced,
+                });
+                self.close_session(eid);
+                self.accept_new_session(cid, frame, ci, policy, registers)
+            }
+            (IdentDecision::PeerRestarted { reset }, Some(eid)) => {
+                if reset {
+                    self.sessions.get_mut(&eid).expect("registered").reset();
+                    self.events.push_back(Event::RemoteReset { session: eid });
+                }
+                self.resume_session(cid, frame, ci, eid)
+            }
+            (IdentDecision::Resume, Some(eid)) => self.resume_session(cid, frame, ci, eid),
         }
+    }
+
+    /// The existing session `eid` takes over connection `cid`, whose CLIENT_IDENT is `ci`.
+    fn resume_session(
+        &mut self,
+        cid: ConnId,
+        frame: Frame,
+        ci: ClientIdent,
+        eid: SessionId,
+    ) -> Flow {
         self.intercept(cid, Step::SendServerIdentity, || {
             Some(Trigger::Frame(frame))
         })?;
@@ -246,7 +251,7 @@ impl Endpoint {
         e.peer_global_seq = ci.global_seq;
         e.peer_gid = ci.gid;
         e.connect_seq = 0;
-        e.peer_addrs = ci.addrs.clone();
+        e.peer_addrs = ci.addrs;
         self.take_over(eid, cid);
         self.send_server_ident(cid, eid);
         self.become_ready(cid, eid)
@@ -311,45 +316,20 @@ impl Endpoint {
             .registry
             .get(&key)
             .copied()
-            .filter(|e| self.sessions.contains_key(e));
-        let Some(eid) = existing else {
-            self.send_control(cid, Control::SessionReset { full: true });
+            .and_then(|eid| Some((eid, self.sessions.get(&eid)?.view())));
+        let mine = self.config.race_addr();
+        let decision = decide_reconnect(existing.as_ref().map(|(_, v)| v), &r, &key, mine);
+        let Some((eid, _)) = existing else {
+            // Rule 1, a RESET (no session, so nothing for the probe to report).
+            if let Some(reply) = decision.reply() {
+                self.send_control(cid, reply);
+            }
             return Ok(());
         };
-        let my_addr = self.config.race_addr().copied();
-        let e = &self.sessions[&eid];
-        let reply = if e.client_cookie != r.client_cookie {
-            Some(Control::SessionReset {
-                full: e.policy.resetcheck,
-            })
-        } else if e.server_cookie == 0 {
-            Some(Control::SessionReset { full: false })
-        } else if e.peer_global_seq > r.global_seq {
-            Some(Control::SessionRetryGlobal {
-                global_seq: e.peer_global_seq,
-            })
-        } else if e.connect_seq > r.connect_seq {
-            Some(Control::SessionRetry {
-                connect_seq: e.connect_seq,
-            })
-        } else if e.connect_seq == r.connect_seq
-            && !e.policy.server
-            && my_addr.is_some_and(|mine| key > mine)
-        {
-            Some(Control::Wait)
-        } else {
-            None
-        };
-        let outcome = reply
-            .as_ref()
-            .map_or(Some(hooks::RECONNECT_OK), hooks::reconnect_outcome);
-        hooks::ringwire_reconnect(eid.0, r.connect_seq, outcome.unwrap_or(0));
-        if let Some(reply) = reply {
-            // A reset makes the client send CLIENT_IDENT next, where a restarted peer is
-            // detected and the old session reset (if resetcheck).
-            let wait = reply == Control::Wait;
+        hooks::ringwire_reconnect(eid.0, r.connect_seq, decision.probe_outcome());
+        if let Some(reply) = decision.reply() {
             self.send_control(cid, reply);
-            if wait {
+            if decision == ReconnectDecision::Wait {
                 self.drop_conn(cid, true);
                 return Err(Halt::Closed);
             }

@@ -1,9 +1,15 @@
-//! Why a connection fails ([`FaultReason`]) and what its session does next.
+//! Why a connection fails ([`FaultReason`]) and what its session does next
+//! ([`decide_fault`]: msgr2.md §1.9 "Fault handling", Ceph's `ProtocolV2::_fault`).
+
+use std::time::Duration;
 
 use crate::proto::control::ControlError;
 use crate::proto::frame::{FrameError, Tag};
 use crate::proto::intercept::Step;
+use crate::proto::policy::Policy;
 use crate::proto::wire::{EntityType, WireError};
+
+use super::config::Tuning;
 
 /// Why a connection failed. Each is reported once; the session then follows its policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,5 +134,133 @@ impl FaultReason {
             "replaced",
         ];
         NAMES.get(code as usize).copied().unwrap_or("unknown")
+    }
+}
+
+/// What [`decide_fault`] needs to know of a session whose connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FaultedSession {
+    pub(super) policy: Policy,
+    /// Messages queued or written but not acknowledged.
+    pub(super) has_pending: bool,
+    /// Whether we know an address to dial the peer at (a peer that dialled us from an
+    /// unbound client has none).
+    pub(super) can_dial: bool,
+    /// Whether the failed connection had reached READY.
+    pub(super) was_ready: bool,
+    /// The last reconnect delay (zero: none yet).
+    pub(super) backoff: Duration,
+}
+
+/// What a session does after its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FaultAction {
+    /// Dial again after this delay (also the next delay's base).
+    Backoff(Duration),
+    /// Dial again at once.
+    RedialNow,
+    /// Lossy: the session ends, its undelivered messages are gone, the application hears
+    /// `Event::Reset`.
+    Reset,
+    /// Wait, with unacknowledged messages requeued: for the peer to reconnect (server policy),
+    /// for something to send (standby policy), or for an address to dial.
+    Standby,
+}
+
+/// What follows a fault, per policy (msgr2.md §1.9 "Fault handling"). Lossless sessions
+/// requeue their unacknowledged messages whatever this says.
+pub(super) fn decide_fault(
+    s: &FaultedSession,
+    reason: &FaultReason,
+    tuning: &Tuning,
+) -> FaultAction {
+    if s.policy.lossy {
+        return FaultAction::Reset;
+    }
+    if s.policy.server || (s.policy.standby && !s.has_pending) || !s.can_dial {
+        return FaultAction::Standby;
+    }
+    let wait = *reason == FaultReason::Wait;
+    if s.was_ready && !wait {
+        return FaultAction::RedialNow;
+    }
+    FaultAction::Backoff(next_backoff(s.backoff, wait, tuning))
+}
+
+/// `ms_initial_backoff` doubling to `ms_max_backoff`; the maximum at once after WAIT.
+fn next_backoff(last: Duration, wait: bool, tuning: &Tuning) -> Duration {
+    if wait {
+        tuning.max_backoff
+    } else if last.is_zero() {
+        tuning.initial_backoff
+    } else {
+        last.saturating_mul(2).min(tuning.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn decide_fault_table() {
+        let tuning = Tuning {
+            initial_backoff: ms(200),
+            max_backoff: ms(1000),
+            ..Tuning::default()
+        };
+        let session = |policy: Policy| FaultedSession {
+            policy,
+            has_pending: true,
+            can_dial: true,
+            was_ready: false,
+            backoff: Duration::ZERO,
+        };
+        let lossless = session(Policy::lossless_client());
+        let closed = FaultReason::SocketClosed;
+        #[rustfmt::skip]
+        let rows: Vec<(&str, FaultedSession, FaultReason, FaultAction)> = vec![
+            // §1.9 "lossy → stop and deliver ms_handle_reset".
+            ("lossy", session(Policy::lossy_client()), closed.clone(), FaultAction::Reset),
+            ("lossy server", session(Policy::stateless_server()), closed.clone(), FaultAction::Reset),
+            // §1.9 "server policy … → STANDBY", even with messages queued.
+            ("server", session(Policy::stateful_server()), closed.clone(), FaultAction::Standby),
+            // §1.9 "standby policy with nothing queued → STANDBY".
+            ("standby, idle",
+             FaultedSession { has_pending: false, ..session(Policy::lossless_peer()) },
+             closed.clone(), FaultAction::Standby),
+            // … and with something queued it reconnects like any client.
+            ("standby, queued", session(Policy::lossless_peer()), closed.clone(),
+             FaultAction::Backoff(ms(200))),
+            // Ringwire: a session with no address to dial (the peer dialled us from an
+            // unbound client) can only wait for the peer.
+            ("nowhere to dial", FaultedSession { can_dial: false, ..lossless }, closed.clone(),
+             FaultAction::Standby),
+            // §1.9 "reconnect immediately if the connection had been READY".
+            ("was ready", FaultedSession { was_ready: true, ..lossless }, closed.clone(),
+             FaultAction::RedialNow),
+            // §1.9 "after WAIT, use the max directly", even after READY (Ceph: `state == WAIT`
+            // takes the backoff branch).
+            ("was ready, WAIT", FaultedSession { was_ready: true, ..lossless }, FaultReason::Wait,
+             FaultAction::Backoff(ms(1000))),
+            // §1.9 "else after backoff: ms_initial_backoff 0.2 s doubling to ms_max_backoff".
+            ("first backoff", lossless, closed.clone(), FaultAction::Backoff(ms(200))),
+            ("doubling", FaultedSession { backoff: ms(400), ..lossless }, closed.clone(),
+             FaultAction::Backoff(ms(800))),
+            ("capped", FaultedSession { backoff: ms(800), ..lossless }, closed.clone(),
+             FaultAction::Backoff(ms(1000))),
+            ("WAIT", FaultedSession { backoff: ms(200), ..lossless }, FaultReason::Wait,
+             FaultAction::Backoff(ms(1000))),
+            // A huge configured delay saturates instead of overflowing the doubling.
+            ("huge backoff", FaultedSession { backoff: Duration::MAX, ..lossless },
+             closed.clone(), FaultAction::Backoff(ms(1000))),
+        ];
+        for (row, s, reason, expected) in rows {
+            assert_eq!(decide_fault(&s, &reason, &tuning), expected, "row {row:?}");
+        }
     }
 }

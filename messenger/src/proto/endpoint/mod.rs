@@ -11,7 +11,9 @@
 //! - leaves, which import nothing of the endpoint: `config` (configuration), `ids` (ids,
 //!   cookies), `timer` (time, the timer table, what a connection's timer finds), `conn` (one
 //!   connection's state), `session` (one session's seqs, queues and acks), `auth` (auth methods
-//!   and connection modes), `fault` (fault reasons, and what follows a fault);
+//!   and connection modes), and the session decisions, pure functions with table tests:
+//!   `ident` (what CLIENT_IDENT meets), `reconnect` (the answer to SESSION_RECONNECT), `fault`
+//!   (fault reasons, and what follows a fault);
 //! - steps, which apply those to the endpoint: `dispatch` (input to frames to steps, the data
 //!   path), `handshake` (banner, HELLO, auth), `establish` (the session phase: idents and
 //!   reconnects), `migrate` (connections owned by another endpoint).
@@ -23,8 +25,10 @@ mod dispatch;
 mod establish;
 mod fault;
 mod handshake;
+mod ident;
 mod ids;
 mod migrate;
+mod reconnect;
 mod session;
 mod timer;
 
@@ -48,6 +52,7 @@ use super::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType, Fabric};
 
 use auth::Auth;
 use conn::{Conn, ConnState, Role, Trigger, CONN_CLOSED};
+use fault::FaultAction;
 use ids::Rng;
 use session::{Session, SessionState, SESSION_CLOSED};
 use timer::{ConnTimer, Timer, TimerTable};
@@ -746,35 +751,33 @@ impl Endpoint {
             // The session already moved on to another connection.
             return;
         }
-        if s.policy.lossy {
-            self.events.push_back(Event::Reset {
-                session: sid,
-                reason: reason.clone(),
-            });
-            self.close_session(sid);
-            return;
+        match fault::decide_fault(&s.faulted(), &reason, &self.config.tuning) {
+            FaultAction::Reset => {
+                self.events.push_back(Event::Reset {
+                    session: sid,
+                    reason,
+                });
+                self.close_session(sid);
+            }
+            FaultAction::Standby => {
+                s.requeue_sent();
+                s.set_state(sid, SessionState::Standby);
+            }
+            FaultAction::RedialNow => {
+                s.requeue_sent();
+                s.set_state(sid, SessionState::Connecting);
+                s.was_ready = false;
+                self.start_connect(sid);
+            }
+            FaultAction::Backoff(delay) => {
+                s.requeue_sent();
+                s.set_state(sid, SessionState::Connecting);
+                s.backoff = delay;
+                let at = self.now.after(delay);
+                s.reconnect_at = Some(at);
+                self.timers.arm(at, Timer::Reconnect(sid));
+            }
         }
-        s.requeue_sent();
-        if s.policy.server || (s.policy.standby && !s.has_pending()) || s.dial_addr().is_none() {
-            s.set_state(sid, SessionState::Standby);
-            return;
-        }
-        s.set_state(sid, SessionState::Connecting);
-        if s.was_ready && reason != FaultReason::Wait {
-            s.was_ready = false;
-            self.start_connect(sid);
-            return;
-        }
-        s.backoff = if reason == FaultReason::Wait {
-            self.config.tuning.max_backoff
-        } else if s.backoff.is_zero() {
-            self.config.tuning.initial_backoff
-        } else {
-            (s.backoff * 2).min(self.config.tuning.max_backoff)
-        };
-        let at = self.now.after(s.backoff);
-        s.reconnect_at = Some(at);
-        self.timers.arm(at, Timer::Reconnect(sid));
     }
 
     fn start_connect(&mut self, sid: SessionId) {

@@ -14,6 +14,7 @@ use crate::proto::message::{Message, MsgHeader2};
 use crate::proto::policy::Policy;
 use crate::proto::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType, Fabric};
 
+use super::fault::FaultedSession;
 use super::ids::{ConnId, SessionId};
 use super::timer::Time;
 
@@ -61,6 +62,39 @@ pub(super) struct Session {
     pub(super) reconnect_at: Option<Time>,
     /// Whether the last connection reached READY (then reconnect at once, not after backoff).
     pub(super) was_ready: bool,
+}
+
+/// What the session decisions (`ident.rs`, `reconnect.rs`) need to know of an existing
+/// session: a copy, so that they stay pure functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SessionView {
+    pub(super) policy: Policy,
+    pub(super) state: SessionState,
+    pub(super) client_cookie: u64,
+    pub(super) server_cookie: u64,
+    pub(super) peer_global_seq: u64,
+    pub(super) connect_seq: u64,
+}
+
+#[cfg(test)]
+impl SessionView {
+    /// For the decision tables: a registered session with client cookie 11, server cookie 22,
+    /// peer global_seq 5 and connect_seq 3.
+    pub(super) fn example(policy: Policy, state: SessionState) -> SessionView {
+        SessionView {
+            policy,
+            state,
+            client_cookie: 11,
+            server_cookie: 22,
+            peer_global_seq: 5,
+            connect_seq: 3,
+        }
+    }
+
+    /// For the decision tables: `v2:127.0.0.1:PORT/1`.
+    pub(super) fn addr(port: u16) -> EntityAddr {
+        EntityAddr::msgr2(([127, 0, 0, 1], port).into(), 1)
+    }
 }
 
 /// A message on its way out, with the time the application queued it (for the
@@ -124,6 +158,28 @@ impl Session {
                 "session state"
             );
             self.state = to;
+        }
+    }
+
+    pub(super) fn view(&self) -> SessionView {
+        SessionView {
+            policy: self.policy,
+            state: self.state,
+            client_cookie: self.client_cookie,
+            server_cookie: self.server_cookie,
+            peer_global_seq: self.peer_global_seq,
+            connect_seq: self.connect_seq,
+        }
+    }
+
+    /// What `decide_fault` needs to know of this session when its connection failed.
+    pub(super) fn faulted(&self) -> FaultedSession {
+        FaultedSession {
+            policy: self.policy,
+            has_pending: self.has_pending(),
+            can_dial: self.dial_addr().is_some(),
+            was_ready: self.was_ready,
+            backoff: self.backoff,
         }
     }
 

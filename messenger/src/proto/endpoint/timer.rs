@@ -127,10 +127,12 @@ mod tests {
             rearm: rearm.map(|s| Time(s * S)),
             keepalive: keepalive.map(|s| Time(s * S)),
         };
-        // (row, ready, deadline, last_input, next_keepalive, keepalive every, now, expected)
-        #[allow(clippy::type_complexity)]
-        let rows: [(
-            &str,
+        let handshake_timeout = ConnTimer::Fault(FaultReason::HandshakeTimeout);
+        let idle_timeout = ConnTimer::Fault(FaultReason::IdleTimeout);
+        // Seconds. Idle timeout 60 s; (row, ready, deadline, last input, next keepalive,
+        // keepalive interval, now, expected).
+        type Row<'a> = (
+            &'a str,
             bool,
             Option<u64>,
             u64,
@@ -138,94 +140,28 @@ mod tests {
             Option<u64>,
             u64,
             ConnTimer,
-        ); 8] = [
-            (
-                "handshake not due",
-                false,
-                Some(10),
-                0,
-                None,
-                None,
-                5,
-                wait(Some(10), None),
-            ),
-            (
-                "handshake due",
-                false,
-                Some(10),
-                0,
-                None,
-                None,
-                10,
-                ConnTimer::Fault(FaultReason::HandshakeTimeout),
-            ),
-            (
-                "handshake, no deadline",
-                false,
-                None,
-                0,
-                None,
-                None,
-                5,
-                wait(None, None),
-            ),
-            (
-                "ready, idle not due",
-                true,
-                None,
-                0,
-                None,
-                None,
-                30,
-                wait(Some(60), None),
-            ),
-            (
-                "ready, idle due",
-                true,
-                None,
-                0,
-                None,
-                None,
-                60,
-                ConnTimer::Fault(FaultReason::IdleTimeout),
-            ),
-            (
-                "keepalive not due",
-                true,
-                None,
-                0,
-                Some(20),
-                Some(10),
-                15,
-                wait(Some(20), None),
-            ),
-            (
-                "keepalive due",
-                true,
-                None,
-                0,
-                Some(20),
-                Some(10),
-                20,
-                wait(Some(30), Some(30)),
-            ),
-            (
-                "idle before keepalive",
-                true,
-                None,
-                0,
-                Some(70),
-                Some(10),
-                50,
-                wait(Some(60), None),
-            ),
+        );
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            // `ms_connection_ready_timeout`: the handshake must finish by its deadline.
+            ("handshake not due", false, Some(10), 0, None, None, 5, wait(Some(10), None)),
+            ("handshake due", false, Some(10), 0, None, None, 10, handshake_timeout),
+            ("handshake, no deadline", false, None, 0, None, None, 5, wait(None, None)),
+            // `ms_connection_idle_timeout`: a ready connection with no input for this long.
+            ("idle not due", true, None, 0, None, None, 30, wait(Some(60), None)),
+            ("idle due", true, None, 0, None, None, 60, idle_timeout),
+            ("input since", true, None, 30, None, None, 60, wait(Some(90), None)),
+            // Keepalives every interval; the timer fires for whichever is first.
+            ("keepalive not due", true, None, 0, Some(20), Some(10), 15, wait(Some(20), None)),
+            ("keepalive due", true, None, 0, Some(20), Some(10), 20, wait(Some(30), Some(30))),
+            ("idle first", true, None, 0, Some(70), Some(10), 50, wait(Some(60), None)),
         ];
-        for (row, ready, deadline, last, ka, every, now, expected) in rows {
+        for (row, ready, deadline, last, keepalive, every, now, expected) in rows {
             let got = conn_timer(
                 ready,
                 deadline.map(|s| Time(s * S)),
                 Time(last * S),
-                ka.map(|s| Time(s * S)),
+                keepalive.map(|s| Time(s * S)),
                 &tuning(every),
                 Time(now * S),
             );
