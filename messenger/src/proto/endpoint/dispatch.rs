@@ -226,8 +226,10 @@ impl Endpoint {
             .session
             .expect("ready conns have a session");
         let s = self.sessions.get_mut(&sid).expect("exists");
-        if !s.receive(sid, &header, &msg, self.config.tuning.probe_sample) {
-            return Ok(());
+        match s.receive(sid, &header, &msg, self.config.tuning.probe_sample) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(reason) => return self.fail(cid, reason),
         }
         self.events.push_back(Event::Message { session: sid, msg });
         self.intercept(cid, Step::ReadMessageComplete, || None)

@@ -18,6 +18,7 @@ use super::fault::FaultReason;
 use super::ident::{decide_client_ident, IdentDecision};
 use super::ids::{ConnId, SessionId};
 use super::reconnect::{decide_reconnect, ReconnectDecision};
+use super::seq;
 use super::session::{Session, SessionState};
 use super::timer::Timer;
 use super::{Endpoint, Event, Flow, Halt};
@@ -112,8 +113,12 @@ impl Endpoint {
                 if missing != 0 {
                     return self.fail(cid, FaultReason::PeerMissingFeatures(missing));
                 }
+                let peer_global_seq = match seq::peer_seq("global_seq", si.global_seq) {
+                    Ok(gs) => gs,
+                    Err(reason) => return self.fail(cid, reason),
+                };
                 s.server_cookie = si.server_cookie;
-                s.peer_global_seq = si.global_seq;
+                s.peer_global_seq = peer_global_seq;
                 s.peer_gid = si.gid;
                 s.connect_seq = 0;
                 if !si.addrs.0.is_empty() && s.peer_addrs.msgr2().is_none() {
@@ -137,15 +142,25 @@ impl Endpoint {
             }
             Control::SessionRetry { connect_seq } => {
                 self.intercept(cid, Step::SessionRetry, || Some(Trigger::Frame(frame)))?;
+                // Ceph: `connect_seq = retry.connect_seq() + 1`, wrapping (see seq.rs).
+                let connect_seq = match seq::after_retry(connect_seq) {
+                    Ok(cs) => cs,
+                    Err(reason) => return self.fail(cid, reason),
+                };
                 let s = self.sessions.get_mut(&sid).expect("session exists");
-                s.connect_seq = connect_seq + 1;
+                s.connect_seq = connect_seq;
                 self.send_reconnect(cid, sid);
                 Ok(())
             }
             Control::SessionRetryGlobal { global_seq } => {
                 self.intercept(cid, Step::SessionRetry, || Some(Trigger::Frame(frame)))?;
-                self.global_seq = self.global_seq.max(global_seq) + 1;
-                let gs = self.global_seq;
+                // Ceph: `global_seq = messenger->get_global_seq(retry.global_seq())`, which
+                // truncates to 32 bits and wraps (see seq.rs).
+                let gs = match seq::after_retry_global(self.global_seq, global_seq) {
+                    Ok(gs) => gs,
+                    Err(reason) => return self.fail(cid, reason),
+                };
+                self.global_seq = gs;
                 self.sessions
                     .get_mut(&sid)
                     .expect("session exists")
@@ -196,6 +211,10 @@ impl Endpoint {
             self.send_control(cid, Control::IdentMissingFeatures { features: missing });
             self.drop_conn(cid, true);
             return Err(Halt::Closed);
+        }
+        // Kept as the session's peer_global_seq, which later idents and reconnects must reach.
+        if let Err(reason) = seq::peer_seq("global_seq", ci.global_seq) {
+            return self.fail(cid, reason);
         }
         let lossy_peer = ci.flags & IDENT_FLAG_LOSSY != 0;
         let registers = !lossy_peer || policy.register_lossy_clients;
@@ -287,7 +306,7 @@ impl Endpoint {
     }
 
     fn send_server_ident(&mut self, cid: ConnId, sid: SessionId) {
-        self.global_seq += 1;
+        self.global_seq = seq::bump(self.global_seq);
         let global_seq = self.global_seq;
         let addrs = self.config.addrs.clone();
         let gid = self.my_gid;
@@ -312,6 +331,13 @@ impl Endpoint {
         let Some(key) = r.addrs.primary().copied() else {
             return self.fail(cid, FaultReason::BadIdent("empty address vector"));
         };
+        // Both are kept (as the session's peer_global_seq and connect_seq), and the
+        // connect_seq counts on from there when this side redials.
+        let checked = seq::peer_seq("global_seq", r.global_seq)
+            .and_then(|_| seq::peer_seq("connect_seq", r.connect_seq));
+        if let Err(reason) = checked {
+            return self.fail(cid, reason);
+        }
         let existing = self
             .registry
             .get(&key)

@@ -69,6 +69,10 @@ pub enum FaultReason {
     /// The peer started a new session on another connection, which ends a lossy one.
     #[error("peer started a new session")]
     Replaced,
+    /// The peer sent a sequence number (`what`: connect_seq, global_seq or message seq) no
+    /// counter reaches, where Ceph would let its own counter wrap (see `seq.rs`).
+    #[error("peer sent an impossible {what} (2^63 or more; no counter from 0 gets there)")]
+    SeqOverflow { what: &'static str },
 }
 
 fn connect_failure(errno: Option<i32>) -> String {
@@ -104,12 +108,13 @@ impl FaultReason {
             FaultReason::Stale => 19,
             FaultReason::IdentRefused => 20,
             FaultReason::Replaced => 21,
+            FaultReason::SeqOverflow { .. } => 22,
         }
     }
 
     /// The name of each [`code`](Self::code), as the tracer prints it.
     pub fn code_name(code: u32) -> &'static str {
-        const NAMES: [&str; 22] = [
+        const NAMES: [&str; 23] = [
             "unknown",
             "socket_closed",
             "connect_failed",
@@ -132,6 +137,7 @@ impl FaultReason {
             "stale",
             "ident_refused",
             "replaced",
+            "seq_overflow",
         ];
         NAMES.get(code as usize).copied().unwrap_or("unknown")
     }
@@ -262,5 +268,24 @@ mod tests {
         for (row, s, reason, expected) in rows {
             assert_eq!(decide_fault(&s, &reason, &tuning), expected, "row {row:?}");
         }
+    }
+
+    #[test]
+    fn codes_have_names() {
+        let cases = [
+            (FaultReason::SocketClosed, "socket_closed"),
+            (FaultReason::Stale, "stale"),
+            (FaultReason::Replaced, "replaced"),
+            (
+                FaultReason::SeqOverflow {
+                    what: "connect_seq",
+                },
+                "seq_overflow",
+            ),
+        ];
+        for (reason, name) in cases {
+            assert_eq!(FaultReason::code_name(reason.code()), name, "{reason:?}");
+        }
+        assert_eq!(FaultReason::code_name(23), "unknown");
     }
 }

@@ -29,6 +29,7 @@ mod ident;
 mod ids;
 mod migrate;
 mod reconnect;
+mod seq;
 mod session;
 mod timer;
 
@@ -646,7 +647,8 @@ impl Endpoint {
     }
 
     fn send_control(&mut self, cid: ConnId, control: Control) {
-        self.counts.sent[control.tag() as usize] += 1;
+        let n = &mut self.counts.sent[control.tag() as usize];
+        *n = n.wrapping_add(1);
         self.queue_tx(cid, |tx| {
             control.encode_frame(tx);
         });
@@ -794,10 +796,10 @@ impl Endpoint {
         };
         s.set_state(sid, SessionState::Connecting);
         s.reconnect_at = None;
-        self.global_seq += 1;
+        self.global_seq = seq::bump(self.global_seq);
         s.global_seq = self.global_seq;
         if s.server_cookie != 0 {
-            s.connect_seq += 1;
+            s.connect_seq = seq::bump(s.connect_seq);
         }
         s.conn = Some(cid);
         let conn = Conn::new(cid, Role::Client, Some(sid), Some(addr), self.now);

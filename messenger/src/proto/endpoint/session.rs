@@ -14,8 +14,9 @@ use crate::proto::message::{Message, MsgHeader2};
 use crate::proto::policy::Policy;
 use crate::proto::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType, Fabric};
 
-use super::fault::FaultedSession;
+use super::fault::{FaultReason, FaultedSession};
 use super::ids::{ConnId, SessionId};
+use super::seq;
 use super::timer::Time;
 
 pub(super) const SESSION_CLOSED: u32 = 3;
@@ -287,18 +288,23 @@ impl Session {
     }
 
     /// A message arrived with `header`: trims what it acknowledges, and returns whether it is
-    /// new (to dispatch) rather than a replay of one already delivered.
+    /// new (to dispatch) rather than a replay of one already delivered. A seq no sender
+    /// reaches is a fault (see `seq.rs`).
     pub(super) fn receive(
         &mut self,
         sid: SessionId,
         header: &MsgHeader2,
         msg: &Message,
         probe_sample: u32,
-    ) -> bool {
+    ) -> Result<bool, FaultReason> {
+        // Ceph takes any seq (and tests a gap with `cur_seq + 1`, which wraps). Ours becomes
+        // in_seq, which every later message must pass: one near u64::MAX would leave the
+        // session unable to take another. The ack_seq is only compared with our own seqs.
+        seq::peer_seq("message seq", header.seq)?;
         self.trim_sent(header.ack_seq);
         if header.seq <= self.in_seq {
             // Already delivered (a replay after reconnect): drop, as Ceph does.
-            return false;
+            return Ok(false);
         }
         self.in_seq = header.seq;
         self.ack_pending = true;
@@ -308,7 +314,7 @@ impl Session {
         if hooks::sampled(msg.seq, probe_sample) {
             hooks::ringwire_msg_dispatched(sid.0, msg.seq, msg.ty as u32, len);
         }
-        true
+        Ok(true)
     }
 
     /// After a batch of input: whether this session now owes the peer an ACK frame (once).
