@@ -107,8 +107,10 @@ fn ci(root: &Path) -> Result<(), String> {
             "warnings",
         ],
     )?;
-    let (mut passed, mut failed) =
-        run_tests(root, &["test", "--workspace", "--locked", "--release"])?;
+    let (mut passed, mut failed) = run_tests(
+        root,
+        &["test", "--workspace", "--locked", "--profile", "ci"],
+    )?;
     let (rxe_passed, rxe_failed) = rxe_test(root)?;
     passed += rxe_passed;
     failed += rxe_failed;
