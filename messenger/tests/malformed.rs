@@ -86,6 +86,18 @@ fn banners() {
             we_lack: 0
         })
     );
+    // msgr2.1 is required even by a banner that does not say so: rev0 framing is not spoken.
+    let lenient = Banner {
+        supported: FEATURE_REVISION_1,
+        required: 0,
+    };
+    assert_eq!(
+        lenient.negotiate(&rev0),
+        Err(FrameError::IncompatibleFeatures {
+            peer_lacks: FEATURE_REVISION_1,
+            we_lack: 0
+        })
+    );
 }
 
 #[test]

@@ -150,8 +150,6 @@ pub enum FrameError {
         "incompatible msgr2 features: peer lacks required {peer_lacks:#x}, we lack peer-required {we_lack:#x}"
     )]
     IncompatibleFeatures { peer_lacks: u64, we_lack: u64 },
-    #[error("peer does not support msgr2.1 framing (supported features {0:#x})")]
-    NoRevision1(u64),
     #[error("preamble CRC mismatch: frame says {wire:#010x}, computed {computed:#010x}")]
     PreambleCrc { wire: u32, computed: u32 },
     #[error("segment {segment} CRC mismatch: frame says {wire:#010x}, computed {computed:#010x}")]
@@ -256,16 +254,15 @@ impl Banner {
 
     /// Checks that `self` (ours) and `peer` are compatible and that msgr2.1 framing applies.
     pub fn negotiate(&self, peer: &Banner) -> Result<(), FrameError> {
-        let peer_lacks = self.required & !peer.supported;
+        // msgr2.1 framing is the only one spoken here, whatever `self` says: a peer without
+        // it lacks a required feature.
+        let peer_lacks = (self.required | FEATURE_REVISION_1) & !peer.supported;
         let we_lack = peer.required & !self.supported;
         if peer_lacks != 0 || we_lack != 0 {
             return Err(FrameError::IncompatibleFeatures {
                 peer_lacks,
                 we_lack,
             });
-        }
-        if peer.supported & FEATURE_REVISION_1 == 0 {
-            return Err(FrameError::NoRevision1(peer.supported));
         }
         Ok(())
     }
@@ -587,7 +584,6 @@ pub struct FrameDecoder {
     /// Stream offset of the frame being decoded (for error messages and `ringwire decode`).
     frame_start: u64,
     consumed: u64,
-    aborted: u64,
 }
 
 /// Segments at least this large are announced as [`ReadHint::Segment`].
@@ -611,22 +607,12 @@ impl FrameDecoder {
             seg0_crc: None,
             frame_start: start_offset,
             consumed: start_offset,
-            aborted: 0,
         }
-    }
-
-    pub fn limits(&self) -> &FrameLimits {
-        &self.limits
     }
 
     /// Stream offset where the frame being decoded (or the next one) starts.
     pub fn frame_offset(&self) -> u64 {
         self.frame_start
-    }
-
-    /// Frames dropped because the sender marked them aborted.
-    pub fn aborted_frames(&self) -> u64 {
-        self.aborted
     }
 
     /// Whether the decoder is between frames (a clean place for the stream to end).
@@ -844,7 +830,6 @@ impl FrameDecoder {
         let preamble = self.preamble.take().expect("preamble");
         let segments = std::mem::take(&mut self.segments);
         if aborted {
-            self.aborted += 1;
             return Ok(None);
         }
         Ok(Some(Frame {
