@@ -1,6 +1,7 @@
 //! From bytes to protocol steps: the banner and frame decoding of a connection's input, the
-//! dispatch of each frame to the step for the connection's role and state, and the data path
-//! of ready sessions (messages out and in, and the ACKs they owe).
+//! dispatch of each frame to the step for the connection's role and state (and its replay when
+//! the interceptor paused it), and the data path of ready sessions (messages out and in, and
+//! the ACKs they owe).
 
 use crate::proto::control::{Control, IDENT_FLAG_LOSSY};
 use crate::proto::frame::{Frame, FrameDecoder, Tag};
@@ -9,9 +10,40 @@ use crate::proto::message::Message;
 
 use super::conn::{ConnState, Role, Trigger};
 use super::ids::{ConnId, SessionId};
+use super::timer::Time;
 use super::{Endpoint, Event, Flow, Halt, Io};
 
 impl Endpoint {
+    /// Resumes a connection paused by the interceptor.
+    pub fn resume(&mut self, now: Time, conn: ConnId) {
+        self.now = now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some((step, trigger)) = c.paused.take() else {
+            return;
+        };
+        c.resume_skip = Some(step);
+        let flow = match trigger {
+            Trigger::Start => self.start_banner(conn),
+            Trigger::Banner(b) => self.on_peer_banner(conn, b),
+            Trigger::Frame(f) => self.on_frame(conn, f),
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.resume_skip = None;
+        }
+        let pending = self
+            .conns
+            .get_mut(&conn)
+            .map(|c| std::mem::take(&mut c.pending_input))
+            .unwrap_or_default();
+        match flow {
+            Ok(()) => self.process_input(conn, &pending),
+            Err(_) => self.finish_migration(conn, &pending),
+        }
+        self.after_input(conn);
+    }
+
     pub(super) fn process_input(&mut self, cid: ConnId, mut data: &[u8]) {
         let span = match self.conns.get(&cid) {
             Some(c) => c.span.clone(),

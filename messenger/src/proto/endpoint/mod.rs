@@ -363,36 +363,6 @@ impl Endpoint {
         self.sessions.len()
     }
 
-    /// Resumes a connection paused by the interceptor.
-    pub fn resume(&mut self, now: Time, conn: ConnId) {
-        self.now = now;
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let Some((step, trigger)) = c.paused.take() else {
-            return;
-        };
-        c.resume_skip = Some(step);
-        let flow = match trigger {
-            Trigger::Start => self.start_banner(conn),
-            Trigger::Banner(b) => self.on_peer_banner(conn, b),
-            Trigger::Frame(f) => self.on_frame(conn, f),
-        };
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.resume_skip = None;
-        }
-        let pending = self
-            .conns
-            .get_mut(&conn)
-            .map(|c| std::mem::take(&mut c.pending_input))
-            .unwrap_or_default();
-        match flow {
-            Ok(()) => self.process_input(conn, &pending),
-            Err(_) => self.finish_migration(conn, &pending),
-        }
-        self.after_input(conn);
-    }
-
     // ---------------------------------------------------------------- transport API
 
     /// A transport accepted a stream from `peer`.
@@ -482,6 +452,8 @@ impl Endpoint {
     /// Lends the buffer of the large segment `conn` is receiving, for a transport to receive
     /// into in place (see [`FrameDecoder::lend_segment`]). None when the next bytes are small
     /// (use [`Endpoint::on_input`]) or the connection is paused.
+    ///
+    /// [`FrameDecoder::lend_segment`]: crate::proto::FrameDecoder::lend_segment
     pub fn lend_segment(&mut self, conn: ConnId) -> Option<(BytesMut, usize)> {
         let c = self.conns.get_mut(&conn)?;
         if c.paused.is_some() {
