@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use ringwire::proto::control::AuthNonePayload;
 use ringwire::proto::crc::ceph_crc32c;
 use ringwire::proto::frame::{encode_control_frame, Banner, FEATURE_REVISION_1};
 use ringwire::proto::{
@@ -80,6 +81,18 @@ fn banners() {
     };
     assert_eq!(
         Banner::RINGWIRE.negotiate(&rev0),
+        Err(FrameError::IncompatibleFeatures {
+            peer_lacks: FEATURE_REVISION_1,
+            we_lack: 0
+        })
+    );
+    // msgr2.1 is required even by a banner that does not say so: rev0 framing is not spoken.
+    let lenient = Banner {
+        supported: FEATURE_REVISION_1,
+        required: 0,
+    };
+    assert_eq!(
+        lenient.negotiate(&rev0),
         Err(FrameError::IncompatibleFeatures {
             peer_lacks: FEATURE_REVISION_1,
             we_lack: 0
@@ -273,6 +286,22 @@ fn malformed_control_payloads() {
         Message::from_frame(f),
         Err(WireError::Truncated { .. })
     ));
+}
+
+#[test]
+fn entity_type_past_a_byte_is_refused_not_truncated() {
+    // An auth-none authorizer naming type 0x108, which `as u8` would have read as a client.
+    let mut p = vec![1u8];
+    p.extend_from_slice(&0x108u32.to_le_bytes());
+    p.extend_from_slice(&5u32.to_le_bytes());
+    p.extend_from_slice(b"admin");
+    p.extend_from_slice(&0u64.to_le_bytes());
+    assert_eq!(
+        AuthNonePayload::decode(&p),
+        Err(WireError::BadEntityType(0x108))
+    );
+    p[1..5].copy_from_slice(&8u32.to_le_bytes());
+    assert!(AuthNonePayload::decode(&p).is_ok());
 }
 
 fn server() -> Endpoint {

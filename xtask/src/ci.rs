@@ -27,8 +27,12 @@ pub fn run(root: &Path) -> Result<(), String> {
             "warnings",
         ],
     )?;
-    let (mut passed, mut failed) =
-        run_tests(root, &["test", "--workspace", "--locked", "--release"])?;
+    // Profile `ci`: release code with overflow checks on, so arithmetic on values a peer
+    // sent that wraps fails a test instead of passing silently.
+    let (mut passed, mut failed) = run_tests(
+        root,
+        &["test", "--workspace", "--locked", "--profile", "ci"],
+    )?;
     let (rxe_passed, rxe_failed) = rxe::test(root)?;
     passed += rxe_passed;
     failed += rxe_failed;

@@ -51,9 +51,11 @@ fn rxe_vm(root: &Path, script: &str, netdev: &str) -> Command {
 pub fn test(root: &Path) -> Result<(u64, u64), String> {
     let exes = build_executables(
         root,
+        // The profile `ci` tests with, so the dependencies are built once.
         &[
             "test",
-            "--release",
+            "--profile",
+            "ci",
             "--locked",
             "-p",
             "ringwire",

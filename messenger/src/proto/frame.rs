@@ -15,6 +15,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::crc::{ceph_crc32c, PREAMBLE_SEED, SEGMENT_SEED};
 
+mod decoder;
+
+pub use decoder::{FrameDecoder, ReadHint};
+
 pub const BANNER_PREFIX: &[u8; 8] = b"ceph v2\n";
 const MSGR1_BANNER_PREFIX: &[u8; 8] = b"ceph v02";
 /// Prefix + le16 payload length + supported + required.
@@ -150,8 +154,6 @@ pub enum FrameError {
         "incompatible msgr2 features: peer lacks required {peer_lacks:#x}, we lack peer-required {we_lack:#x}"
     )]
     IncompatibleFeatures { peer_lacks: u64, we_lack: u64 },
-    #[error("peer does not support msgr2.1 framing (supported features {0:#x})")]
-    NoRevision1(u64),
     #[error("preamble CRC mismatch: frame says {wire:#010x}, computed {computed:#010x}")]
     PreambleCrc { wire: u32, computed: u32 },
     #[error("segment {segment} CRC mismatch: frame says {wire:#010x}, computed {computed:#010x}")]
@@ -256,16 +258,15 @@ impl Banner {
 
     /// Checks that `self` (ours) and `peer` are compatible and that msgr2.1 framing applies.
     pub fn negotiate(&self, peer: &Banner) -> Result<(), FrameError> {
-        let peer_lacks = self.required & !peer.supported;
+        // msgr2.1 framing is the only one spoken here, whatever `self` says: a peer without
+        // it lacks a required feature.
+        let peer_lacks = (self.required | FEATURE_REVISION_1) & !peer.supported;
         let we_lack = peer.required & !self.supported;
         if peer_lacks != 0 || we_lack != 0 {
             return Err(FrameError::IncompatibleFeatures {
                 peer_lacks,
                 we_lack,
             });
-        }
-        if peer.supported & FEATURE_REVISION_1 == 0 {
-            return Err(FrameError::NoRevision1(peer.supported));
         }
         Ok(())
     }
@@ -539,321 +540,4 @@ pub fn encode_control_frame(tx: &mut TxQueue, tag: Tag, payload: &[u8]) -> usize
         tx.push_small(&ceph_crc32c(SEGMENT_SEED, payload).to_le_bytes());
     }
     tx.len() - before
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unit {
-    Preamble,
-    Segment(usize),
-    Seg0Crc,
-    Epilogue,
-}
-
-impl Unit {
-    fn name(self) -> &'static str {
-        match self {
-            Unit::Preamble => "preamble",
-            Unit::Segment(_) => "segment",
-            Unit::Seg0Crc => "segment 0 CRC",
-            Unit::Epilogue => "epilogue",
-        }
-    }
-}
-
-/// What the next read should look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadHint {
-    /// A small unit (preamble, CRC, epilogue, small segment): read through any buffer.
-    Small(usize),
-    /// A segment of this many bytes: worth receiving in place ([`FrameDecoder::lend_segment`]).
-    Segment(usize),
-}
-
-/// Incremental frame decoder for one direction of a connection (after the banner).
-pub struct FrameDecoder {
-    limits: FrameLimits,
-    unit: Unit,
-    scratch: [u8; PREAMBLE_LEN],
-    seg: BytesMut,
-    /// Length of the segment being received (kept apart from `seg`, which may be lent out).
-    seg_len: usize,
-    lent: bool,
-    filled: usize,
-    seg_crc: u32,
-    preamble: Option<Preamble>,
-    segments: Vec<Bytes>,
-    crcs: [u32; MAX_SEGMENTS],
-    seg0_crc: Option<u32>,
-    /// Stream offset of the frame being decoded (for error messages and `ringwire decode`).
-    frame_start: u64,
-    consumed: u64,
-    aborted: u64,
-}
-
-/// Segments at least this large are announced as [`ReadHint::Segment`].
-const DIRECT_READ_MIN: usize = 4096;
-
-impl FrameDecoder {
-    /// `start_offset` is the stream offset of the first frame byte (after the banner).
-    pub fn new(limits: FrameLimits, start_offset: u64) -> Self {
-        FrameDecoder {
-            limits,
-            unit: Unit::Preamble,
-            scratch: [0; PREAMBLE_LEN],
-            seg: BytesMut::new(),
-            seg_len: 0,
-            lent: false,
-            filled: 0,
-            seg_crc: SEGMENT_SEED,
-            preamble: None,
-            segments: Vec::with_capacity(MAX_SEGMENTS),
-            crcs: [0; MAX_SEGMENTS],
-            seg0_crc: None,
-            frame_start: start_offset,
-            consumed: start_offset,
-            aborted: 0,
-        }
-    }
-
-    pub fn limits(&self) -> &FrameLimits {
-        &self.limits
-    }
-
-    /// Stream offset where the frame being decoded (or the next one) starts.
-    pub fn frame_offset(&self) -> u64 {
-        self.frame_start
-    }
-
-    /// Frames dropped because the sender marked them aborted.
-    pub fn aborted_frames(&self) -> u64 {
-        self.aborted
-    }
-
-    /// Whether the decoder is between frames (a clean place for the stream to end).
-    pub fn at_frame_boundary(&self) -> bool {
-        self.unit == Unit::Preamble && self.filled == 0
-    }
-
-    fn unit_len(&self) -> usize {
-        match self.unit {
-            Unit::Preamble => PREAMBLE_LEN,
-            Unit::Segment(_) => self.seg_len,
-            Unit::Seg0Crc => CRC_LEN,
-            Unit::Epilogue => EPILOGUE_LEN,
-        }
-    }
-
-    /// Bytes still needed to complete the current unit (always > 0).
-    pub fn want(&self) -> usize {
-        self.unit_len() - self.filled
-    }
-
-    pub fn read_hint(&self) -> ReadHint {
-        match self.unit {
-            Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN => ReadHint::Segment(self.want()),
-            _ => ReadHint::Small(self.want()),
-        }
-    }
-
-    /// Where the next bytes of a small unit (preamble, CRC, epilogue) go.
-    fn scratch_buf(&mut self) -> &mut [u8] {
-        let end = self.unit_len();
-        &mut self.scratch[self.filled..end]
-    }
-
-    /// Records that `n` more bytes of the current unit are in place (in the scratch buffer,
-    /// or appended to the segment buffer). Returns a frame when one completed, CRCs checked.
-    fn advance(&mut self, n: usize) -> Result<Option<Frame>, FrameError> {
-        debug_assert!(n <= self.want(), "advanced past the current unit");
-        if let Unit::Segment(_) = self.unit {
-            // CRC while the bytes are still hot in cache.
-            self.seg_crc = ceph_crc32c(self.seg_crc, &self.seg[self.filled..self.filled + n]);
-        }
-        self.filled += n;
-        self.consumed += n as u64;
-        if self.filled < self.unit_len() {
-            return Ok(None);
-        }
-        self.filled = 0;
-        self.complete_unit()
-    }
-
-    /// Takes the buffer of the large segment being received so a transport can receive into
-    /// it in place and own it while the receive is in flight. The buffer holds the bytes
-    /// received so far (`len`) and has room for the rest; receive at most the returned count
-    /// into its spare capacity, then give it back with [`return_segment`](Self::return_segment).
-    pub fn lend_segment(&mut self) -> Option<(BytesMut, usize)> {
-        match self.unit {
-            Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN && !self.lent => {
-                self.lent = true;
-                Some((std::mem::take(&mut self.seg), self.want()))
-            }
-            _ => None,
-        }
-    }
-
-    /// Returns a lent segment buffer whose length grew by the `n` bytes received into it.
-    pub fn return_segment(&mut self, buf: BytesMut, n: usize) -> Result<Option<Frame>, FrameError> {
-        assert!(
-            self.lent && buf.len() == self.filled + n && n <= self.want(),
-            "not the lent segment, or more bytes than it wanted"
-        );
-        self.lent = false;
-        self.seg = buf;
-        self.advance(n)
-    }
-
-    /// Copies as much of `input` as the decoder takes, until one frame completes; advances
-    /// `input` past what was used. Call again while input remains.
-    pub fn feed(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
-        assert!(!self.lent, "the segment buffer is lent out");
-        while !input.is_empty() {
-            let n = self.want().min(input.len());
-            match self.unit {
-                Unit::Segment(_) => self.seg.extend_from_slice(&input[..n]),
-                _ => self.scratch_buf()[..n].copy_from_slice(&input[..n]),
-            }
-            *input = &input[n..];
-            if let Some(frame) = self.advance(n)? {
-                return Ok(Some(frame));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Call at end of stream: an error if the stream stopped inside a frame.
-    pub fn finish(&self) -> Result<(), FrameError> {
-        if self.at_frame_boundary() {
-            Ok(())
-        } else {
-            Err(FrameError::Truncated {
-                unit: self.unit.name(),
-                have: self.filled,
-                need: self.unit_len(),
-            })
-        }
-    }
-
-    fn start_segment(&mut self, index: usize) -> Result<Option<Frame>, FrameError> {
-        let p = self.preamble.as_ref().expect("preamble decoded");
-        let len = p.segments[index].len as usize;
-        self.unit = Unit::Segment(index);
-        self.seg_len = len;
-        self.seg_crc = SEGMENT_SEED;
-        if len == 0 {
-            self.seg = BytesMut::new();
-            return self.complete_unit();
-        }
-        // Sized by the peer, but only after the preamble's limits check; filled by appending,
-        // so it is never zeroed first.
-        self.seg = BytesMut::with_capacity(len);
-        Ok(None)
-    }
-
-    fn complete_unit(&mut self) -> Result<Option<Frame>, FrameError> {
-        match self.unit {
-            Unit::Preamble => {
-                let p = Preamble::decode(&self.scratch, &self.limits)?;
-                self.preamble = Some(p);
-                self.segments.clear();
-                self.seg0_crc = None;
-                self.crcs = [0; MAX_SEGMENTS];
-                self.start_segment(0)
-            }
-            Unit::Segment(i) => {
-                self.crcs[i] = self.seg_crc;
-                self.segments.push(std::mem::take(&mut self.seg).freeze());
-                let p = self.preamble.as_ref().expect("preamble decoded");
-                if i == 0 && p.segments[0].len > 0 {
-                    self.unit = Unit::Seg0Crc;
-                    return Ok(None);
-                }
-                self.next_after_segment(i)
-            }
-            Unit::Seg0Crc => {
-                let wire = u32::from_le_bytes([
-                    self.scratch[0],
-                    self.scratch[1],
-                    self.scratch[2],
-                    self.scratch[3],
-                ]);
-                if wire != self.crcs[0] {
-                    return Err(FrameError::SegmentCrc {
-                        segment: 0,
-                        wire,
-                        computed: self.crcs[0],
-                    });
-                }
-                self.seg0_crc = Some(wire);
-                self.next_after_segment(0)
-            }
-            Unit::Epilogue => {
-                let late = self.scratch[0];
-                let mut crcs = [0u32; 3];
-                for (i, c) in crcs.iter_mut().enumerate() {
-                    let o = 1 + i * 4;
-                    *c = u32::from_le_bytes([
-                        self.scratch[o],
-                        self.scratch[o + 1],
-                        self.scratch[o + 2],
-                        self.scratch[o + 3],
-                    ]);
-                }
-                // The high nibble is reserved: only the low one says complete or aborted.
-                let aborted = match late & 0x0f {
-                    LATE_STATUS_COMPLETE => false,
-                    LATE_STATUS_ABORTED => true,
-                    _ => return Err(FrameError::BadLateStatus(late)),
-                };
-                let num = self.preamble.as_ref().expect("preamble").num_segments as usize;
-                if !aborted {
-                    for i in 1..num {
-                        if crcs[i - 1] != self.crcs[i] {
-                            return Err(FrameError::SegmentCrc {
-                                segment: i,
-                                wire: crcs[i - 1],
-                                computed: self.crcs[i],
-                            });
-                        }
-                    }
-                }
-                self.finish_frame(Some((late, crcs)), aborted)
-            }
-        }
-    }
-
-    fn next_after_segment(&mut self, i: usize) -> Result<Option<Frame>, FrameError> {
-        let num = self.preamble.as_ref().expect("preamble").num_segments as usize;
-        if i + 1 < num {
-            return self.start_segment(i + 1);
-        }
-        if num > 1 {
-            self.unit = Unit::Epilogue;
-            return Ok(None);
-        }
-        self.finish_frame(None, false)
-    }
-
-    fn finish_frame(
-        &mut self,
-        epilogue: Option<(u8, [u32; 3])>,
-        aborted: bool,
-    ) -> Result<Option<Frame>, FrameError> {
-        self.unit = Unit::Preamble;
-        self.frame_start = self.consumed;
-        let preamble = self.preamble.take().expect("preamble");
-        let segments = std::mem::take(&mut self.segments);
-        if aborted {
-            self.aborted += 1;
-            return Ok(None);
-        }
-        Ok(Some(Frame {
-            preamble,
-            segments,
-            trailer: FrameTrailer {
-                seg0_crc: self.seg0_crc,
-                epilogue,
-            },
-        }))
-    }
 }

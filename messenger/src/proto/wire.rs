@@ -38,6 +38,8 @@ pub enum WireError {
     AddrTooShort(u32),
     #[error("entity name is not UTF-8")]
     NameNotUtf8,
+    #[error("entity name type {0:#x} is not an entity type (those fit a byte)")]
+    BadEntityType(u32),
 }
 
 /// A bounds-checked little-endian reader over a borrowed payload.
@@ -214,10 +216,14 @@ impl EntityName {
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let ty = r.u32("entity name type")?;
+        // Ceph's EntityName keeps a u32, but every CEPH_ENTITY_TYPE_* is a byte (as
+        // entity_name_t's `_type` is): a larger one is refused rather than truncated into
+        // another type.
+        let ty = u8::try_from(ty).map_err(|_| WireError::BadEntityType(ty))?;
         let id = r.bufferlist("entity name")?;
         let id = std::str::from_utf8(id).map_err(|_| WireError::NameNotUtf8)?;
         Ok(EntityName {
-            ty: EntityType(ty as u8),
+            ty: EntityType(ty),
             id: id.to_owned(),
         })
     }

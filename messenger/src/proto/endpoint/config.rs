@@ -1,0 +1,158 @@
+//! An endpoint's configuration: who it is, its policies, its limits and timers, and where it
+//! sits among the endpoints (one per worker) that share the session space.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::proto::frame::FrameLimits;
+use crate::proto::policy::Policy;
+use crate::proto::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType};
+
+/// Configuration of one endpoint; Ceph's option names in brackets.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Who we are, e.g. `osd.0` or `client.admin`.
+    pub name: EntityName,
+    /// Addresses we are bound to; empty for a client that only connects.
+    pub addrs: EntityAddrVec,
+    /// Our nonce, when we have no bound address (it goes into the `any:` address we send).
+    pub nonce: u32,
+    /// Policy per peer type; `default_policy` for the rest.
+    pub policies: Vec<(EntityType, Policy)>,
+    pub default_policy: Policy,
+    pub tuning: Tuning,
+    /// Seeds the cookies and the failure injector (the runtime passes real randomness).
+    pub seed: u64,
+    /// Which of several endpoints (one per worker) this is. Sessions are owned by the endpoint
+    /// [`owner_of`] their peer's address names; an incoming connection whose peer belongs to
+    /// another endpoint is handed over ([`Io::Migrate`](super::Io::Migrate)) when its ident
+    /// arrives.
+    pub placement: Placement,
+}
+
+/// The protocol's limits, timers and fault injection (Ceph's option names in brackets): the
+/// same for the bare core ([`EndpointConfig`]) and the messenger (`ringwire::Options`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Largest segment, frame and control payload accepted.
+    pub limits: FrameLimits,
+    /// `ms_initial_backoff`: the first reconnect delay.
+    pub initial_backoff: Duration,
+    /// `ms_max_backoff`: the reconnect delay cap (used at once after WAIT).
+    pub max_backoff: Duration,
+    /// `ms_connection_ready_timeout`: the whole handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// `ms_connection_idle_timeout`: a connection with no input for this long is faulted.
+    pub idle_timeout: Duration,
+    /// Send a KEEPALIVE2 on every ready connection this often (`None`: only on request).
+    pub keepalive_interval: Option<Duration>,
+    /// `ms_inject_socket_failures`: fault one received batch in N (0 = never; testing).
+    pub inject_socket_failures: u32,
+    /// The per-message probes (`ringwire_msg_*`) fire for one message in this many (by
+    /// sequence number; 1: every message, 0: none). A traced probe costs a few hundred
+    /// nanoseconds, so sampling keeps a busy messenger's tracing cheap; the counters the
+    /// other probes report cover every message either way.
+    pub probe_sample: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            limits: FrameLimits::default(),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            keepalive_interval: None,
+            inject_socket_failures: 0,
+            probe_sample: 64,
+        }
+    }
+}
+
+/// This endpoint's index among `count` endpoints sharing the session space, and the
+/// messenger it belongs to (its number in the process, for process-unique ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub index: usize,
+    pub count: usize,
+    pub messenger: u8,
+}
+
+/// The endpoint (of `count`) that owns sessions with the peer at `addr`.
+pub fn owner_of(addr: &EntityAddr, count: usize) -> usize {
+    (placement_hash(addr) % count.max(1) as u64) as usize
+}
+
+/// FNV-1a over the address, so every worker and every process computes the same answer.
+pub fn placement_hash(addr: &EntityAddr) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&addr.ty.to_wire().to_le_bytes());
+    eat(&addr.nonce.to_le_bytes());
+    match addr.addr {
+        Some(SocketAddr::V4(a)) => {
+            eat(&a.ip().octets());
+            eat(&a.port().to_le_bytes());
+        }
+        Some(SocketAddr::V6(a)) => {
+            eat(&a.ip().octets());
+            eat(&a.port().to_le_bytes());
+        }
+        None => {}
+    }
+    h
+}
+
+impl EndpointConfig {
+    pub fn new(name: EntityName, addrs: EntityAddrVec) -> Self {
+        EndpointConfig {
+            name,
+            addrs,
+            nonce: 0,
+            policies: Vec::new(),
+            default_policy: Policy::lossy_client(),
+            tuning: Tuning::default(),
+            seed: 0x5eed,
+            placement: Placement {
+                index: 0,
+                count: 1,
+                messenger: 0,
+            },
+        }
+    }
+
+    pub fn policy_for(&self, peer: EntityType) -> Policy {
+        self.policies
+            .iter()
+            .find(|(t, _)| *t == peer)
+            .map(|(_, p)| *p)
+            .unwrap_or(self.default_policy)
+    }
+
+    /// Whether a peer dialling `target` meant us. A nonce of 0 names no instance (the peer
+    /// knows only IP and port), so it reaches whichever one listens there; Ceph daemons always
+    /// name the nonce from their maps, so this changes nothing between them.
+    pub(super) fn is_my_addr(&self, target: &EntityAddr) -> bool {
+        self.addrs.0.iter().any(|mine| {
+            mine.ty == target.ty
+                && (mine.nonce == target.nonce || target.nonce == 0)
+                && match (mine.addr, target.addr) {
+                    (Some(m), Some(t)) => {
+                        m.port() == t.port() && (m.ip() == t.ip() || m.ip().is_unspecified())
+                    }
+                    _ => false,
+                }
+        })
+    }
+
+    /// The address races are decided by (the lower one wins).
+    pub(super) fn race_addr(&self) -> Option<&EntityAddr> {
+        self.addrs.primary()
+    }
+}

@@ -1,0 +1,291 @@
+//! Why a connection fails ([`FaultReason`]) and what its session does next
+//! ([`decide_fault`]: msgr2.md §1.9 "Fault handling", Ceph's `ProtocolV2::_fault`).
+
+use std::time::Duration;
+
+use crate::proto::control::ControlError;
+use crate::proto::frame::{FrameError, Tag};
+use crate::proto::intercept::Step;
+use crate::proto::policy::Policy;
+use crate::proto::wire::{EntityType, WireError};
+
+use super::config::Tuning;
+
+/// Why a connection failed. Each is reported once; the session then follows its policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultReason {
+    #[error("connection closed by the transport")]
+    SocketClosed,
+    /// The transport could not connect; `errno` is the OS error when it gave one.
+    #[error("{}", connect_failure(*errno))]
+    ConnectFailed { errno: Option<i32> },
+    #[error("frame error: {0}")]
+    Frame(#[from] FrameError),
+    #[error("control frame error: {0}")]
+    Control(#[from] ControlError),
+    #[error("malformed message: {0}")]
+    Message(#[from] WireError),
+    #[error("unexpected {tag} in state {state}")]
+    UnexpectedFrame { state: &'static str, tag: Tag },
+    #[error("peer is a {got}, expected a {expected}")]
+    WrongPeerType {
+        expected: EntityType,
+        got: EntityType,
+    },
+    #[error("peer refused auth method none; it allows methods {allowed:?} (Ringwire supports none only; cephx is not implemented yet)")]
+    AuthMethodRefused { allowed: Vec<u32> },
+    #[error("peer chose connection mode {0}; Ringwire supports crc mode only")]
+    UnsupportedConMode(u32),
+    #[error("auth signature mismatch")]
+    BadSignature,
+    #[error("peer requires features {0:#x} that we do not support")]
+    MissingFeatures(u64),
+    #[error("peer lacks features {0:#x} that we require")]
+    PeerMissingFeatures(u64),
+    #[error("bad ident: {0}")]
+    BadIdent(&'static str),
+    #[error("handshake did not complete in time")]
+    HandshakeTimeout,
+    #[error("no input for the idle timeout")]
+    IdleTimeout,
+    #[error("injected socket failure")]
+    Injected,
+    #[error("interceptor failed the connection at {0:?}")]
+    Intercepted(Step),
+    #[error("peer asked us to wait (connection race)")]
+    Wait,
+    #[error("stale connection (an older global_seq than the session's)")]
+    Stale,
+    /// The peer closed the connection instead of answering our CLIENT_IDENT or
+    /// SESSION_RECONNECT. A Ceph or Ringwire server does that when the address we dialled is
+    /// not its own (most often a nonce from an earlier instance), or refuses us for a reason
+    /// only its log names.
+    #[error(
+        "peer closed the connection in answer to our identification: the address's nonce is \
+         probably not the peer's (a restarted daemon has a new one; name none, v2:IP:PORT, to \
+         reach whichever instance listens there), or it refused us (its log says why)"
+    )]
+    IdentRefused,
+    /// The peer started a new session on another connection, which ends a lossy one.
+    #[error("peer started a new session")]
+    Replaced,
+    /// The peer sent a sequence number (`what`: connect_seq, global_seq or message seq) no
+    /// counter reaches, where Ceph would let its own counter wrap (see `seq.rs`).
+    #[error("peer sent an impossible {what} (2^63 or more; no counter from 0 gets there)")]
+    SeqOverflow { what: &'static str },
+}
+
+fn connect_failure(errno: Option<i32>) -> String {
+    match errno {
+        Some(libc::ECONNREFUSED) => "nothing listening there (connection refused)".into(),
+        Some(e) => format!("connect failed: {}", std::io::Error::from_raw_os_error(e)),
+        None => "connect failed".into(),
+    }
+}
+
+impl FaultReason {
+    /// A stable number per kind of fault, for the `ringwire_fault` probe.
+    pub fn code(&self) -> u32 {
+        match self {
+            FaultReason::SocketClosed => 1,
+            FaultReason::ConnectFailed { .. } => 2,
+            FaultReason::Frame(_) => 3,
+            FaultReason::Control(_) => 4,
+            FaultReason::Message(_) => 5,
+            FaultReason::UnexpectedFrame { .. } => 6,
+            FaultReason::WrongPeerType { .. } => 7,
+            FaultReason::AuthMethodRefused { .. } => 8,
+            FaultReason::UnsupportedConMode(_) => 9,
+            FaultReason::BadSignature => 10,
+            FaultReason::MissingFeatures(_) => 11,
+            FaultReason::PeerMissingFeatures(_) => 12,
+            FaultReason::BadIdent(_) => 13,
+            FaultReason::HandshakeTimeout => 14,
+            FaultReason::IdleTimeout => 15,
+            FaultReason::Injected => 16,
+            FaultReason::Intercepted(_) => 17,
+            FaultReason::Wait => 18,
+            FaultReason::Stale => 19,
+            FaultReason::IdentRefused => 20,
+            FaultReason::Replaced => 21,
+            FaultReason::SeqOverflow { .. } => 22,
+        }
+    }
+
+    /// The name of each [`code`](Self::code), as the tracer prints it.
+    pub fn code_name(code: u32) -> &'static str {
+        const NAMES: [&str; 23] = [
+            "unknown",
+            "socket_closed",
+            "connect_failed",
+            "frame",
+            "control",
+            "message",
+            "unexpected_frame",
+            "wrong_peer_type",
+            "auth_method_refused",
+            "unsupported_con_mode",
+            "bad_signature",
+            "missing_features",
+            "peer_missing_features",
+            "bad_ident",
+            "handshake_timeout",
+            "idle_timeout",
+            "injected",
+            "intercepted",
+            "wait",
+            "stale",
+            "ident_refused",
+            "replaced",
+            "seq_overflow",
+        ];
+        NAMES.get(code as usize).copied().unwrap_or("unknown")
+    }
+}
+
+/// What [`decide_fault`] needs to know of a session whose connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FaultedSession {
+    pub(super) policy: Policy,
+    /// Messages queued or written but not acknowledged.
+    pub(super) has_pending: bool,
+    /// Whether we know an address to dial the peer at (a peer that dialled us from an
+    /// unbound client has none).
+    pub(super) can_dial: bool,
+    /// Whether the failed connection had reached READY.
+    pub(super) was_ready: bool,
+    /// The last reconnect delay (zero: none yet).
+    pub(super) backoff: Duration,
+}
+
+/// What a session does after its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FaultAction {
+    /// Dial again after this delay (also the next delay's base).
+    Backoff(Duration),
+    /// Dial again at once.
+    RedialNow,
+    /// Lossy: the session ends, its undelivered messages are gone, the application hears
+    /// `Event::Reset`.
+    Reset,
+    /// Wait, with unacknowledged messages requeued: for the peer to reconnect (server policy),
+    /// for something to send (standby policy), or for an address to dial.
+    Standby,
+}
+
+/// What follows a fault, per policy (msgr2.md §1.9 "Fault handling"). Lossless sessions
+/// requeue their unacknowledged messages whatever this says.
+pub(super) fn decide_fault(
+    s: &FaultedSession,
+    reason: &FaultReason,
+    tuning: &Tuning,
+) -> FaultAction {
+    if s.policy.lossy {
+        return FaultAction::Reset;
+    }
+    if s.policy.server || (s.policy.standby && !s.has_pending) || !s.can_dial {
+        return FaultAction::Standby;
+    }
+    let wait = *reason == FaultReason::Wait;
+    if s.was_ready && !wait {
+        return FaultAction::RedialNow;
+    }
+    FaultAction::Backoff(next_backoff(s.backoff, wait, tuning))
+}
+
+/// `ms_initial_backoff` doubling to `ms_max_backoff`; the maximum at once after WAIT.
+fn next_backoff(last: Duration, wait: bool, tuning: &Tuning) -> Duration {
+    if wait {
+        tuning.max_backoff
+    } else if last.is_zero() {
+        tuning.initial_backoff
+    } else {
+        last.saturating_mul(2).min(tuning.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn decide_fault_table() {
+        let tuning = Tuning {
+            initial_backoff: ms(200),
+            max_backoff: ms(1000),
+            ..Tuning::default()
+        };
+        let session = |policy: Policy| FaultedSession {
+            policy,
+            has_pending: true,
+            can_dial: true,
+            was_ready: false,
+            backoff: Duration::ZERO,
+        };
+        let lossless = session(Policy::lossless_client());
+        let closed = FaultReason::SocketClosed;
+        #[rustfmt::skip]
+        let rows: Vec<(&str, FaultedSession, FaultReason, FaultAction)> = vec![
+            // §1.9 "lossy → stop and deliver ms_handle_reset".
+            ("lossy", session(Policy::lossy_client()), closed.clone(), FaultAction::Reset),
+            ("lossy server", session(Policy::stateless_server()), closed.clone(), FaultAction::Reset),
+            // §1.9 "server policy … → STANDBY", even with messages queued.
+            ("server", session(Policy::stateful_server()), closed.clone(), FaultAction::Standby),
+            // §1.9 "standby policy with nothing queued → STANDBY".
+            ("standby, idle",
+             FaultedSession { has_pending: false, ..session(Policy::lossless_peer()) },
+             closed.clone(), FaultAction::Standby),
+            // … and with something queued it reconnects like any client.
+            ("standby, queued", session(Policy::lossless_peer()), closed.clone(),
+             FaultAction::Backoff(ms(200))),
+            // Ringwire: a session with no address to dial (the peer dialled us from an
+            // unbound client) can only wait for the peer.
+            ("nowhere to dial", FaultedSession { can_dial: false, ..lossless }, closed.clone(),
+             FaultAction::Standby),
+            // §1.9 "reconnect immediately if the connection had been READY".
+            ("was ready", FaultedSession { was_ready: true, ..lossless }, closed.clone(),
+             FaultAction::RedialNow),
+            // §1.9 "after WAIT, use the max directly", even after READY (Ceph: `state == WAIT`
+            // takes the backoff branch).
+            ("was ready, WAIT", FaultedSession { was_ready: true, ..lossless }, FaultReason::Wait,
+             FaultAction::Backoff(ms(1000))),
+            // §1.9 "else after backoff: ms_initial_backoff 0.2 s doubling to ms_max_backoff".
+            ("first backoff", lossless, closed.clone(), FaultAction::Backoff(ms(200))),
+            ("doubling", FaultedSession { backoff: ms(400), ..lossless }, closed.clone(),
+             FaultAction::Backoff(ms(800))),
+            ("capped", FaultedSession { backoff: ms(800), ..lossless }, closed.clone(),
+             FaultAction::Backoff(ms(1000))),
+            ("WAIT", FaultedSession { backoff: ms(200), ..lossless }, FaultReason::Wait,
+             FaultAction::Backoff(ms(1000))),
+            // A huge configured delay saturates instead of overflowing the doubling.
+            ("huge backoff", FaultedSession { backoff: Duration::MAX, ..lossless },
+             closed.clone(), FaultAction::Backoff(ms(1000))),
+        ];
+        for (row, s, reason, expected) in rows {
+            assert_eq!(decide_fault(&s, &reason, &tuning), expected, "row {row:?}");
+        }
+    }
+
+    #[test]
+    fn codes_have_names() {
+        let cases = [
+            (FaultReason::SocketClosed, "socket_closed"),
+            (FaultReason::Stale, "stale"),
+            (FaultReason::Replaced, "replaced"),
+            (
+                FaultReason::SeqOverflow {
+                    what: "connect_seq",
+                },
+                "seq_overflow",
+            ),
+        ];
+        for (reason, name) in cases {
+            assert_eq!(FaultReason::code_name(reason.code()), name, "{reason:?}");
+        }
+        assert_eq!(FaultReason::code_name(23), "unknown");
+    }
+}

@@ -1,0 +1,120 @@
+//! Connections that belong to another endpoint. Sessions are placed by their peer's address
+//! ([`owner_of`]); a connection accepted by one worker whose ident names a peer another worker
+//! owns is handed over ([`Handoff`]) with its decoder position and unsent bytes, and the owner
+//! continues it ([`Endpoint::adopt`]) from the ident frame on.
+
+use std::net::SocketAddr;
+
+use crate::proto::frame::{Frame, FrameDecoder, TxQueue};
+use crate::proto::wire::{AddrType, EntityAddr, EntityType};
+
+use super::config::{owner_of, placement_hash};
+use super::conn::{Conn, ConnState, Role};
+use super::ids::ConnId;
+use super::timer::Time;
+use super::{Endpoint, Flow, Halt, Io};
+
+/// An accepted connection on its way to the endpoint that owns its peer's session: the ident
+/// frame that decided it and any bytes that followed. Opaque; pass it to [`Endpoint::adopt`].
+#[derive(Debug)]
+pub struct Handoff {
+    peer_socket: Option<SocketAddr>,
+    peer_type: EntityType,
+    frame: Frame,
+    rest: Vec<u8>,
+    stream_offset: u64,
+    tx: TxQueue,
+}
+
+impl Handoff {
+    /// Bytes the old endpoint had queued and not yet seen written.
+    pub fn unsent(&self) -> usize {
+        self.tx.len()
+    }
+    /// Records that `n` of the unsent bytes were written after all (a send completed after
+    /// the hand-over began).
+    pub fn advance_tx(&mut self, n: usize) {
+        self.tx.advance(n.min(self.tx.len()));
+    }
+}
+
+impl Endpoint {
+    /// Takes over a connection another endpoint handed over ([`Io::Migrate`]).
+    pub fn adopt(&mut self, now: Time, handoff: Handoff) -> ConnId {
+        self.now = now;
+        let cid = ConnId(self.alloc_id());
+        let mut conn = Conn::new(cid, Role::Server, None, handoff.peer_socket, self.now);
+        conn.set_state(ConnState::Session);
+        conn.peer_type = handoff.peer_type;
+        conn.decoder = Some(FrameDecoder::new(
+            self.config.tuning.limits,
+            handoff.stream_offset,
+        ));
+        let unsent = !handoff.tx.is_empty();
+        conn.tx = handoff.tx;
+        self.conns.insert(cid, conn);
+        if unsent {
+            self.io.push_back(Io::Transmit { conn: cid });
+        }
+        self.arm_conn_timer(cid);
+        match self.on_frame(cid, handoff.frame) {
+            Ok(()) => self.process_input(cid, &handoff.rest),
+            Err(_) => self.finish_migration(cid, &handoff.rest),
+        }
+        self.after_input(cid);
+        cid
+    }
+
+    /// The placement hash of the address this endpoint will identify itself with on a client
+    /// connection whose local IP is `local_ip` (what the server will see): a transport that
+    /// must place a connection before the handshake (RDMA) tells the server this.
+    pub fn placement_hint(&self, local_ip: std::net::IpAddr) -> u64 {
+        let key = match self.config.addrs.primary() {
+            Some(a) => *a,
+            None => EntityAddr {
+                ty: AddrType::Any,
+                nonce: self.config.nonce,
+                addr: Some(SocketAddr::new(local_ip, 0)),
+            },
+        };
+        placement_hash(&key)
+    }
+
+    pub(super) fn owner(&self, key: &EntityAddr) -> usize {
+        owner_of(key, self.config.placement.count)
+    }
+
+    pub(super) fn migrate(&mut self, cid: ConnId, key: EntityAddr, frame: Frame) -> Flow {
+        let c = self.conns.remove(&cid).ok_or(Halt::Closed)?;
+        let stream_offset = c.decoder.as_ref().map_or(0, |d| d.frame_offset());
+        let tx = c.tx;
+        let to = self.owner(&key);
+        let handoff = Handoff {
+            peer_socket: c.peer_socket,
+            peer_type: c.peer_type,
+            frame,
+            rest: Vec::new(),
+            stream_offset,
+            tx,
+        };
+        self.migrating = Some((cid, to, handoff));
+        Err(Halt::Closed)
+    }
+
+    /// Sends a connection handed over during input processing on its way, with the input
+    /// that followed its ident frame.
+    pub(super) fn finish_migration(&mut self, cid: ConnId, rest: &[u8]) {
+        if let Some((mcid, to, mut handoff)) = self.migrating.take() {
+            if mcid == cid {
+                handoff.rest.extend_from_slice(rest);
+                self.io.push_back(Io::Migrate {
+                    conn: cid,
+                    to,
+                    handoff: Box::new(handoff),
+                });
+            } else {
+                self.migrating = Some((mcid, to, handoff));
+            }
+        }
+    }
+}
