@@ -9,6 +9,9 @@
 //! duplicated, reordered or skipped), and the sender of anything lost saw its session reset
 //! or closed; sequence numbers and acks agree at the end; every run finishes within a step and
 //! time budget.
+//!
+//! One file on purpose (over 800 lines): the simulated network, the scheduler and the
+//! checks share the same per-seed state, and a failing seed is replayed from here alone.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;

@@ -2,6 +2,9 @@
 //! sockets, with the interceptor counting, failing and pausing protocol steps. With
 //! `RINGWIRE_TEST_FABRIC=rdma` every scenario runs over RDMA queue pairs instead (inside the
 //! soft-RoCE guest of `cargo xtask rxe-test`).
+//!
+//! One file on purpose (over 800 lines): it mirrors test_msgr.cc scenario by scenario, so a
+//! scenario is found where Ceph has it, and `rxe-test` runs it as one binary.
 
 mod common;
 

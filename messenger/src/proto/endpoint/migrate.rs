@@ -27,10 +27,6 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Bytes the old endpoint had queued and not yet seen written.
-    pub fn unsent(&self) -> usize {
-        self.tx.len()
-    }
     /// Records that `n` of the unsent bytes were written after all (a send completed after
     /// the hand-over began).
     pub fn advance_tx(&mut self, n: usize) {
