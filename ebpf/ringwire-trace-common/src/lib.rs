@@ -155,6 +155,75 @@ pub const OFF_RETRANSMIT_DPORT: u32 = 7;
 pub const OFF_COMPLETE_RES: u32 = 8;
 pub const OFFSETS_LEN: u32 = 9;
 
+/// The policy bits the probes report (`ringwire_session_state`'s d, `ringwire_conn_socket`'s
+/// c >> 24). The messenger's `Policy::probe_bits` builds them from these.
+pub mod policy {
+    pub const LOSSY: u32 = 1 << 0;
+    pub const SERVER: u32 = 1 << 1;
+    pub const STANDBY: u32 = 1 << 2;
+    pub const RESETCHECK: u32 = 1 << 3;
+
+    /// Ceph's policy factories by the bits they report. `stateless_registered_server`
+    /// differs from `stateless_server` only in what the probes do not report, so the latter
+    /// names both; the messenger tests that every factory finds its name here.
+    pub const FACTORIES: [(&str, u32); 6] = [
+        ("lossy_client", LOSSY),
+        ("stateless_server", LOSSY | SERVER),
+        ("lossless_client", RESETCHECK),
+        ("stateful_server", SERVER | STANDBY | RESETCHECK),
+        ("lossless_peer", STANDBY),
+        ("lossless_peer_reuse", STANDBY | RESETCHECK),
+    ];
+
+    /// The factory whose policy reports `bits`, or "?".
+    pub fn name(bits: u64) -> &'static str {
+        let mut i = 0;
+        while i < FACTORIES.len() {
+            if FACTORIES[i].1 as u64 == bits {
+                return FACTORIES[i].0;
+            }
+            i += 1;
+        }
+        "?"
+    }
+}
+
+/// `ringwire_fault`'s reason codes: the messenger's `FaultReason::code()`, named.
+pub mod fault {
+    pub const NAMES: [&str; 23] = [
+        "unknown",
+        "socket_closed",
+        "connect_failed",
+        "frame",
+        "control",
+        "message",
+        "unexpected_frame",
+        "wrong_peer_type",
+        "auth_method_refused",
+        "unsupported_con_mode",
+        "bad_signature",
+        "missing_features",
+        "peer_missing_features",
+        "bad_ident",
+        "handshake_timeout",
+        "idle_timeout",
+        "injected",
+        "intercepted",
+        "wait",
+        "stale",
+        "ident_refused",
+        "replaced",
+        "seq_overflow",
+    ];
+
+    pub fn name(code: u32) -> &'static str {
+        match NAMES.get(code as usize) {
+            Some(n) => n,
+            None => "unknown",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all): `repr(C)` integers and byte arrays with explicit padding fields, so no

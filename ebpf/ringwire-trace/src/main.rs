@@ -150,7 +150,7 @@ fn run(command: Command) -> Result<(), String> {
     let shared: Shared = Arc::default();
     if let Some(addr) = common.metrics {
         let shared = shared.clone();
-        let bound = ringwire::metrics::serve_text(addr, move || {
+        let bound = ringwire_metrics_http::serve_text(addr, move || {
             let (totals, conns) = &*shared.lock().unwrap_or_else(|p| p.into_inner());
             Some(metrics::render(totals, conns))
         })

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
-use ringwire::proto::Policy;
 use ringwire_trace_common::*;
 
 const CONN_STATES: [&str; 8] = [
@@ -51,25 +50,6 @@ fn name(table: &[&'static str], i: u64) -> &'static str {
     table.get(i as usize).copied().unwrap_or("?")
 }
 
-/// Ceph's policy factories, named as the probes report them (`Policy::probe_bits`). The
-/// registered stateless server reports the same bits as `stateless_server`, which names both.
-const POLICIES: [(&str, Policy); 6] = [
-    ("lossy_client", Policy::lossy_client()),
-    ("stateless_server", Policy::stateless_server()),
-    ("lossless_client", Policy::lossless_client()),
-    ("stateful_server", Policy::stateful_server()),
-    ("lossless_peer", Policy::lossless_peer()),
-    ("lossless_peer_reuse", Policy::lossless_peer_reuse()),
-];
-
-/// The factory whose policy the probes encode as `bits` (`Policy::probe_bits`), or "?".
-pub fn policy_name(bits: u64) -> &'static str {
-    POLICIES
-        .iter()
-        .find(|(_, p)| u64::from(p.probe_bits()) == bits)
-        .map_or("?", |(name, _)| name)
-}
-
 /// The event as (what, fields), for text or JSON.
 pub fn describe(e: &Event) -> (&'static str, Vec<(&'static str, String)>) {
     let s = |v: u64| v.to_string();
@@ -89,7 +69,7 @@ pub fn describe(e: &Event) -> (&'static str, Vec<(&'static str, String)>) {
             "session_state",
             vec![
                 ("session", hex(e.a)),
-                ("policy", policy_name(e.d).into()),
+                ("policy", policy::name(e.d).into()),
                 ("old", name(&SESSION_STATES, e.b).into()),
                 ("new", name(&SESSION_STATES, e.c).into()),
             ],
@@ -124,10 +104,7 @@ pub fn describe(e: &Event) -> (&'static str, Vec<(&'static str, String)>) {
             vec![
                 ("conn", hex(e.a)),
                 ("session", hex(e.b)),
-                (
-                    "reason",
-                    ringwire::proto::FaultReason::code_name(e.c as u32).into(),
-                ),
+                ("reason", fault::name(e.c as u32).into()),
             ],
         ),
         RECONNECT => (
@@ -274,7 +251,7 @@ impl Model {
             }
             SESSION_STATE => {
                 let s = self.sessions.entry((e.pid, e.a)).or_default();
-                s.policy = policy_name(e.d);
+                s.policy = policy::name(e.d);
                 s.state = name(&SESSION_STATES, e.c);
                 s.closed = e.c == SESSION_CLOSED;
             }
@@ -308,7 +285,7 @@ impl Model {
                 if e.b != 0 {
                     let s = self.sessions.entry((e.pid, e.b)).or_default();
                     s.state = name(&SESSION_STATES, (e.c >> 16) & 0xff);
-                    s.policy = policy_name(e.c >> 24);
+                    s.policy = policy::name(e.c >> 24);
                 }
                 if let Some((_, earlier)) = self.unjoined.remove(&(local, remote)) {
                     for s in &earlier {
@@ -504,28 +481,5 @@ mod tests {
         assert!((8.192..=16.384).contains(&p99), "{p99}");
         let max = percentile_us(&h, 1.0).unwrap();
         assert!((1048.576..=2097.152).contains(&max), "{max}");
-    }
-
-    #[test]
-    fn policies_are_named_like_the_factories() {
-        let bits = |p: Policy| u64::from(p.probe_bits());
-        // Each factory's encoding finds its own name (so no two share an encoding).
-        for (name, policy) in POLICIES {
-            assert_eq!(policy_name(bits(policy)), name, "{policy:?}");
-        }
-        // The registered stateless server differs only in what the probes do not report.
-        assert_eq!(
-            policy_name(bits(Policy::stateless_registered_server())),
-            "stateless_server"
-        );
-        let unnamed = Policy {
-            lossy: false,
-            ..Policy::stateless_server()
-        };
-        assert_eq!(
-            policy_name(bits(unnamed)),
-            "?",
-            "no factory makes {unnamed:?}"
-        );
     }
 }

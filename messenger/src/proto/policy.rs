@@ -79,17 +79,46 @@ impl Policy {
         self.features_required | FEATURE_MSG_ADDR2
     }
 
-    /// Whether connections under this policy enter the session table.
-    /// The policy as the `ringwire_session_state` probe reports it: lossy (bit 0), server
-    /// (1), standby (2), resetcheck (3).
+    /// The policy as the `ringwire_session_state` probe reports it (the bits of
+    /// `ringwire_trace_common::policy`).
     pub fn probe_bits(&self) -> u32 {
-        self.lossy as u32
-            | (self.server as u32) << 1
-            | (self.standby as u32) << 2
-            | (self.resetcheck as u32) << 3
+        use ringwire_trace_common::policy::{LOSSY, RESETCHECK, SERVER, STANDBY};
+        let bit = |on: bool, bit: u32| if on { bit } else { 0 };
+        bit(self.lossy, LOSSY)
+            | bit(self.server, SERVER)
+            | bit(self.standby, STANDBY)
+            | bit(self.resetcheck, RESETCHECK)
     }
 
+    /// Whether connections under this policy enter the session table.
     pub fn registers(&self) -> bool {
         !self.lossy || self.register_lossy_clients
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringwire_trace_common::policy;
+
+    #[test]
+    fn every_factory_reports_the_bits_the_tracer_names_it_by() {
+        let factories = [
+            ("lossy_client", Policy::lossy_client()),
+            ("stateless_server", Policy::stateless_server()),
+            ("stateless_server", Policy::stateless_registered_server()),
+            ("lossless_client", Policy::lossless_client()),
+            ("stateful_server", Policy::stateful_server()),
+            ("lossless_peer", Policy::lossless_peer()),
+            ("lossless_peer_reuse", Policy::lossless_peer_reuse()),
+        ];
+        for (name, p) in factories {
+            assert_eq!(policy::name(p.probe_bits().into()), name, "{p:?}");
+        }
+        let unnamed = Policy {
+            lossy: false,
+            ..Policy::stateless_server()
+        };
+        assert_eq!(policy::name(unnamed.probe_bits().into()), "?");
     }
 }

@@ -114,32 +114,7 @@ impl FaultReason {
 
     /// The name of each [`code`](Self::code), as the tracer prints it.
     pub fn code_name(code: u32) -> &'static str {
-        const NAMES: [&str; 23] = [
-            "unknown",
-            "socket_closed",
-            "connect_failed",
-            "frame",
-            "control",
-            "message",
-            "unexpected_frame",
-            "wrong_peer_type",
-            "auth_method_refused",
-            "unsupported_con_mode",
-            "bad_signature",
-            "missing_features",
-            "peer_missing_features",
-            "bad_ident",
-            "handshake_timeout",
-            "idle_timeout",
-            "injected",
-            "intercepted",
-            "wait",
-            "stale",
-            "ident_refused",
-            "replaced",
-            "seq_overflow",
-        ];
-        NAMES.get(code as usize).copied().unwrap_or("unknown")
+        ringwire_trace_common::fault::name(code)
     }
 }
 
@@ -210,6 +185,24 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_tracer_names_each_reason_by_its_code() {
+        let cases = [
+            (FaultReason::SocketClosed, "socket_closed"),
+            (FaultReason::ConnectFailed { errno: None }, "connect_failed"),
+            (FaultReason::HandshakeTimeout, "handshake_timeout"),
+            (FaultReason::Injected, "injected"),
+            (FaultReason::Wait, "wait"),
+            (FaultReason::Stale, "stale"),
+            (FaultReason::IdentRefused, "ident_refused"),
+            (FaultReason::Replaced, "replaced"),
+            (FaultReason::SeqOverflow { what: "seq" }, "seq_overflow"),
+        ];
+        for (reason, name) in cases {
+            assert_eq!(FaultReason::code_name(reason.code()), name, "{reason:?}");
+        }
     }
 
     #[test]
