@@ -142,10 +142,18 @@ pub fn print(r: &Report) {
             .map(|c| format!(", pinned to CPU {c}"))
             .unwrap_or_default()
     );
+    let (ping, stream) = (
+        z.ping_pong.ringwire_frame_overhead,
+        z.stream.ringwire_frame_overhead,
+    );
+    let framing = if ping == stream {
+        format!("{ping} B per message")
+    } else {
+        format!("{ping} B per ping, {stream} B per stream message")
+    };
     println!(
         "payload per message, Ringwire and baselines alike: ping-pong and rate {small} (echoed), stream {large}; \
-         Ringwire's msgr2 framing adds {} B and {} B per message, not counted",
-        z.ping_pong.ringwire_frame_overhead, z.stream.ringwire_frame_overhead
+         Ringwire's msgr2 framing adds {framing}, not counted"
     );
     println!(
         "{:<34} {:>12} {:>12} {:>12} {:>16}",
