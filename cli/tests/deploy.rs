@@ -49,16 +49,13 @@ fn dashboard_queries_only_exported_metrics() {
     // ringwire-trace's metrics are checked by its own tests.
     queried.retain(|m| !m.starts_with("ringwire_trace_"));
     assert!(queried.len() >= 10, "{queried:?}");
-    let m = Messenger::builder(EntityName {
-        ty: EntityType::CLIENT,
-        id: "x".into(),
-    })
-    .options(Options {
-        workers: 1,
-        ..Options::default()
-    })
-    .start(Arc::new(Nothing))
-    .unwrap();
+    let m = Messenger::builder(EntityName::new(EntityType::CLIENT, "x"))
+        .options(Options {
+            workers: 1,
+            ..Options::default()
+        })
+        .start(Arc::new(Nothing))
+        .unwrap();
     let exported = metric_names(&m.metrics_text());
     let missing: Vec<_> = queried.difference(&exported).collect();
     assert!(

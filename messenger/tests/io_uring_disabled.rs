@@ -29,17 +29,14 @@ fn disabled_io_uring_is_reported_with_the_sysctl_to_change() {
     let _restore = Restore(before.trim().to_string());
     std::fs::write(SYSCTL, "2")
         .unwrap_or_else(|e| panic!("cannot write {SYSCTL} (run as root): {e}"));
-    let err = Messenger::builder(EntityName {
-        ty: EntityType::CLIENT,
-        id: "x".into(),
-    })
-    .options(Options {
-        workers: 1,
-        ..Options::default()
-    })
-    .start(Arc::new(Nothing))
-    .err()
-    .expect("start must fail while io_uring is disabled");
+    let err = Messenger::builder(EntityName::new(EntityType::CLIENT, "x"))
+        .options(Options {
+            workers: 1,
+            ..Options::default()
+        })
+        .start(Arc::new(Nothing))
+        .err()
+        .expect("start must fail while io_uring is disabled");
     let text = err.to_string();
     assert!(text.starts_with("io_uring is unavailable"), "{text}");
     assert!(text.contains("kernel.io_uring_disabled=2"), "{text}");
