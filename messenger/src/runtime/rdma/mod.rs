@@ -479,6 +479,7 @@ impl Rdma {
         if let Some(link) = c.link.as_mut() {
             link.completed();
         }
+        let mut failed = None;
         match wc.id.work {
             Work::Send => {
                 if let Some(slot) = c.tx.send_completed() {
@@ -489,7 +490,7 @@ impl Rdma {
             Work::Read if wc.ok() => {
                 let to = c.cid.filter(|_| c.closing.is_none());
                 if c.rx.read_completed(cx, to) {
-                    c.tx.read_finished();
+                    failed = c.tx.read_finished().err();
                 }
             }
             Work::Read => c.rx.read_failed(),
@@ -505,6 +506,8 @@ impl Rdma {
                 tracing::warn!(worker = self.index, "{e}");
             }
             self.fail(cx, i, "work request failed");
+        } else if let Some(why) = failed {
+            self.fail(cx, i, &why);
         }
         self.mark_dirty(i);
     }

@@ -3,6 +3,9 @@
 //! READ descriptor instead of bytes: the stream then continues with RDMA READs of the peer's
 //! memory, straight into the segment buffer the decoder lends (the buffer that becomes the
 //! message payload), or into a bounce buffer when it lends none.
+//!
+//! Everything here that comes from the peer (record fields, descriptor address and length)
+//! is checked before it is used in arithmetic: a bad value faults the connection.
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,12 +44,40 @@ struct ReadDesc {
 }
 
 impl ReadDesc {
+    /// A descriptor as the peer sent it: its whole range must exist, so that no step
+    /// through it can wrap.
+    fn new(addr: u64, rkey: u32, len: u32) -> Result<ReadDesc, String> {
+        if len == 0 {
+            return Err("READ descriptor with len 0".to_string());
+        }
+        if addr.checked_add(len as u64).is_none() {
+            return Err(format!(
+                "READ descriptor addr {addr:#x} + len {len} overflows u64"
+            ));
+        }
+        Ok(ReadDesc {
+            addr,
+            rkey,
+            left: len,
+        })
+    }
+
     /// Takes the next `n` bytes: returns the peer's address of them.
-    fn take(&mut self, n: u32) -> u64 {
+    fn take(&mut self, n: u32) -> Result<u64, String> {
+        let left = self.left.checked_sub(n).ok_or_else(|| {
+            format!(
+                "READ of {n} bytes past the descriptor's len ({} left)",
+                self.left
+            )
+        })?;
+        let next = self
+            .addr
+            .checked_add(n as u64)
+            .ok_or_else(|| format!("READ descriptor addr {:#x} + {n} overflows u64", self.addr))?;
         let at = self.addr;
-        self.addr += n as u64;
-        self.left -= n;
-        at
+        self.addr = next;
+        self.left = left;
+        Ok(at)
     }
 }
 
@@ -79,7 +110,7 @@ impl Pull {
     /// Where the bytes land (stable: the target's heap memory does not move with it).
     fn dst(&mut self) -> *mut u8 {
         match &mut self.target {
-            // SAFETY: within the spare capacity (len + want <= capacity).
+            // SAFETY: within the spare capacity, which `pull` checked holds `len` bytes.
             Target::Lent(buf) => unsafe { buf.as_mut_ptr().add(buf.len()) },
             Target::Bounce(v) => v.as_mut_ptr(),
         }
@@ -134,12 +165,9 @@ impl<R> Receiver<R> {
     }
 
     /// The record just consumed carried a READ descriptor.
-    fn read_descriptor(&mut self, addr: u64, rkey: u32, len: u32) {
-        self.desc = Some(ReadDesc {
-            addr,
-            rkey,
-            left: len,
-        });
+    fn read_descriptor(&mut self, addr: u64, rkey: u32, len: u32) -> Result<(), String> {
+        self.desc = Some(ReadDesc::new(addr, rkey, len)?);
+        Ok(())
     }
 
     /// The next READ of the current descriptor, if one is due: into the decoder's segment
@@ -159,7 +187,13 @@ impl<R> Receiver<R> {
             Some((buf, want)) => {
                 // A descriptor may run past the segment (a chunk of coalesced small frames
                 // can end inside a large one): the rest comes with the next READ.
-                let n = (want as u32).min(desc.left);
+                let n = u32::try_from(want).unwrap_or(u32::MAX).min(desc.left);
+                let room = buf.capacity() - buf.len();
+                if n as usize > room {
+                    return Err(format!(
+                        "lent segment buffer has room for {room} bytes, not the {n} it wants"
+                    ));
+                }
                 (Target::Lent(buf), n)
             }
             None => {
@@ -167,7 +201,7 @@ impl<R> Receiver<R> {
                 (Target::Bounce(Vec::with_capacity(n as usize)), n)
             }
         };
-        let remote = desc.take(n);
+        let remote = desc.take(n)?;
         Ok(Some(Pull {
             target,
             len: n as usize,
@@ -192,7 +226,8 @@ impl<R> Receiver<R> {
         drop(_mr);
         let landed = match target {
             Target::Lent(mut buf) => {
-                // SAFETY: the READ wrote `len` bytes into the spare capacity.
+                // SAFETY: the READ wrote `len` bytes into the spare capacity (checked to hold
+                // them in `pull`).
                 unsafe { buf.set_len(buf.len() + len) };
                 Landed::Segment(buf, len)
             }
@@ -270,7 +305,7 @@ impl Receiver {
                     bump(&cx.shared.counters.rdma_copied_bytes, data.len() as u64);
                     cx.ep.on_input(now, cid, data);
                 }
-                Body::Read { addr, rkey, len } => self.read_descriptor(addr, rkey, len),
+                Body::Read { addr, rkey, len } => self.read_descriptor(addr, rkey, len)?,
                 _ => {}
             }
             self.arrived.pop_front();
@@ -326,9 +361,50 @@ mod tests {
     }
 
     #[test]
+    fn a_read_descriptor_whose_address_plus_length_overflows_is_an_error() {
+        let mut rx = Receiver::<()>::new();
+        let e = rx
+            .read_descriptor(u64::MAX - 15, 7, 32)
+            .expect_err("must not be accepted");
+        assert_eq!(
+            e,
+            "READ descriptor addr 0xfffffffffffffff0 + len 32 overflows u64"
+        );
+        assert!(rx.desc.is_none());
+        assert!(rx.pull(|| None).unwrap().is_none());
+        // Ending exactly at the top of the address space is fine, and so is every step.
+        rx.read_descriptor(u64::MAX - 32, 7, 32).unwrap();
+        let p = rx.pull(|| None).unwrap().expect("a READ");
+        assert_eq!((p.remote, p.len), (u64::MAX - 32, 32));
+        let (_, done) = read(&mut rx, p, 1);
+        assert!(done);
+        assert_eq!(
+            rx.read_descriptor(0, 7, 0),
+            Err("READ descriptor with len 0".to_string())
+        );
+    }
+
+    #[test]
+    fn a_descriptor_cannot_be_taken_past_its_end() {
+        let mut d = ReadDesc::new(100, 1, 10).unwrap();
+        assert_eq!(d.take(4), Ok(100));
+        assert_eq!(d.take(6), Ok(104));
+        let e = d.take(1).unwrap_err();
+        assert!(e.contains("past the descriptor's len (0 left)"), "{e}");
+        // Fields forged past the checks in `new` still cannot wrap.
+        let mut forged = ReadDesc {
+            addr: u64::MAX,
+            rkey: 1,
+            left: 8,
+        };
+        let e = forged.take(8).unwrap_err();
+        assert!(e.contains("overflows u64"), "{e}");
+    }
+
+    #[test]
     fn a_descriptor_longer_than_the_lent_segment_fills_it_and_reads_the_rest_next() {
         let mut rx = Receiver::<()>::new();
-        rx.read_descriptor(0x1000, 9, 200);
+        rx.read_descriptor(0x1000, 9, 200).unwrap();
         rx.arrived(5, 64);
         assert_eq!(rx.next_record(), None, "the READ's bytes come first");
         // The decoder lends its segment buffer: 10 bytes in, 90 more wanted.
@@ -358,9 +434,29 @@ mod tests {
     }
 
     #[test]
+    fn a_lent_segment_without_room_for_what_it_wants_is_an_error() {
+        let mut rx = Receiver::<()>::new();
+        rx.read_descriptor(0x1000, 9, 4096).unwrap();
+        let seg = BytesMut::with_capacity(16);
+        let room = seg.capacity();
+        let e = match rx.pull(|| Some((seg, room + 1))) {
+            Err(e) => e,
+            Ok(_) => panic!("a READ past the buffer"),
+        };
+        assert_eq!(
+            e,
+            format!(
+                "lent segment buffer has room for {room} bytes, not the {} it wants",
+                room + 1
+            )
+        );
+        assert!(rx.reading.is_none());
+    }
+
+    #[test]
     fn bounced_reads_are_bounded() {
         let mut rx = Receiver::<()>::new();
-        rx.read_descriptor(0, 1, 1 << 20);
+        rx.read_descriptor(0, 1, 1 << 20).unwrap();
         let mut at = 0;
         let mut reads = 0;
         while let Some(p) = rx.pull(|| None).unwrap() {

@@ -115,8 +115,14 @@ impl Sender {
     }
 
     /// We finished READing one of the peer's descriptors: an acknowledgement owed to it.
-    pub fn read_finished(&mut self) {
-        self.reads_done_owed += 1;
+    pub fn read_finished(&mut self) -> Result<(), String> {
+        // The peer cannot make us owe more without our sending a record, as its READs wait
+        // for its credits; a count past u16 would be a broken peer.
+        self.reads_done_owed = self
+            .reads_done_owed
+            .checked_add(1)
+            .ok_or("the peer's READ descriptors read and not acknowledged overflow u16")?;
+        Ok(())
     }
 
     /// The oldest SEND completed: its send buffer (and the payloads it gathered) are free.
@@ -444,6 +450,16 @@ mod tests {
             sent += 1;
         }
         assert_eq!(sent, verbs::SEND_DEPTH - 3);
+    }
+
+    #[test]
+    fn reads_owed_count_up_and_stop_at_the_limit() {
+        let mut s = Sender::new();
+        s.reads_done_owed = u16::MAX - 1;
+        s.read_finished().unwrap();
+        let e = s.read_finished().unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
+        assert_eq!(s.reads_done_owed, u16::MAX);
     }
 
     #[test]
