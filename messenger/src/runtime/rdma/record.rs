@@ -51,6 +51,8 @@ pub(crate) enum RecordError {
     TooManyReads { acked: u32, outstanding: u32 },
     #[error("READ descriptor of {0} bytes")]
     BadRead(u32),
+    #[error("READ descriptor addr {addr:#x} + len {len} overflows u64")]
+    ReadOverflow { addr: u64, len: u32 },
 }
 
 /// Smallest receive buffer a peer may offer: a header and a useful amount of stream.
@@ -169,12 +171,17 @@ impl Header {
                     return Err(RecordError::Short(b.len()));
                 }
                 let d = &b[HEADER_LEN..];
+                let addr = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
                 let len = u32::from_le_bytes(d[12..16].try_into().expect("4 bytes"));
                 if len == 0 {
                     return Err(RecordError::BadRead(len));
                 }
+                // The receiver steps through the range: all of it must exist.
+                if addr.checked_add(len as u64).is_none() {
+                    return Err(RecordError::ReadOverflow { addr, len });
+                }
                 let body = Body::Read {
-                    addr: u64::from_le_bytes(d[..8].try_into().expect("8 bytes")),
+                    addr,
                     rkey: u32::from_le_bytes(d[8..12].try_into().expect("4 bytes")),
                     len,
                 };
@@ -234,25 +241,28 @@ impl Credits {
 
     /// The peer returned `n` credits.
     pub fn returned(&mut self, n: u16) -> Result<(), RecordError> {
-        let after = self.available + n as u32;
-        if after > self.window {
-            return Err(RecordError::TooManyCredits {
+        // `n` is the peer's: checked, though a u16 on top of a u16 window cannot wrap a u32.
+        match self.available.checked_add(n as u32) {
+            Some(after) if after <= self.window => {
+                self.available = after;
+                Ok(())
+            }
+            _ => Err(RecordError::TooManyCredits {
                 returned: n as u32,
-                outstanding: self.window - self.available,
-            });
+                outstanding: self.window.saturating_sub(self.available),
+            }),
         }
-        self.available = after;
-        Ok(())
     }
 
     /// A receive buffer was reposted: one more credit owed to the peer.
     pub fn reposted(&mut self) {
-        self.owed += 1;
+        // A peer that never lets us send keeps this growing; it must not wrap.
+        self.owed = self.owed.saturating_add(1);
     }
 
     /// Owed credits worth an update of their own (`our_window`: the buffers we posted).
     pub fn update_due(&self, our_window: u16) -> bool {
-        self.owed > 0 && self.owed * 2 >= our_window as u32
+        self.owed > 0 && self.owed as u64 * 2 >= our_window as u64
     }
 }
 
@@ -329,6 +339,64 @@ mod tests {
         let mut zero = [0u8; 24];
         zero[0] = 2;
         assert_eq!(Header::decode(&zero), Err(RecordError::BadRead(0)));
+    }
+
+    /// A READ descriptor's range must fit in u64: the receiver adds the length to the
+    /// address as it reads. The last byte at u64::MAX - 1 is fine.
+    #[test]
+    fn a_read_descriptor_past_the_address_space_is_an_error() {
+        let read = |addr: u64, len: u32| {
+            let mut buf = [0u8; 24];
+            Header {
+                body: Body::Read { addr, rkey: 1, len },
+                credits: 0,
+                reads_done: 0,
+            }
+            .encode(&mut buf);
+            Header::decode(&buf).map(|(h, _)| h.body)
+        };
+        let e = read(u64::MAX - 99, 100 << 10).unwrap_err();
+        assert_eq!(
+            e,
+            RecordError::ReadOverflow {
+                addr: u64::MAX - 99,
+                len: 100 << 10
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "READ descriptor addr 0xffffffffffffff9c + len 102400 overflows u64"
+        );
+        assert!(matches!(
+            read(u64::MAX, 1),
+            Err(RecordError::ReadOverflow { .. })
+        ));
+        assert_eq!(
+            read(u64::MAX - 100, 100),
+            Ok(Body::Read {
+                addr: u64::MAX - 100,
+                rkey: 1,
+                len: 100
+            })
+        );
+    }
+
+    #[test]
+    fn credit_arithmetic_on_peer_values_does_not_wrap() {
+        let mut c = Credits::new(u16::MAX);
+        assert!(matches!(
+            c.returned(u16::MAX),
+            Err(RecordError::TooManyCredits {
+                returned: 65535,
+                outstanding: 0
+            })
+        ));
+        c.owed = u32::MAX - 1;
+        c.reposted();
+        c.reposted();
+        assert_eq!(c.owed, u32::MAX);
+        assert!(c.update_due(u16::MAX));
+        assert_eq!(c.spend(), u16::MAX);
     }
 
     /// Two sides exchanging records under the credit rules in every order a simple
