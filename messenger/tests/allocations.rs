@@ -171,11 +171,11 @@ fn assert_per_round_trip(run: fn(&Pinger, &Connection, u64, u64), bound: u64) {
 // from growing. Lower them as allocations are removed.
 
 #[test]
-fn worker_round_trip_allocations_stay_at_or_below_8() {
-    assert_per_round_trip(worker_rounds, 8);
+fn worker_round_trip_allocations_stay_at_or_below_6() {
+    assert_per_round_trip(worker_rounds, 6);
 }
 
 #[test]
-fn app_thread_round_trip_allocations_stay_at_or_below_8() {
-    assert_per_round_trip(app_rounds, 8);
+fn app_thread_round_trip_allocations_stay_at_or_below_6() {
+    assert_per_round_trip(app_rounds, 6);
 }
