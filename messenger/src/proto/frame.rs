@@ -486,32 +486,66 @@ impl TxQueue {
 /// Appends a frame whose segments are given as chunk lists (each segment may be a chain).
 /// Returns the number of bytes queued.
 pub fn encode_frame(tx: &mut TxQueue, tag: Tag, segments: &[(&[Bytes], u16)]) -> usize {
+    encode_frame_parts(tx, tag, None, segments)
+}
+
+/// [`encode_frame`] with a first segment given as plain bytes (a message header), copied into
+/// the queue, so the caller builds no `Bytes` for it. The same bytes on the wire.
+pub(crate) fn encode_frame_with_head(
+    tx: &mut TxQueue,
+    tag: Tag,
+    head: (&[u8], u16),
+    rest: &[(&[Bytes], u16)],
+) -> usize {
+    encode_frame_parts(tx, tag, Some(head), rest)
+}
+
+/// The segments are `head` (if any) followed by `segments`.
+fn encode_frame_parts(
+    tx: &mut TxQueue,
+    tag: Tag,
+    head: Option<(&[u8], u16)>,
+    segments: &[(&[Bytes], u16)],
+) -> usize {
     let before = tx.len();
+    let off = usize::from(head.is_some());
     // Trailing empty segments are dropped; at least one is always sent.
-    let mut num = segments.len();
-    while num > 1 && segments[num - 1].0.iter().all(|c| c.is_empty()) {
+    let mut num = off + segments.len();
+    while num > 1 && segments[num - 1 - off].0.iter().all(|c| c.is_empty()) {
         num -= 1;
     }
     let mut descs = [SegmentDesc::default(); MAX_SEGMENTS];
     let mut crcs = [0u32; MAX_SEGMENTS];
-    for (i, (chunks, align)) in segments[..num].iter().enumerate() {
+    if let Some((bytes, align)) = head {
+        descs[0] = SegmentDesc {
+            len: bytes.len() as u32,
+            align,
+        };
+        crcs[0] = ceph_crc32c(SEGMENT_SEED, bytes);
+    }
+    for (i, (chunks, align)) in segments[..num - off].iter().enumerate() {
         let len: usize = chunks.iter().map(|c| c.len()).sum();
-        descs[i] = SegmentDesc {
+        descs[off + i] = SegmentDesc {
             len: len as u32,
             align: *align,
         };
-        crcs[i] = chunks
+        crcs[off + i] = chunks
             .iter()
             .fold(SEGMENT_SEED, |crc, c| ceph_crc32c(crc, c));
     }
     tx.push_small(&Preamble::encode(tag, &descs[..num]));
-    for c in segments[0].0 {
-        tx.push_payload(c);
+    match head {
+        Some((bytes, _)) => tx.push_small(bytes),
+        None => {
+            for c in segments[0].0 {
+                tx.push_payload(c);
+            }
+        }
     }
     if descs[0].len > 0 {
         tx.push_small(&crcs[0].to_le_bytes());
     }
-    for (chunks, _) in &segments[1..num] {
+    for (chunks, _) in &segments[1 - off..num - off] {
         for c in *chunks {
             tx.push_payload(c);
         }
@@ -540,4 +574,40 @@ pub fn encode_control_frame(tx: &mut TxQueue, tag: Tag, payload: &[u8]) -> usize
         tx.push_small(&ceph_crc32c(SEGMENT_SEED, payload).to_le_bytes());
     }
     tx.len() - before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A first segment given as plain bytes goes on the wire exactly as the same bytes in a
+    /// `Bytes`, whichever later segments are empty or long.
+    #[test]
+    fn a_head_of_plain_bytes_encodes_like_a_bytes_segment() {
+        let head = [7u8; 41];
+        let long = Bytes::from(vec![3u8; 5000]);
+        let short = Bytes::from_static(b"front");
+        let none = Bytes::new();
+        let cases: [[&Bytes; 3]; 4] = [
+            [&short, &none, &long],
+            [&none, &none, &none],
+            [&long, &short, &none],
+            [&short, &none, &none],
+        ];
+        for rest in cases {
+            let mut a = TxQueue::default();
+            let mut b = TxQueue::default();
+            let segs = |first: &[Bytes]| {
+                let mut v: Vec<(Vec<Bytes>, u16)> = vec![(first.to_vec(), ALIGN_DEFAULT)];
+                v.extend(rest.iter().map(|c| (vec![(*c).clone()], ALIGN_DEFAULT)));
+                v
+            };
+            let all = segs(&[Bytes::copy_from_slice(&head)]);
+            let all: Vec<(&[Bytes], u16)> = all.iter().map(|(c, al)| (&c[..], *al)).collect();
+            let n = encode_frame(&mut a, Tag::Message, &all);
+            let m = encode_frame_with_head(&mut b, Tag::Message, (&head, ALIGN_DEFAULT), &all[1..]);
+            assert_eq!(n, m);
+            assert_eq!(a.take_all(), b.take_all());
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::frame::{encode_frame, Frame, Tag, TxQueue, ALIGN_DEFAULT, ALIGN_PAGE};
+use super::frame::{encode_frame_with_head, Frame, Tag, TxQueue, ALIGN_DEFAULT, ALIGN_PAGE};
 use super::wire::{Reader, WireError};
 
 pub const MSG_HEADER2_LEN: usize = 41;
@@ -166,12 +166,13 @@ impl Message {
     /// Appends the MESSAGE frame to `tx`; payloads are queued by reference. Returns the bytes
     /// queued.
     pub fn encode_frame(&self, tx: &mut TxQueue, seq: u64, ack_seq: u64) -> usize {
-        let header = Bytes::copy_from_slice(&self.header(seq, ack_seq).encode());
-        encode_frame(
+        // The header is short: the queue copies it, so it needs no `Bytes` of its own.
+        let header = self.header(seq, ack_seq).encode();
+        encode_frame_with_head(
             tx,
             Tag::Message,
+            (&header, ALIGN_DEFAULT),
             &[
-                (std::slice::from_ref(&header), ALIGN_DEFAULT),
                 (std::slice::from_ref(&self.front), ALIGN_DEFAULT),
                 (std::slice::from_ref(&self.middle), ALIGN_DEFAULT),
                 (&self.data, ALIGN_PAGE),

@@ -43,13 +43,18 @@ enum RecvState {
     Direct(BytesMut),
 }
 
+#[derive(Default)]
 struct SendOp {
     chunks: Vec<Bytes>,
     // The kernel reads these while the send is in flight; they live in the heap (stable
-    // addresses) and are dropped only after the completion.
-    _iov: Vec<libc::iovec>,
-    _msg: Option<Box<libc::msghdr>>,
+    // addresses) and are released (or kept for reuse) only after the completion.
+    iov: Vec<libc::iovec>,
+    msg: Option<Box<libc::msghdr>>,
 }
+
+/// How many emptied send operations a worker keeps for reuse, so that a steady-state send
+/// allocates no chunk list, iovec array or msghdr.
+const SPARE_SENDS: usize = 64;
 
 struct Sock {
     fd: OwnedFd,
@@ -107,6 +112,8 @@ pub(crate) struct Tcp {
     held_back: Vec<u64>,
     /// The payload arena is registered with this ring as fixed buffer 0.
     fixed_arena: bool,
+    /// Emptied send operations (no chunks), their allocations kept for the next sends.
+    spare_sends: Vec<SendOp>,
 }
 
 impl Tcp {
@@ -141,6 +148,7 @@ impl Tcp {
             dirty: Vec::new(),
             listeners: Listeners::new(cx, listeners, KIND_ACCEPT, index),
             held_back: Vec::new(),
+            spare_sends: Vec::new(),
             fixed_arena,
         };
         Ok(tcp)
@@ -209,7 +217,11 @@ impl Tcp {
         if let Some(remaining) = s.closing.as_mut() {
             if s.send.is_none() && !remaining.is_empty() && !s.shut {
                 let chunks = std::mem::take(remaining);
-                self.submit_send(cx, key, chunks);
+                let op = SendOp {
+                    chunks,
+                    ..SendOp::default()
+                };
+                self.submit_send(cx, key, op);
                 return;
             }
             let s = self.socks.get_mut(&key).expect("present");
@@ -254,7 +266,8 @@ impl Tcp {
                         .as_ref()
                         .is_some_and(|a| a.contains(c.as_ptr(), c.len()))
             };
-            let mut chunks: Vec<Bytes> = Vec::new();
+            let mut op = self.spare_sends.pop().unwrap_or_default();
+            let chunks = &mut op.chunks;
             if let Some(q) = cx.ep.tx_queue(conn).filter(|q| !q.is_empty()) {
                 for c in q.chunks().take(MAX_IOV) {
                     if fixed(c) {
@@ -266,10 +279,15 @@ impl Tcp {
                     chunks.push(c.clone());
                 }
             }
-            match chunks.as_slice() {
-                [] => {}
-                [one] if fixed(one) => self.submit_fixed_send(cx, key, one.clone()),
-                _ => self.submit_send(cx, key, chunks),
+            match op.chunks.as_slice() {
+                [] => self.spare_sends.push(op),
+                [one] if fixed(one) => {
+                    let one = one.clone();
+                    op.chunks.clear();
+                    self.spare_sends.push(op);
+                    self.submit_fixed_send(cx, key, one)
+                }
+                _ => self.submit_send(cx, key, op),
             }
         }
         let s = self.socks.get_mut(&key).expect("present");
@@ -330,8 +348,8 @@ impl Tcp {
         .user_data(user_data(KIND_SEND, key));
         s.send = Some(SendOp {
             chunks: vec![chunk],
-            _iov: Vec::new(),
-            _msg: None,
+            iov: Vec::new(),
+            msg: None,
         });
         // The send's completion and its notification.
         s.ops += 2;
@@ -342,17 +360,28 @@ impl Tcp {
         cx.push(e);
     }
 
-    fn submit_send(&mut self, cx: &mut Cx<'_>, key: u64, chunks: Vec<Bytes>) {
+    /// Sends `op.chunks`; `op` is otherwise empty (fresh or spare).
+    fn submit_send(&mut self, cx: &mut Cx<'_>, key: u64, op: SendOp) {
         let s = self.socks.get_mut(&key).expect("present");
-        let mut iov: Vec<libc::iovec> = chunks
-            .iter()
-            .map(|c| libc::iovec {
-                iov_base: c.as_ptr() as *mut libc::c_void,
-                iov_len: c.len(),
-            })
-            .collect();
+        let SendOp {
+            chunks,
+            mut iov,
+            msg,
+        } = op;
+        iov.clear();
+        iov.extend(chunks.iter().map(|c| libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.len(),
+        }));
         // SAFETY: an all-zero msghdr is valid; the fields we need are set below.
-        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        let zeroed: libc::msghdr = unsafe { std::mem::zeroed() };
+        let mut msg = match msg {
+            Some(mut m) => {
+                *m = zeroed;
+                m
+            }
+            None => Box::new(zeroed),
+        };
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = iov.len();
         let zc_min = cx.shared.zerocopy_min;
@@ -373,8 +402,8 @@ impl Tcp {
         .user_data(user_data(KIND_SEND, key));
         s.send = Some(SendOp {
             chunks,
-            _iov: iov,
-            _msg: Some(msg),
+            iov,
+            msg: Some(msg),
         });
         s.ops += 1;
         cx.push(e);
@@ -423,7 +452,7 @@ impl Tcp {
                     return;
                 };
                 s.ops -= 1;
-                let op = s.send.take().expect("a send was in flight");
+                let mut op = s.send.take().expect("a send was in flight");
                 if cqueue::more(flags) {
                     // Zero copy: the kernel still reads these buffers until the notification.
                     s.zc_pending.push_back(op.chunks.clone());
@@ -441,7 +470,7 @@ impl Tcp {
                         // The last words before a close: resend what did not go out.
                         let mut left = n;
                         let mut rest: Vec<Bytes> = Vec::new();
-                        for mut c in op.chunks {
+                        for mut c in op.chunks.drain(..) {
                             if left >= c.len() {
                                 left -= c.len();
                             } else {
@@ -457,6 +486,11 @@ impl Tcp {
                     }
                 }
                 self.mark_dirty(key);
+                if self.spare_sends.len() < SPARE_SENDS {
+                    op.chunks.clear();
+                    op.iov.clear();
+                    self.spare_sends.push(op);
+                }
             }
             _ => tracing::error!(ud, "completion for an unknown operation"),
         }

@@ -1,0 +1,181 @@
+//! Heap allocations per small message in steady state, counted by a counting global
+//! allocator. Issue 13's goal is zero allocations per message on the send and receive paths;
+//! until then these tests pin the current count so that a regression fails them (the bound
+//! in each test's name is the measured count rounded up).
+//!
+//! A real server and client `Messenger` on loopback, one worker each; the server echoes every
+//! message. Two patterns: the whole ping-pong loop on the workers (the client's dispatcher
+//! sends the next ping), and the application thread sending and waiting for each echo.
+//!
+//! Every thread is counted (workers, the test thread), so the tests in this file run one at
+//! a time under a lock.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
+
+/// `System`, counting every allocation and reallocation.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The tests count allocations process-wide: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const TY: u16 = 0x4242;
+/// A static front: building a ping allocates nothing in the test itself.
+static FRONT: [u8; 64] = [0x5a; 64];
+const WARMUP: u64 = 1_000;
+const MEASURED: u64 = 10_000;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ping() -> Message {
+    Message::new(TY).with_front(&FRONT[..])
+}
+
+struct Echo;
+
+impl Dispatcher for Echo {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
+        let _ = conn.send(msg);
+    }
+}
+
+/// The client side: counts echoes and, while `to_send` lasts, answers each with the next ping
+/// from inside `dispatch`.
+#[derive(Default)]
+struct Pinger {
+    to_send: AtomicU64,
+    echoes: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Dispatcher for Pinger {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
+        assert_eq!(msg.front.len(), FRONT.len());
+        drop(msg);
+        let more = self
+            .to_send
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if more {
+            let _ = conn.send(ping());
+        }
+        *self.echoes.lock().unwrap() += 1;
+        self.changed.notify_all();
+    }
+}
+
+impl Pinger {
+    /// Waits until `n` echoes in all have come back.
+    fn wait_echoes(&self, n: u64) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut echoes = self.echoes.lock().unwrap();
+        while *echoes < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out: {} of {n} echoes", *echoes);
+            echoes = self.changed.wait_timeout(echoes, left).unwrap().0;
+        }
+    }
+}
+
+fn options() -> Options {
+    Options {
+        workers: 1,
+        arena_size: 0,
+        ..Options::default()
+    }
+}
+
+/// A server that echoes and a client connected to it, ready.
+fn pair() -> (Messenger, Messenger, Arc<Pinger>, Connection) {
+    let server = Messenger::builder("osd.0".parse().unwrap())
+        .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
+        .default_policy(Policy::stateless_server())
+        .options(options())
+        .start(Arc::new(Echo))
+        .expect("io_uring available");
+    let pinger = Arc::new(Pinger::default());
+    let client = Messenger::builder("client.0".parse().unwrap())
+        .default_policy(Policy::lossy_client())
+        .options(options())
+        .start(pinger.clone())
+        .expect("io_uring available");
+    let conn = client.connect(server.addrs().0[0], EntityType::OSD);
+    conn.wait_ready(Duration::from_secs(5)).unwrap();
+    (server, client, pinger, conn)
+}
+
+/// Runs `rounds` round trips with the loop on the workers, from `done` echoes so far.
+fn worker_rounds(pinger: &Pinger, conn: &Connection, done: u64, rounds: u64) {
+    pinger.to_send.store(rounds - 1, Ordering::Relaxed);
+    conn.send(ping()).unwrap();
+    pinger.wait_echoes(done + rounds);
+}
+
+/// Runs `rounds` round trips from the test thread, one at a time.
+fn app_rounds(pinger: &Pinger, conn: &Connection, done: u64, rounds: u64) {
+    for i in 1..=rounds {
+        conn.send(ping()).unwrap();
+        pinger.wait_echoes(done + i);
+    }
+}
+
+/// A few allocations that happen once per measured run, not per round trip (starting the
+/// run, waking the test thread at the end).
+const ONE_OFF: u64 = 16;
+
+/// Asserts at most `bound` allocations per round trip over `MEASURED` round trips of `run`,
+/// after `WARMUP`.
+fn assert_per_round_trip(run: fn(&Pinger, &Connection, u64, u64), bound: u64) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_server, _client, pinger, conn) = pair();
+    run(&pinger, &conn, 0, WARMUP);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    run(&pinger, &conn, WARMUP, MEASURED);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let per = allocations as f64 / MEASURED as f64;
+    eprintln!("{allocations} allocations in {MEASURED} round trips: {per:.3} per round trip");
+    assert!(
+        allocations <= bound * MEASURED + ONE_OFF,
+        "{per:.3} allocations per round trip, more than {bound}"
+    );
+}
+
+// The goal (issue 13) is zero allocations per round trip; these bounds only keep the count
+// from growing. Lower them as allocations are removed.
+
+#[test]
+fn worker_round_trip_allocations_stay_at_or_below_6() {
+    assert_per_round_trip(worker_rounds, 6);
+}
+
+#[test]
+fn app_thread_round_trip_allocations_stay_at_or_below_6() {
+    assert_per_round_trip(app_rounds, 6);
+}
