@@ -25,6 +25,7 @@
 
 pub mod decode;
 mod error;
+mod mailbox;
 pub mod messenger;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -35,6 +36,7 @@ mod runtime;
 mod stats;
 
 pub use error::Error;
+pub use mailbox::Mailbox;
 pub use messenger::{Messenger, MessengerBuilder};
 pub use options::{Options, RdmaOptions};
 pub use proto::FaultReason;

@@ -4,8 +4,10 @@
 //! in each test's name is the measured count rounded up).
 //!
 //! A real server and client `Messenger` on loopback, one worker each; the server echoes every
-//! message. Two patterns: the whole ping-pong loop on the workers (the client's dispatcher
-//! sends the next ping), and the application thread sending and waiting for each echo.
+//! message. Three patterns: the whole ping-pong loop on the workers (the client's dispatcher
+//! sends the next ping), the application thread sending and waiting for each echo, and an
+//! application task on the client's worker (`Connection::spawn`) awaiting each echo from a
+//! `Mailbox`.
 //!
 //! Every thread is counted (workers, the test thread), so the tests in this file run one at
 //! a time under a lock.
@@ -16,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
+use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger, Options};
 
 /// `System`, counting every allocation and reallocation.
 struct Counting;
@@ -67,17 +69,23 @@ impl Dispatcher for Echo {
 }
 
 /// The client side: counts echoes and, while `to_send` lasts, answers each with the next ping
-/// from inside `dispatch`.
+/// from inside `dispatch`; with `to_task` set, hands each echo to `mailbox` instead.
 #[derive(Default)]
 struct Pinger {
     to_send: AtomicU64,
     echoes: Mutex<u64>,
     changed: Condvar,
+    to_task: std::sync::atomic::AtomicBool,
+    mailbox: Arc<Mailbox<Incoming>>,
 }
 
 impl Dispatcher for Pinger {
     fn dispatch(&self, conn: &Connection, msg: Incoming) {
         assert_eq!(msg.front.len(), FRONT.len());
+        if self.to_task.load(Ordering::Relaxed) {
+            self.mailbox.put(msg);
+            return;
+        }
         drop(msg);
         let more = self
             .to_send
@@ -146,6 +154,21 @@ fn app_rounds(pinger: &Pinger, conn: &Connection, done: u64, rounds: u64) {
     }
 }
 
+/// Runs `rounds` round trips from a task on the client's worker, one at a time.
+fn task_rounds(pinger: &Pinger, conn: &Connection, _done: u64, rounds: u64) {
+    pinger.to_task.store(true, Ordering::Relaxed);
+    let finished = Arc::new(Mailbox::new());
+    let (c, mailbox, f) = (conn.clone(), pinger.mailbox.clone(), finished.clone());
+    conn.spawn(async move {
+        for _ in 0..rounds {
+            c.send(ping()).unwrap();
+            drop(mailbox.recv().await);
+        }
+        f.put(());
+    });
+    finished.recv_timeout(TIMEOUT).expect("the task finished");
+}
+
 /// A few allocations that happen once per measured run, not per round trip (starting the
 /// run, waking the test thread at the end).
 const ONE_OFF: u64 = 16;
@@ -173,6 +196,11 @@ fn assert_per_round_trip(run: fn(&Pinger, &Connection, u64, u64), bound: u64) {
 #[test]
 fn worker_round_trip_allocations_stay_at_or_below_6() {
     assert_per_round_trip(worker_rounds, 6);
+}
+
+#[test]
+fn worker_task_round_trip_allocations_stay_at_or_below_6() {
+    assert_per_round_trip(task_rounds, 6);
 }
 
 #[test]

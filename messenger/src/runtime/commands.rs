@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 
+use super::tasks::BoxedTask;
 use super::{rdma, ConnShared};
 use crate::proto::{ConnId, EntityAddr, EntityType, Handoff, Message};
 
@@ -44,6 +45,12 @@ pub(crate) enum Command {
     AdoptRdma {
         fd: OwnedFd,
         hello: Box<[u8; rdma::HELLO_LEN]>,
+    },
+    /// An application future to run on this worker.
+    Spawn(BoxedTask),
+    /// A task of this worker's was woken.
+    Wake {
+        task: usize,
     },
     Shutdown,
 }

@@ -220,6 +220,16 @@ impl Connection {
         Ok(())
     }
 
+    /// Runs `future` on the worker that owns this connection, the thread its dispatcher
+    /// callbacks run on (thread-per-core, as Seastar and crimson do). Sends from the task and
+    /// replies the dispatcher hands it through a [`Mailbox`](crate::Mailbox) cross no thread,
+    /// so a request-reply loop costs what it costs inside `Dispatcher::dispatch`. The task
+    /// shares the worker with every connection it owns: it must not block. Tasks still
+    /// running at shutdown are dropped. See [`Mailbox`](crate::Mailbox) for an example.
+    pub fn spawn(&self, future: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.command(Command::Spawn(Box::pin(future)));
+    }
+
     /// Closes the connection and forgets its session; no reset callback follows.
     pub fn mark_down(&self) {
         self.inner.set_state(STATE_CLOSED);

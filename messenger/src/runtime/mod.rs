@@ -17,6 +17,7 @@ mod handle;
 mod handles;
 mod rdma;
 mod start;
+mod tasks;
 mod tcp;
 mod throttle;
 mod transport;

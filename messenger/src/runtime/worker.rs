@@ -15,6 +15,7 @@ use super::events;
 use super::handles::HandleTable;
 use super::rdma::{self, Rdma};
 use super::start::build_ring;
+use super::tasks::Tasks;
 use super::tcp::Tcp;
 use super::transport::{user_data, Cx, Transport};
 use super::{Shared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
@@ -37,6 +38,7 @@ pub(super) struct Worker {
     handles: HandleTable,
     cqes: Vec<(u64, i32, u32)>,
     commands: VecDeque<Command>,
+    tasks: Tasks,
     /// The time read once after each wait, for everything handled until the next one.
     now: Time,
     /// When connections are next reported to the `ringwire_conn_socket` probe, and whether
@@ -134,6 +136,7 @@ impl Worker {
             handles,
             cqes: Vec::with_capacity(256),
             commands: VecDeque::new(),
+            tasks: Tasks::default(),
             now: Time(0),
             next_announce: Time(0),
             announcing: false,
@@ -243,7 +246,8 @@ impl Worker {
                 self.command(cmd);
             }
             self.commands = commands;
-            let mut moved = self.endpoint_output();
+            let mut moved = self.tasks.poll_ready();
+            moved |= self.endpoint_output();
             for t in self.transports.all_mut() {
                 moved |= t.progress(&mut cx!(self));
             }
@@ -315,8 +319,15 @@ impl Worker {
             Command::AdoptRdma { fd, hello } => {
                 self.transports.rdma.adopt(&mut cx!(self), fd, Some(hello))
             }
+            Command::Spawn(future) => {
+                if !self.shutting_down {
+                    self.tasks.spawn(&self.shared, self.index, future);
+                }
+            }
+            Command::Wake { task } => self.tasks.wake(task),
             Command::Shutdown => {
                 self.shutting_down = true;
+                self.tasks.clear();
                 self.ep.mark_down_all(now);
                 self.close_all();
                 self.transports
