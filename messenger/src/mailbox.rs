@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// }
 ///
 /// let replies = Arc::new(Mailbox::new());
-/// let m = Messenger::builder(EntityName::client(1))
+/// let m = Messenger::builder("client.1".parse::<EntityName>().unwrap())
 ///     .start(Arc::new(Replies(replies.clone())))
 ///     .unwrap();
 /// let osd = m.connect(EntityAddr::parse("v2:127.0.0.1:6800").unwrap(), EntityType::OSD);
@@ -167,7 +167,11 @@ mod tests {
         assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
         mb.put(7);
         mb.put(8);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "only the waiting poll is woken");
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "only the waiting poll is woken"
+        );
         assert_eq!(Pin::new(&mut recv).poll(&mut cx), Poll::Ready(7));
         assert_eq!(mb.try_recv(), Some(8));
     }

@@ -1,7 +1,5 @@
 //! Heap allocations per small message in steady state, counted by a counting global
-//! allocator. Issue 13's goal is zero allocations per message on the send and receive paths;
-//! until then these tests pin the current count so that a regression fails them (the bound
-//! in each test's name is the measured count rounded up).
+//! allocator: none on the send and receive paths, once a connection is warm.
 //!
 //! A real server and client `Messenger` on loopback, one worker each; the server echoes every
 //! message. Three patterns: the whole ping-pong loop on the workers (the client's dispatcher
@@ -190,20 +188,17 @@ fn assert_per_round_trip(run: fn(&Pinger, &Connection, u64, u64), bound: u64) {
     );
 }
 
-// The goal (issue 13) is zero allocations per round trip; these bounds only keep the count
-// from growing. Lower them as allocations are removed.
-
 #[test]
-fn worker_round_trip_allocations_stay_at_or_below_6() {
-    assert_per_round_trip(worker_rounds, 6);
+fn worker_round_trips_allocate_nothing_in_steady_state() {
+    assert_per_round_trip(worker_rounds, 0);
 }
 
 #[test]
-fn worker_task_round_trip_allocations_stay_at_or_below_6() {
-    assert_per_round_trip(task_rounds, 6);
+fn worker_task_round_trips_allocate_nothing_in_steady_state() {
+    assert_per_round_trip(task_rounds, 0);
 }
 
 #[test]
-fn app_thread_round_trip_allocations_stay_at_or_below_6() {
-    assert_per_round_trip(app_rounds, 6);
+fn app_thread_round_trips_allocate_nothing_in_steady_state() {
+    assert_per_round_trip(app_rounds, 0);
 }

@@ -325,3 +325,50 @@ proptest! {
         }
     }
 }
+
+/// Feeds `wire` whole and returns the one frame it holds.
+fn decode_one(dec: &mut FrameDecoder, wire: &[u8]) -> ringwire::proto::Frame {
+    let mut input = wire;
+    let frame = dec.feed(&mut input).unwrap().expect("one whole frame");
+    assert!(input.is_empty());
+    frame
+}
+
+#[test]
+fn small_segments_reuse_released_memory_and_never_overwrite_held_segments() {
+    let mut dec = FrameDecoder::new(FrameLimits::default(), 0);
+    // Frames of four small segments, each filled with its own frame and segment number.
+    let wire_of = |n: u8| {
+        let segs: Vec<Bytes> = (0..4).map(|i| segment(100 + i, n * 4 + i as u8)).collect();
+        let refs: Vec<(&[Bytes], u16)> = segs
+            .iter()
+            .map(|s| (std::slice::from_ref(s), ALIGN_DEFAULT))
+            .collect();
+        let mut tx = TxQueue::default();
+        encode_frame(&mut tx, Tag::Message, &refs);
+        tx.take_all()
+    };
+    let first = decode_one(&mut dec, &wire_of(0));
+    let first_ptr = first.segments[0].as_ptr();
+    drop(first);
+    // Enough frames to fill the decoder's small-segment memory several times over.
+    let mut held = Vec::new();
+    let mut reused = false;
+    for n in 1..40u8 {
+        let f = decode_one(&mut dec, &wire_of(n));
+        reused |= f.segments[0].as_ptr() == first_ptr;
+        if n % 3 == 0 {
+            held.push((n, f));
+        }
+    }
+    assert!(reused, "released segments' memory is used again");
+    for (n, f) in &held {
+        for (i, seg) in f.segments.iter().enumerate() {
+            assert_eq!(seg.len(), 100 + i);
+            assert!(
+                seg.iter().all(|b| *b == n * 4 + i as u8),
+                "frame {n} segment {i} was overwritten while held"
+            );
+        }
+    }
+}

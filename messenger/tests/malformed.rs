@@ -276,7 +276,7 @@ fn malformed_control_payloads() {
             segments: Default::default(),
             crc: 0,
         },
-        segments: vec![Bytes::from_static(&[0; 40])],
+        segments: [Bytes::from_static(&[0; 40])].into_iter().collect(),
         trailer: ringwire::proto::frame::FrameTrailer {
             seg0_crc: None,
             epilogue: None,

@@ -127,5 +127,8 @@ fn tasks_still_waiting_at_shutdown_are_dropped() {
     assert!(!dropped.load(Ordering::SeqCst));
     client.shutdown();
     client.wait();
-    assert!(dropped.load(Ordering::SeqCst), "shutdown dropped the waiting task");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "shutdown dropped the waiting task"
+    );
 }

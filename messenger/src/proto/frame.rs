@@ -388,8 +388,57 @@ pub struct FrameTrailer {
 pub struct Frame {
     pub preamble: Preamble,
     /// Segments 0..num_segments; each one a single buffer filled in place.
-    pub segments: Vec<Bytes>,
+    pub segments: Segments,
     pub trailer: FrameTrailer,
+}
+
+/// A frame's segments, at most [`MAX_SEGMENTS`], held inline: decoding a frame allocates
+/// no list for them. Derefs to the slice of those present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segments {
+    parts: [Bytes; MAX_SEGMENTS],
+    len: usize,
+}
+
+impl Segments {
+    /// Appends a segment.
+    ///
+    /// # Panics
+    /// When the frame already holds [`MAX_SEGMENTS`] (the decoder never asks for more: the
+    /// preamble's count is checked first).
+    pub fn push(&mut self, segment: Bytes) {
+        assert!(
+            self.len < MAX_SEGMENTS,
+            "a frame has at most {MAX_SEGMENTS} segments"
+        );
+        self.parts[self.len] = segment;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Segments {
+    type Target = [Bytes];
+    fn deref(&self) -> &[Bytes] {
+        &self.parts[..self.len]
+    }
+}
+
+impl IntoIterator for Segments {
+    type Item = Bytes;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Bytes, MAX_SEGMENTS>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.parts.into_iter().take(self.len)
+    }
+}
+
+impl FromIterator<Bytes> for Segments {
+    /// # Panics
+    /// With more than [`MAX_SEGMENTS`] segments.
+    fn from_iter<I: IntoIterator<Item = Bytes>>(iter: I) -> Self {
+        let mut segments = Segments::default();
+        iter.into_iter().for_each(|s| segments.push(s));
+        segments
+    }
 }
 
 impl Frame {

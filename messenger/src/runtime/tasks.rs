@@ -88,7 +88,11 @@ impl Tasks {
             };
             slot.queued = false;
             let Slot { future, waker, .. } = slot;
-            if future.as_mut().poll(&mut Context::from_waker(waker)).is_ready() {
+            if future
+                .as_mut()
+                .poll(&mut Context::from_waker(waker))
+                .is_ready()
+            {
                 self.slots[task] = None;
                 self.free.push(task);
             }

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    Frame, FrameError, FrameLimits, FrameTrailer, Preamble, CRC_LEN, EPILOGUE_LEN,
+    Frame, FrameError, FrameLimits, FrameTrailer, Preamble, Segments, CRC_LEN, EPILOGUE_LEN,
     LATE_STATUS_ABORTED, LATE_STATUS_COMPLETE, MAX_SEGMENTS, PREAMBLE_LEN,
 };
 use crate::proto::crc::{ceph_crc32c, SEGMENT_SEED};
@@ -49,7 +49,11 @@ pub struct FrameDecoder {
     filled: usize,
     seg_crc: u32,
     preamble: Option<Preamble>,
-    segments: Vec<Bytes>,
+    segments: Segments,
+    /// Where small segments are received, one after the other; each frozen segment shares
+    /// its allocation. Once every earlier segment has been dropped the space is reclaimed,
+    /// so a connection whose messages are released as they come allocates nothing for them.
+    slab: BytesMut,
     crcs: [u32; MAX_SEGMENTS],
     seg0_crc: Option<u32>,
     /// Stream offset of the frame being decoded (for error messages and `ringwire decode`).
@@ -59,6 +63,9 @@ pub struct FrameDecoder {
 
 /// Segments at least this large are announced as [`ReadHint::Segment`].
 const DIRECT_READ_MIN: usize = 4096;
+/// The small-segment slab's size: a few small messages' worth, so the memory it keeps for
+/// an idle connection stays small.
+const SLAB_BYTES: usize = 1024;
 
 impl FrameDecoder {
     /// `start_offset` is the stream offset of the first frame byte (after the banner).
@@ -73,7 +80,8 @@ impl FrameDecoder {
             filled: 0,
             seg_crc: SEGMENT_SEED,
             preamble: None,
-            segments: Vec::with_capacity(MAX_SEGMENTS),
+            segments: Segments::default(),
+            slab: BytesMut::new(),
             crcs: [0; MAX_SEGMENTS],
             seg0_crc: None,
             frame_start: start_offset,
@@ -203,23 +211,53 @@ impl FrameDecoder {
         }
         // Sized by the peer, but only after the preamble's limits check; filled by appending,
         // so it is never zeroed first.
-        self.seg = BytesMut::with_capacity(len);
+        self.seg = if len < DIRECT_READ_MIN {
+            // Room for it was made with the preamble.
+            std::mem::take(&mut self.slab)
+        } else {
+            BytesMut::with_capacity(len)
+        };
         Ok(None)
+    }
+
+    /// Makes room in the slab for all of this frame's small segments at once: reclaiming
+    /// the slab is possible only while no segment from it is alive, which holds between
+    /// frames (when the application released the last message) but never within one.
+    fn make_room_for_small_segments(&mut self, p: &Preamble) {
+        let small: usize = p.segments[..p.num_segments as usize]
+            .iter()
+            .map(|s| s.len as usize)
+            .filter(|&len| len < DIRECT_READ_MIN)
+            .sum();
+        if self.slab.capacity() < small && !self.slab.try_reclaim(small) {
+            self.slab = BytesMut::with_capacity(small.max(SLAB_BYTES));
+        }
     }
 
     fn complete_unit(&mut self) -> Result<Option<Frame>, FrameError> {
         match self.unit {
             Unit::Preamble => {
                 let p = Preamble::decode(&self.scratch, &self.limits)?;
+                self.make_room_for_small_segments(&p);
                 self.preamble = Some(p);
-                self.segments.clear();
+                self.segments = Segments::default();
                 self.seg0_crc = None;
                 self.crcs = [0; MAX_SEGMENTS];
                 self.start_segment(0)
             }
             Unit::Segment(i) => {
                 self.crcs[i] = self.seg_crc;
-                self.segments.push(std::mem::take(&mut self.seg).freeze());
+                let segment = match self.seg_len {
+                    0 => Bytes::new(),
+                    small if small < DIRECT_READ_MIN => {
+                        // The rest of the slab's room stays for the next small segment.
+                        let segment = self.seg.split().freeze();
+                        self.slab = std::mem::take(&mut self.seg);
+                        segment
+                    }
+                    _ => std::mem::take(&mut self.seg).freeze(),
+                };
+                self.segments.push(segment);
                 let p = self.preamble.as_ref().expect("preamble decoded");
                 if i == 0 && p.segments[0].len > 0 {
                     self.unit = Unit::Seg0Crc;
