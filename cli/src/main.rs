@@ -119,6 +119,16 @@ enum Command {
         /// RDMA: microseconds a worker polls its completion queue before sleeping.
         #[arg(long, default_value_t = 0)]
         busy_poll_us: u64,
+        /// The rados-rs peer program (default: `rados-peer` beside this binary, built by
+        /// `cargo build --release -p ringwire-rados-peer`).
+        #[arg(long)]
+        rados_peer: Option<std::path::PathBuf>,
+        /// Do not measure rados-rs.
+        #[arg(long)]
+        no_rados: bool,
+        /// Do not start a ceph-mon to measure Ceph's AsyncMessenger.
+        #[arg(long)]
+        no_ceph: bool,
     },
 }
 
@@ -150,6 +160,9 @@ fn main() -> ExitCode {
             metrics,
             transport,
             busy_poll_us,
+            rados_peer,
+            no_rados,
+            no_ceph,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -174,6 +187,12 @@ fn main() -> ExitCode {
                 metrics,
                 transport,
                 busy_poll: Duration::from_micros(busy_poll_us),
+                rados_peer: if no_rados {
+                    None
+                } else {
+                    rados_peer.or_else(cmd::bench::default_rados_peer)
+                },
+                ceph: !no_ceph,
             };
             if let Err(e) = args.validate() {
                 eprintln!("ringwire bench: {e}");
