@@ -129,6 +129,10 @@ enum Command {
         /// Do not start a ceph-mon to measure Ceph's AsyncMessenger.
         #[arg(long)]
         no_ceph: bool,
+        /// Also write the report as a self-contained HTML page (latency CDF, bars against the
+        /// baselines and peers).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<std::path::PathBuf>,
     },
 }
 
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
             rados_peer,
             no_rados,
             no_ceph,
+            report: html,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -198,20 +203,25 @@ fn main() -> ExitCode {
                 eprintln!("ringwire bench: {e}");
                 return ExitCode::from(2);
             }
-            match cmd::bench::run(args) {
-                Ok(report) if json => {
-                    println!("{}", serde_json::to_string(&report).expect("serialisable"));
-                    ExitCode::SUCCESS
-                }
-                Ok(report) => {
-                    cmd::bench::print(&report);
-                    ExitCode::SUCCESS
-                }
+            let report = match cmd::bench::run(args) {
+                Ok(report) => report,
                 Err(e) => {
                     eprintln!("ringwire bench: {e}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report).expect("serialisable"));
+            } else {
+                cmd::bench::print(&report);
+            }
+            if let Some(path) = html {
+                if let Err(e) = std::fs::write(&path, cmd::bench::html_page(&report)) {
+                    eprintln!("ringwire bench: writing {}: {e}", path.display());
+                    return ExitCode::FAILURE;
                 }
             }
+            ExitCode::SUCCESS
         }
         Command::Serve {
             bind,

@@ -3,51 +3,9 @@
 //! (and equal to `--size` and `--large`); the msgr2 peers (rados-rs, ceph-mon) are measured in
 //! the same run with the same bytes, or their columns say why not.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod bench_support;
 
-fn bench(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ringwire"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("run ringwire")
-}
-
-/// The short run every test here makes: 100-byte pings, 5000-byte stream messages.
-const SHORT: [&str; 12] = [
-    "--rounds",
-    "1",
-    "--iters",
-    "200",
-    "--duration",
-    "0.2",
-    "--connections",
-    "4",
-    "--size",
-    "100",
-    "--large",
-    "5000",
-];
-
-/// `rados-peer`, built beside `ringwire` by `cargo test --workspace` (its own test needs it).
-fn rados_peer() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_ringwire")).with_file_name("rados-peer");
-    assert!(
-        path.exists(),
-        "{} missing: build it with `cargo build -p ringwire-rados-peer` in this profile \
-         (`cargo test --workspace` does)",
-        path.display()
-    );
-    path
-}
-
-fn ceph_mon_installed() -> bool {
-    Command::new("sh")
-        .args(["-c", "command -v ceph-mon"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use bench_support::{bench, ceph_mon_installed, in_ci, rados_peer, SHORT};
 
 #[test]
 fn json_states_equal_sizes_for_ringwire_and_the_baselines() {
@@ -149,7 +107,7 @@ fn peers_and_the_application_thread_pattern_move_the_same_bytes_in_the_same_run(
     }
     // ceph-mon: measured where installed (CI installs it), else the column says why.
     let ceph = &v["peers"]["ceph_mon"];
-    if ceph_mon_installed() || std::env::var("CI").is_ok_and(|v| v == "true") {
+    if ceph_mon_installed() || in_ci() {
         assert_eq!(ceph["measured"], true, "{ceph}");
         let k = &m["keepalive"];
         assert!(

@@ -11,9 +11,10 @@
 //!
 //! `peers` holds Ringwire's messengers and what they send, `phases` Ringwire's measurement of
 //! each phase (`handoff` the application-thread pattern's hand-off), `report` the figures and
-//! how they are shown; `run` orders rounds and phases.
+//! how they are shown (`html` as a page); `run` orders rounds and phases.
 
 mod handoff;
+mod html;
 mod keepalive;
 mod peers;
 mod phases;
@@ -26,11 +27,12 @@ use std::time::Duration;
 use ringwire::Connection;
 use ringwire_bench as baseline;
 
+pub use html::page as html_page;
 use keepalive::Keepalive;
 use peers::Pair;
 pub use rados::default_path as default_rados_peer;
 use rados::{Pattern, RadosPeer};
-use report::{median_of, KeepaliveRound, Peer, Peers, RadosRound, Ratios, Round};
+use report::{median_of, KeepaliveRound, Peer, Peers, RadosRound, Ratios, Round, Samples};
 pub use report::{print, Report};
 
 pub struct BenchArgs {
@@ -113,8 +115,14 @@ fn start_keepalive(args: &BenchArgs) -> Result<Keepalive, String> {
 }
 
 /// One round of KEEPALIVE2 round trips, to the Ringwire server and to ceph-mon.
-fn keepalive_round(k: &Keepalive, iters: usize) -> Result<KeepaliveRound, String> {
+fn keepalive_round(
+    k: &Keepalive,
+    iters: usize,
+    samples: &mut Samples,
+) -> Result<KeepaliveRound, String> {
     let (ringwire, mon) = k.measure(WARMUP, iters)?;
+    samples.add("KEEPALIVE2, Ringwire server", &ringwire);
+    samples.add("KEEPALIVE2, ceph-mon", &mon);
     Ok(KeepaliveRound {
         ringwire_p50_us: pct_us(&ringwire, 0.5),
         ringwire_p99_us: pct_us(&ringwire, 0.99),
@@ -128,9 +136,12 @@ fn rados_round(
     peer: &mut RadosPeer,
     args: &BenchArgs,
     stream_count: u64,
+    samples: &mut Samples,
 ) -> Result<RadosRound, String> {
     let task = peer.pingpong(Pattern::Task, args.iters)?;
     let thread = peer.pingpong(Pattern::Thread, args.iters)?;
+    samples.add("rados-rs, task", &task);
+    samples.add("rados-rs, blocking thread", &thread);
     Ok(RadosRound {
         task_p50_us: pct_us(&task, 0.5),
         task_p99_us: pct_us(&task, 0.99),
@@ -212,6 +223,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
     progress.step("warm-up");
     phases::pingpong(p.client(), &main, 500)?;
     let mut rounds = Vec::new();
+    let mut samples = Samples::default();
     for r in 0..args.rounds {
         let round = format!("round {}/{}", r + 1, args.rounds);
         let rtts = phases::pingpong(p.client(), &main, args.iters)?;
@@ -224,6 +236,10 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         let mut uring_rtts = baseline::uring_pingpong(args.small, WARMUP, args.iters);
         uring_rtts.sort();
         progress.step(&format!("{round}: io_uring ping-pong"));
+        samples.add("Ringwire, worker", &rtts);
+        samples.add("Ringwire, application thread", &app_rtts);
+        samples.add("std", &std_rtts);
+        samples.add("io_uring", &uring_rtts);
         let rw_bps = phases::stream(p.client(), &main, stream_count, args.large)?;
         progress.step(&format!("{round}: ringwire stream"));
         let uring_bps = baseline::uring_stream(args.large, stream_count as usize);
@@ -235,12 +251,12 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         let std_total: Duration = std_rtts.iter().sum();
         progress.step(&format!("{round}: ringwire many connections"));
         let rados_figures = match &mut rados {
-            Ok(peer) => Some(rados_round(peer, &args, stream_count)?),
+            Ok(peer) => Some(rados_round(peer, &args, stream_count, &mut samples)?),
             Err(_) => None,
         };
         progress.step(&format!("{round}: rados-rs"));
         let keepalive_figures = match &keepalive {
-            Ok(k) => Some(keepalive_round(k, args.iters)?),
+            Ok(k) => Some(keepalive_round(k, args.iters, &mut samples)?),
             Err(_) => None,
         };
         progress.step(&format!("{round}: KEEPALIVE2, ceph-mon"));
@@ -326,5 +342,6 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         median: med,
         idle_connection_bytes,
         integrity,
+        latency_cdf: samples.cdfs(),
     })
 }

@@ -2,6 +2,8 @@
 //! the sizes every side sent, the integrity count; serialised as they are by `--json`
 //! (field names are read by scripts and by `cargo xtask`), or printed as a table.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 /// One round's figures: Ringwire's phases, the baselines' and the peers', measured back to
@@ -128,6 +130,51 @@ pub struct Report {
     pub peers: Peers,
     pub idle_connection_bytes: Option<u64>,
     pub integrity: Integrity,
+    /// Each ping-pong's round trips over all rounds, as quantiles (for `--report`'s CDF).
+    pub latency_cdf: Vec<Cdf>,
+}
+
+/// One series' round trips: `quantiles_us[k]` is the `k / CDF_STEPS` quantile.
+#[derive(Debug, Serialize)]
+pub struct Cdf {
+    pub series: &'static str,
+    pub samples: usize,
+    pub quantiles_us: Vec<f64>,
+}
+
+/// Quantile steps of a `Cdf` (201 points: every half percent).
+pub const CDF_STEPS: usize = 200;
+
+/// Round trips of each series, gathered over the rounds.
+#[derive(Default)]
+pub(super) struct Samples(Vec<(&'static str, Vec<Duration>)>);
+
+impl Samples {
+    pub(super) fn add(&mut self, series: &'static str, rtts: &[Duration]) {
+        match self.0.iter_mut().find(|(s, _)| *s == series) {
+            Some((_, v)) => v.extend_from_slice(rtts),
+            None => self.0.push((series, rtts.to_vec())),
+        }
+    }
+
+    pub(super) fn cdfs(self) -> Vec<Cdf> {
+        self.0
+            .into_iter()
+            .map(|(series, mut v)| {
+                v.sort();
+                Cdf {
+                    series,
+                    samples: v.len(),
+                    quantiles_us: (0..=CDF_STEPS)
+                        .map(|k| {
+                            let p = k as f64 / CDF_STEPS as f64;
+                            ringwire_bench::percentile(&v, p).as_secs_f64() * 1e6
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// A peer's column: measured (and how), or why not.
