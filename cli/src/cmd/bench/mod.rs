@@ -97,6 +97,12 @@ fn start_rados(args: &BenchArgs) -> Result<RadosPeer, String> {
         .rados_peer
         .as_ref()
         .ok_or("not measured (--no-rados)")?;
+    if args.transport != "tcp" {
+        return Err(format!(
+            "not measured: rados-rs speaks TCP, this run {}",
+            args.transport
+        ));
+    }
     RadosPeer::start(path, args.small, args.large, args.connections)
 }
 

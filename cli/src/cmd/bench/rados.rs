@@ -5,7 +5,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use ringwire_bench::wire;
@@ -25,10 +26,15 @@ pub(super) enum Pattern {
     Thread,
 }
 
+/// How long one answer may take: a stalled peer fails the run instead of hanging it. (The
+/// watch is here, not in the peer, so that no timer sits in its timed paths.)
+const ANSWER_LIMIT: Duration = Duration::from_secs(180);
+
 pub(super) struct RadosPeer {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// The peer's output lines, read by a thread of their own so that waiting can time out.
+    lines: Receiver<std::io::Result<String>>,
 }
 
 /// Payload sizes rados-rs moved, per phase: (requests as its server saw them, replies as its
@@ -64,10 +70,18 @@ impl RadosPeer {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("rados-peer: no pipes".into());
         };
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut peer = RadosPeer {
             child,
             stdin,
-            stdout: BufReader::new(stdout),
+            lines,
         };
         match peer.line()?.as_str() {
             "ready" => Ok(peer),
@@ -76,11 +90,16 @@ impl RadosPeer {
     }
 
     fn line(&mut self) -> Result<String, String> {
-        let mut line = String::new();
-        match self.stdout.read_line(&mut line) {
-            Ok(0) => Err("rados-peer exited (see its standard error)".into()),
-            Ok(_) => Ok(line.trim_end().to_string()),
-            Err(e) => Err(format!("reading from rados-peer: {e}")),
+        match self.lines.recv_timeout(ANSWER_LIMIT) {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(e)) => Err(format!("reading from rados-peer: {e}")),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err("rados-peer exited (see its standard error)".into())
+            }
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "rados-peer stalled: no answer in {} s",
+                ANSWER_LIMIT.as_secs()
+            )),
         }
     }
 
