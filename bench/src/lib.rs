@@ -2,6 +2,12 @@
 //! moved by the simplest correct program, with blocking `std::net` and with io_uring used
 //! directly (one ring per thread, SINGLE_ISSUER + DEFER_TASKRUN, one operation at a time).
 //! No framing, no checksums: the floor a messenger is measured against.
+//!
+//! Also what the benchmark's msgr2 peers share with it: the bytes every side sends (`wire`)
+//! and a throw-away Ceph monitor (`ceph_mon`).
+
+pub mod ceph_mon;
+pub mod wire;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -119,6 +119,20 @@ enum Command {
         /// RDMA: microseconds a worker polls its completion queue before sleeping.
         #[arg(long, default_value_t = 0)]
         busy_poll_us: u64,
+        /// The rados-rs peer program (default: `rados-peer` beside this binary, built by
+        /// `cargo build --release -p ringwire-rados-peer`).
+        #[arg(long)]
+        rados_peer: Option<std::path::PathBuf>,
+        /// Do not measure rados-rs.
+        #[arg(long)]
+        no_rados: bool,
+        /// Do not start a ceph-mon to measure Ceph's AsyncMessenger.
+        #[arg(long)]
+        no_ceph: bool,
+        /// Also write the report as a self-contained HTML page (latency CDF, bars against the
+        /// baselines and peers).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<std::path::PathBuf>,
     },
 }
 
@@ -150,6 +164,10 @@ fn main() -> ExitCode {
             metrics,
             transport,
             busy_poll_us,
+            rados_peer,
+            no_rados,
+            no_ceph,
+            report: html,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -174,25 +192,36 @@ fn main() -> ExitCode {
                 metrics,
                 transport,
                 busy_poll: Duration::from_micros(busy_poll_us),
+                rados_peer: if no_rados {
+                    None
+                } else {
+                    rados_peer.or_else(cmd::bench::default_rados_peer)
+                },
+                ceph: !no_ceph,
             };
             if let Err(e) = args.validate() {
                 eprintln!("ringwire bench: {e}");
                 return ExitCode::from(2);
             }
-            match cmd::bench::run(args) {
-                Ok(report) if json => {
-                    println!("{}", serde_json::to_string(&report).expect("serialisable"));
-                    ExitCode::SUCCESS
-                }
-                Ok(report) => {
-                    cmd::bench::print(&report);
-                    ExitCode::SUCCESS
-                }
+            let report = match cmd::bench::run(args) {
+                Ok(report) => report,
                 Err(e) => {
                     eprintln!("ringwire bench: {e}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report).expect("serialisable"));
+            } else {
+                cmd::bench::print(&report);
+            }
+            if let Some(path) = html {
+                if let Err(e) = std::fs::write(&path, cmd::bench::html_page(&report)) {
+                    eprintln!("ringwire bench: writing {}: {e}", path.display());
+                    return ExitCode::FAILURE;
                 }
             }
+            ExitCode::SUCCESS
         }
         Command::Serve {
             bind,

@@ -1,37 +1,28 @@
 //! `ringwire bench` compares like with like: a short run of the built binary states, for each
 //! phase, the payload bytes per message of Ringwire and of the baselines, and they are equal
-//! (and equal to `--size` and `--large`).
+//! (and equal to `--size` and `--large`); the msgr2 peers (rados-rs, ceph-mon) are measured in
+//! the same run with the same bytes, or their columns say why not.
 
-use std::process::Command;
+mod bench_support;
 
-fn bench(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ringwire"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("run ringwire")
-}
+use bench_support::{bench, ceph_mon_installed, in_ci, rados_peer, SHORT};
 
 #[test]
 fn json_states_equal_sizes_for_ringwire_and_the_baselines() {
-    let out = bench(&[
-        "--rounds",
-        "1",
-        "--iters",
-        "200",
-        "--duration",
-        "0.2",
-        "--connections",
-        "4",
-        "--size",
-        "100",
-        "--large",
-        "5000",
-        "--json",
-    ]);
+    let mut args = SHORT.to_vec();
+    args.extend(["--no-rados", "--no-ceph", "--json"]);
+    let out = bench(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    // Peers left out say so, and carry no figures.
+    for (peer, flag) in [("rados_rs", "--no-rados"), ("ceph_mon", "--no-ceph")] {
+        let p = &v["peers"][peer];
+        assert_eq!(p["measured"], false, "{p}");
+        assert!(p["note"].as_str().unwrap().contains(flag), "{p}");
+    }
+    assert!(v["median"]["rados"].is_null() && v["median"]["keepalive"].is_null());
+    assert!(v["sizes"]["ping_pong"]["rados_rs"].is_null());
     assert_eq!(v["small_bytes"], 100, "{v}");
     assert_eq!(v["large_bytes"], 5000, "{v}");
     let sizes = &v["sizes"];
@@ -63,6 +54,126 @@ fn json_states_equal_sizes_for_ringwire_and_the_baselines() {
     assert_eq!(i["reordered"], 0, "{i}");
     assert_eq!(i["echo_mismatches"], 0, "{i}");
     assert!(i["received"].as_u64().unwrap() > 0, "{i}");
+}
+
+#[test]
+fn peers_and_the_application_thread_pattern_move_the_same_bytes_in_the_same_run() {
+    let peer = rados_peer();
+    let mut args = SHORT.to_vec();
+    args.extend(["--rados-peer", peer.to_str().unwrap(), "--json"]);
+    let out = bench(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let sizes = &v["sizes"];
+    // Ringwire's application-thread pings and their echoes, as the server and client saw them.
+    assert_eq!(sizes["ping_pong"]["ringwire_app_thread"], 100, "{sizes}");
+    // rados-rs: the same payload per phase as Ringwire and the baselines, as its server and
+    // client saw them.
+    for (phase, want, reply) in [
+        ("ping_pong", 100, 100),
+        ("stream", 5000, 0),
+        ("rate", 100, 100),
+    ] {
+        let p = &sizes[phase];
+        assert_eq!(p["rados_rs"], want, "{phase}: {p}");
+        assert_eq!(p["rados_rs"], p["ringwire"], "{phase}: {p}");
+        assert_eq!(p["rados_rs_reply"], reply, "{phase}: {p}");
+    }
+    assert_eq!(v["peers"]["rados_rs"]["measured"], true, "{}", v["peers"]);
+    let m = &v["median"];
+    for figure in [
+        &m["rw_app_p50_us"],
+        &m["rw_app_p99_us"],
+        &m["rados"]["task_p50_us"],
+        &m["rados"]["thread_p50_us"],
+        &m["rados"]["stream_mbps"],
+        &m["rados"]["many_msgs_per_sec"],
+    ] {
+        assert!(figure.as_f64().is_some_and(|f| f > 0.0), "{m}");
+    }
+    // Every Ringwire figure has a ratio to rados-rs.
+    let r = &v["ratios"];
+    for ratio in [
+        &r["ping_pong_p50_worker"]["rados_rs_task"],
+        &r["ping_pong_p50_worker"]["rados_rs_thread"],
+        &r["ping_pong_p50_app_thread"]["rados_rs_task"],
+        &r["ping_pong_p50_app_thread"]["rados_rs_thread"],
+        &r["ping_pong_p50_app_thread"]["std"],
+        &r["stream"]["rados_rs"],
+        &r["rate"]["rados_rs"],
+    ] {
+        assert!(ratio.as_f64().is_some_and(|f| f > 0.0), "{r}");
+    }
+    // ceph-mon: measured where installed (CI installs it), else the column says why.
+    let ceph = &v["peers"]["ceph_mon"];
+    if ceph_mon_installed() || in_ci() {
+        assert_eq!(ceph["measured"], true, "{ceph}");
+        let k = &m["keepalive"];
+        assert!(
+            k["ceph_mon_p50_us"].as_f64().is_some_and(|f| f > 0.0),
+            "{k}"
+        );
+        assert!(
+            k["ringwire_p50_us"].as_f64().is_some_and(|f| f > 0.0),
+            "{k}"
+        );
+        let ratio = &r["keepalive_p50_ringwire_vs_ceph_mon"];
+        assert!(ratio.as_f64().is_some_and(|f| f > 0.0), "{r}");
+    } else {
+        assert_eq!(ceph["measured"], false, "{ceph}");
+        assert!(
+            ceph["note"]
+                .as_str()
+                .unwrap()
+                .contains("ceph-mon not found"),
+            "{ceph}"
+        );
+    }
+    let i = &v["integrity"];
+    assert_eq!(i["lost"], 0, "{i}");
+    assert_eq!(i["echo_mismatches"], 0, "{i}");
+}
+
+#[test]
+fn the_table_has_a_column_for_each_reference_and_a_row_per_pattern() {
+    let mut args = SHORT.to_vec();
+    args.extend(["--no-rados", "--no-ceph"]);
+    let out = bench(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("figure (median)"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let columns: Vec<&str> = header.split_whitespace().skip(2).collect();
+    assert_eq!(
+        columns,
+        ["ringwire", "std", "io_uring", "rados-rs", "ceph-mon"]
+    );
+    for row in [
+        "100 B ping-pong p50, worker",
+        "100 B ping-pong p50, app thread",
+        "ping-pong p50, app thread",
+        "KEEPALIVE2 p50, Ringwire server",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(row)),
+            "{row}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("rados-rs: not measured (--no-rados)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ceph-mon: not measured (--no-ceph)"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -4,201 +4,34 @@
 #[path = "../../messenger/tests/common/mod.rs"]
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
 use ringwire::{Messenger, Options};
+use ringwire_bench::ceph_mon::{self, CephMon};
 
 use ringwire::proto::message::{
     MSG_MON_GET_MAP as MON_GET_MAP, MSG_MON_GET_VERSION as MON_GET_VERSION,
     MSG_MON_GET_VERSION_REPLY as MON_GET_VERSION_REPLY, MSG_MON_MAP as MON_MAP,
 };
 
+/// A throw-away monitor (`ringwire_bench::ceph_mon`); the test fails, saying how to install
+/// Ceph, where it is missing.
+fn start_mon() -> CephMon {
+    CephMon::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} not found: install Ceph with `apt-get install ceph-mon ceph-common` (.ci/run does)"
-    );
-}
-
-/// A port below the ephemeral range (32768+), so that no client socket of a concurrent test
-/// takes it between this check and ceph-mon's bind.
-fn free_port() -> u16 {
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let mut seed = now
-        ^ (std::process::id() as u64) << 32
-        ^ CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 48;
-    loop {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let port = 20_000 + (seed >> 33) as u16 % 10_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
+    if let Err(e) = ceph_mon::require(tool) {
+        panic!("{e}");
     }
 }
 
-fn conf(dir: &Path, fsid: &str, mon_addr: &str, extra: &str) -> PathBuf {
-    let path = dir.join("ceph.conf");
-    let d = dir.display();
-    std::fs::write(
-        &path,
-        format!(
-            "[global]
-fsid = {fsid}
-mon host = {mon_addr}
-mon initial members = a
-public network = 127.0.0.0/8
-ms bind ipv4 = true
-ms bind ipv6 = false
-auth cluster required = none
-auth service required = none
-auth client required = none
-auth allow insecure global id reclaim = true
-mon warn on insecure global id reclaim allowed = false
-run dir = {d}/run
-admin socket = {d}/run/$name.asok
-pid file = {d}/run/$name.pid
-log file = {d}/log/$name.log
-keyring = /dev/null
-{extra}
-[mon]
-mon data = {d}/mon/ceph-$id
-"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// A throw-away monitor on 127.0.0.1 (msgr2 only), stopped on drop.
-struct CephMon {
-    dir: PathBuf,
-    port: u16,
-    fsid: String,
-}
-
-impl CephMon {
-    fn start() -> CephMon {
-        require("ceph-mon");
-        require("monmaptool");
-        require("ceph");
-        let dir = std::env::temp_dir().join(format!(
-            "ringwire-mon-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["mon", "run", "log"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        let port = free_port();
-        let fsid = uuid_v4();
-        let addr = format!("[v2:127.0.0.1:{port}]");
-        let conf = conf(&dir, &fsid, &addr, "");
-        let run = |args: &[&str]| {
-            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let monmap = dir.join("monmap");
-        run(&[
-            "monmaptool",
-            "--create",
-            "--fsid",
-            &fsid,
-            "--addv",
-            "a",
-            &addr,
-            monmap.to_str().unwrap(),
-        ]);
-        let c = conf.to_str().unwrap();
-        run(&[
-            "ceph-mon",
-            "-c",
-            c,
-            "--mkfs",
-            "-i",
-            "a",
-            "--monmap",
-            monmap.to_str().unwrap(),
-        ]);
-        run(&["ceph-mon", "-c", c, "-i", "a"]);
-        // Until it has formed a quorum a monitor refuses authentication (-EBUSY), so wait
-        // until it answers a real client.
-        let answers = || {
-            Command::new("timeout")
-                .args([
-                    "10",
-                    "ceph",
-                    "-c",
-                    c,
-                    "--connect-timeout",
-                    "5",
-                    "mon",
-                    "stat",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let what = format!("ceph-mon to come up (see {}/log)", dir.display());
-        wait_until(Instant::now() + Duration::from_secs(60), &what, answers);
-        CephMon { dir, port, fsid }
-    }
-
-    fn addr(&self) -> EntityAddr {
-        EntityAddr::parse(&format!("v2:127.0.0.1:{}", self.port)).unwrap()
-    }
-}
-
-impl Drop for CephMon {
-    fn drop(&mut self) {
-        if std::env::var_os("RINGWIRE_KEEP_MON_LOG").is_some() {
-            let log = std::fs::read_to_string(self.dir.join("log/mon.a.log")).unwrap_or_default();
-            eprintln!("{log}");
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("run/mon.a.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
+fn mon_addr(mon: &CephMon) -> EntityAddr {
+    EntityAddr::parse(&mon.addr()).unwrap()
 }
 
 fn uuid_bytes(s: &str) -> Vec<u8> {
@@ -211,7 +44,7 @@ fn uuid_bytes(s: &str) -> Vec<u8> {
 #[test]
 fn ringwire_client_talks_to_a_real_monitor() {
     init_tracing();
-    let mon = CephMon::start();
+    let mon = start_mon();
     let rec = Arc::new(Recorder::default());
     let client = Messenger::builder(name(EntityType::CLIENT, "admin"))
         .policy(EntityType::MON, Policy::lossy_client())
@@ -221,7 +54,7 @@ fn ringwire_client_talks_to_a_real_monitor() {
         })
         .start(rec.clone())
         .unwrap();
-    let conn = client.connect(mon.addr(), EntityType::MON);
+    let conn = client.connect(mon_addr(&mon), EntityType::MON);
     conn.send(Message::new(MON_GET_MAP)).unwrap();
     let mut what = Vec::new();
     what.extend_from_slice(&7u64.to_le_bytes()); // handle
@@ -290,7 +123,13 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
     let dir = std::env::temp_dir().join(format!("ringwire-cli-{}-{port}", std::process::id()));
     std::fs::create_dir_all(dir.join("run")).unwrap();
     std::fs::create_dir_all(dir.join("log")).unwrap();
-    let conf = conf(&dir, &uuid_v4(), &format!("[v2:127.0.0.1:{port}]"), "");
+    let conf = ceph_mon::conf(
+        &dir,
+        &ceph_mon::uuid_v4(),
+        &format!("[v2:127.0.0.1:{port}]"),
+        "",
+    )
+    .unwrap();
     let mut cli: Child = Command::new("ceph")
         .args([
             "-c",
@@ -333,7 +172,7 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
 
 #[test]
 fn ringwire_ping_measures_round_trips_to_a_real_monitor() {
-    let mon = CephMon::start();
+    let mon = start_mon();
     let out = Command::new(env!("CARGO_BIN_EXE_ringwire"))
         .args([
             "ping",

@@ -3,11 +3,18 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// One `ringwire bench --rounds 1 --json` run of `binary`: (p50 µs, stream MB/s, many-connection
-/// messages/s).
+/// One `ringwire bench --rounds 1 --json` run of `binary`, Ringwire and its baselines only (no
+/// msgr2 peers): (p50 µs, stream MB/s, many-connection messages/s).
 pub fn bench_once(binary: &Path) -> Result<[f64; 3], String> {
     let out = Command::new(binary)
-        .args(["bench", "--json", "--rounds", "1"])
+        .args([
+            "bench",
+            "--json",
+            "--rounds",
+            "1",
+            "--no-rados",
+            "--no-ceph",
+        ])
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("running {}: {e}", binary.display()))?;

@@ -113,7 +113,7 @@ pub fn bench(root: &Path, rounds: usize) -> Result<(), String> {
     const LARGE: usize = 4 << 20;
     let round = format!(
         r#"echo "ROUND $r"
-{rw} bench --transport rdma --rounds 1 --iters 3000 --connections 20 --duration 1 --no-pin --busy-poll-us 200 --size {SMALL} --large {LARGE} --json || exit 1
+{rw} bench --transport rdma --rounds 1 --iters 3000 --connections 20 --duration 1 --no-pin --busy-poll-us 200 --size {SMALL} --large {LARGE} --no-rados --no-ceph --json || exit 1
 ib_send_lat -d rxe0 -x 0 -s {SMALL} -n 3000 >/dev/null 2>&1 & sleep 1
 ib_send_lat -d rxe0 -x 0 -s {SMALL} -n 3000 127.0.0.1 | awk '$1 == {SMALL} {{print "IB_SEND_LAT_US", $5}}'; wait
 ib_write_bw -d rxe0 -x 0 -s {LARGE} -n 100 >/dev/null 2>&1 & sleep 1

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,18 +14,14 @@ use bytes::{Bytes, BytesMut};
 use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning, TxQueue};
 use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
+use ringwire_bench::wire::{
+    self, one_size, Seen, APP_PING, APP_PONG, DATA, DATA_ACK, MANY_PING, MANY_PONG, PING, PONG,
+};
+
+use super::handoff::Handoff;
+use super::rados::RadosSizes;
 use super::report::{Integrity, PhaseSizes, Sizes};
 use super::BenchArgs;
-
-// The phases name the kind of flow they start by its first message type.
-pub(super) const PING: u16 = 0x5001;
-const PONG: u16 = 0x5002;
-pub(super) const DATA: u16 = 0x5003;
-const DATA_ACK: u16 = 0x5004;
-/// Ping-pong of the many-connection phase, on lossy connections: not part of the integrity
-/// count, whose subject is the lossless session.
-pub(super) const MANY_PING: u16 = 0x5005;
-const MANY_PONG: u16 = 0x5006;
 
 fn policies(name: &str) -> Result<(Policy, Policy), String> {
     Ok(match name {
@@ -76,50 +72,7 @@ fn seq_of(m: &Message) -> u64 {
     if m.ty == DATA {
         return m.tid;
     }
-    let f = &m.front;
-    if f.len() >= 8 {
-        u64::from_le_bytes(f[..8].try_into().expect("8 bytes"))
-    } else {
-        0
-    }
-}
-
-/// Smallest and largest payload seen per message type (`PING..=MANY_PONG`), so that the
-/// report states the sizes that were sent, not the ones that were asked for.
-struct Seen([(AtomicUsize, AtomicUsize); 6]);
-
-impl Default for Seen {
-    fn default() -> Self {
-        Seen(std::array::from_fn(|_| {
-            (AtomicUsize::new(usize::MAX), AtomicUsize::new(0))
-        }))
-    }
-}
-
-impl Seen {
-    fn record(&self, m: &Message) {
-        let Some((min, max)) = self.0.get(m.ty.wrapping_sub(PING) as usize) else {
-            return;
-        };
-        let len = m.payload_len();
-        // Plain loads on the usual path: every message of a phase has the same size.
-        if len < min.load(Ordering::Relaxed) {
-            min.fetch_min(len, Ordering::Relaxed);
-        }
-        if len > max.load(Ordering::Relaxed) {
-            max.fetch_max(len, Ordering::Relaxed);
-        }
-    }
-
-    /// The one payload size messages of type `ty` had.
-    fn size(&self, ty: u16, what: &str) -> Result<usize, String> {
-        let (min, max) = &self.0[(ty - PING) as usize];
-        match (min.load(Ordering::Relaxed), max.load(Ordering::Relaxed)) {
-            (min, max) if min == max => Ok(min),
-            (usize::MAX, 0) => Err(format!("no {what} arrived")),
-            (min, max) => Err(format!("{what} arrived with {min} to {max} payload bytes")),
-        }
-    }
+    wire::ping_seq(&m.front)
 }
 
 /// The server side: echoes pings (the same bytes), acknowledges data, checks order.
@@ -130,9 +83,10 @@ struct Server {
 
 impl Dispatcher for Server {
     fn dispatch(&self, conn: &Connection, msg: Incoming) {
-        self.seen.record(&msg);
+        self.seen.record(msg.ty, msg.payload_len());
         let reply = match msg.ty {
             PING => Message::new(PONG).with_front(msg.front.clone()),
+            APP_PING => Message::new(APP_PONG).with_front(msg.front.clone()),
             DATA => Message::new(DATA_ACK),
             MANY_PING => Message::new(MANY_PONG).with_front(msg.front.clone()),
             _ => return,
@@ -166,7 +120,8 @@ struct ClientState {
 const SLAB_BYTES: usize = 64 << 10;
 
 /// The client side: ping-pong and windowed streaming, driven from the dispatcher so the
-/// next message leaves from the worker thread as soon as the previous answer arrives.
+/// next message leaves from the worker thread as soon as the previous answer arrives; and
+/// ping-pong from an application thread, to which the dispatcher hands each echo.
 pub(super) struct Client {
     state: Mutex<ClientState>,
     /// Payload bytes of a ping (`--size`): the sequence number, then `PING_FILL`.
@@ -179,9 +134,9 @@ pub(super) struct Client {
     sent: AtomicU64,
     echo_mismatches: AtomicU64,
     seen: Arc<Seen>,
+    /// Echoes for the application thread.
+    pub(super) handoff: Handoff,
 }
-
-const PING_FILL: u8 = 0x5a;
 
 impl Client {
     /// The message of type `ty` numbered `seq`: a ping carries `small` payload bytes in its
@@ -196,8 +151,8 @@ impl Client {
         if slab.capacity() < self.small {
             slab.reserve(self.small.max(SLAB_BYTES));
         }
-        slab.extend_from_slice(&seq.to_le_bytes());
-        slab.resize(self.small, PING_FILL);
+        slab.resize(self.small, 0);
+        wire::ping(seq, &mut slab[..]);
         Message::new(ty).with_front(slab.split().freeze())
     }
 
@@ -234,6 +189,23 @@ impl Client {
         st.flows.insert(key(conn), flow);
     }
 
+    /// Sends one application ping on `conn`, from the calling thread; returns its sequence
+    /// number. Its echo goes to `handoff`.
+    pub(super) fn send_app_ping(&self, conn: &Connection) -> u64 {
+        let mut st = self.state.lock().expect("not poisoned");
+        let st = &mut *st;
+        let flow = st.flows.entry(key(conn)).or_default();
+        self.send(conn, &mut st.slab, flow, APP_PING);
+        flow.next_seq
+    }
+
+    /// Counts `echo` as mismatched unless it answers ping `seq`.
+    pub(super) fn check_echo(&self, echo: &Message, seq: u64) {
+        if seq_of(echo) != seq {
+            self.echo_mismatches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Ends an open-ended phase: answers still arrive and count, but send nothing more.
     pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -261,13 +233,19 @@ impl Client {
 
 impl Dispatcher for Client {
     fn dispatch(&self, conn: &Connection, msg: Incoming) {
+        if msg.ty == APP_PONG {
+            self.seen.record(msg.ty, msg.payload_len());
+            self.pongs.fetch_add(1, Ordering::Relaxed);
+            self.handoff.deliver(msg);
+            return;
+        }
         let next = match msg.ty {
             PONG => PING,
             DATA_ACK => DATA,
             MANY_PONG => MANY_PING,
             _ => return,
         };
-        self.seen.record(&msg);
+        self.seen.record(msg.ty, msg.payload_len());
         self.pongs.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("not poisoned");
         let k = key(conn);
@@ -355,6 +333,7 @@ impl Pair {
             sent: AtomicU64::new(0),
             echo_mismatches: AtomicU64::new(0),
             seen,
+            handoff: Handoff::default(),
         });
         let client_type = if args.policy == "peer" {
             EntityType::OSD
@@ -376,7 +355,7 @@ impl Pair {
                 buf.fill(0x5a);
                 buf.freeze()
             }
-            _ => Bytes::from(vec![0x5a; args.large]),
+            _ => Bytes::from(wire::stream_payload(args.large)),
         };
         let _ = client_side.data.set(data);
         let many_client = Messenger::builder(EntityName {
@@ -452,42 +431,71 @@ impl Pair {
         }
     }
 
-    /// The sizes every side sent in each phase: Ringwire's as its receivers saw them, checked
-    /// against the baselines' (which send exactly what they are given: `small`, `large`).
-    pub(super) fn sizes(&self, small: usize, large: usize) -> Result<Sizes, String> {
+    /// The sizes every side sent in each phase: Ringwire's and rados-rs's as their receivers
+    /// saw them, checked against the baselines' (which send exactly what they are given:
+    /// `small`, `large`).
+    pub(super) fn sizes(
+        &self,
+        small: usize,
+        large: usize,
+        rados: Option<&RadosSizes>,
+    ) -> Result<Sizes, String> {
         let c = &self.client_side;
-        let seen = &c.seen;
+        let seen = |ty: u16, what: String| one_size(c.seen.range(ty), &what);
         // What a message costs on a TCP connection beyond its payload, encoded as the runtime
         // encodes it.
         let overhead = |ty: u16| {
             let m = c.message(&mut BytesMut::new(), ty, 1);
             m.encode_frame(&mut TxQueue::default(), 1, 0) - m.payload_len()
         };
-        let phase = |ty: u16, reply: u16, what: &str, baseline: usize, io_uring: bool| {
-            let ringwire = seen.size(ty, &format!("Ringwire {what} messages"))?;
-            if ringwire != baseline {
+        // `ty`'s messages carried `baseline` bytes and their replies the same (an echo) or
+        // none (an acknowledgement).
+        let check = |who: &str, what: &str, (sent, reply): (usize, usize), baseline: usize| {
+            if sent != baseline {
                 return Err(format!(
-                "Ringwire's {what} messages carried {ringwire} payload bytes, the baselines' {baseline}"
-            ));
+                    "{who}'s {what} messages carried {sent} payload bytes, the baselines' {baseline}"
+                ));
             }
-            let ringwire_reply = seen.size(reply, &format!("Ringwire {what} replies"))?;
-            if reply != DATA_ACK && ringwire_reply != ringwire {
+            let want = if what == "stream" { 0 } else { sent };
+            if reply != want {
                 return Err(format!(
-                "Ringwire's {what} echoes carried {ringwire_reply} payload bytes, not {ringwire}"
-            ));
+                    "{who}'s {what} replies carried {reply} payload bytes, not {want}"
+                ));
             }
-            Ok(PhaseSizes {
+            Ok((sent, reply))
+        };
+        let phase = |ty: u16, what: &str, baseline: usize, rados: Option<(usize, usize)>| {
+            let ringwire = (
+                seen(ty, format!("Ringwire {what} messages"))?,
+                seen(ty + 1, format!("Ringwire {what} replies"))?,
+            );
+            let (ringwire, ringwire_reply) = check("Ringwire", what, ringwire, baseline)?;
+            let rados = rados
+                .map(|r| check("rados-rs", what, r, baseline))
+                .transpose()?;
+            Ok::<_, String>(PhaseSizes {
                 ringwire,
+                ringwire_app_thread: None,
                 std: baseline,
-                io_uring: io_uring.then_some(baseline),
+                io_uring: (ty != MANY_PING).then_some(baseline),
                 ringwire_reply,
                 ringwire_frame_overhead: overhead(ty),
+                rados_rs: rados.map(|r| r.0),
+                rados_rs_reply: rados.map(|r| r.1),
             })
         };
+        let app = (
+            seen(APP_PING, "Ringwire application-thread pings".into())?,
+            seen(APP_PONG, "Ringwire application-thread echoes".into())?,
+        );
+        let (app, _) = check("Ringwire", "application-thread ping-pong", app, small)?;
         Ok(Sizes {
-            ping_pong: phase(PING, PONG, "ping-pong", small, true)?,
-            stream: phase(DATA, DATA_ACK, "stream", large, true)?,
-            rate: phase(MANY_PING, MANY_PONG, "rate-phase", small, false)?,
+            ping_pong: PhaseSizes {
+                ringwire_app_thread: Some(app),
+                ..phase(PING, "ping-pong", small, rados.map(|r| r.ping_pong))?
+            },
+            stream: phase(DATA, "stream", large, rados.map(|r| r.stream))?,
+            rate: phase(MANY_PING, "rate-phase", small, rados.map(|r| r.rate))?,
         })
     }
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use ringwire::Connection;
 
-use super::peers::{wait_connected, Client, Pair, DATA, MANY_PING, PING};
+use ringwire_bench::wire::{DATA, MANY_PING, PING};
+
+use super::peers::{wait_connected, Client, Pair};
 
 /// Bytes of memory per idle connection, while `main` and the rate phase's `many` connections
 /// come up (both ends of each live in this process); below 100 connections the noise of the
@@ -35,6 +37,33 @@ pub(super) fn pingpong(
     rx.recv_timeout(Duration::from_secs(120))
         .map_err(|_| "ping-pong stalled".to_string())?;
     Ok(c.take_rtts())
+}
+
+/// `iters` round trips of one ping at a time on `conn` (after `warmup` unrecorded ones), each
+/// sent from this thread, which is not a worker: the dispatcher hands each echo back to it
+/// (`handoff`). Returns them sorted.
+pub(super) fn pingpong_app_thread(
+    c: &Client,
+    conn: &Connection,
+    warmup: usize,
+    iters: usize,
+) -> Result<Vec<Duration>, String> {
+    let mut rtts = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        let seq = c.send_app_ping(conn);
+        let echo = c
+            .handoff
+            .wait(Duration::from_secs(30))
+            .ok_or("application-thread ping-pong stalled")?;
+        let rtt = t.elapsed();
+        c.check_echo(&echo, seq);
+        if i >= warmup {
+            rtts.push(rtt);
+        }
+    }
+    rtts.sort();
+    Ok(rtts)
 }
 
 /// `count` stream messages of `large` bytes on `conn` with 4 in flight, each acknowledged;
