@@ -83,6 +83,7 @@ fn the_html_report_draws_a_cdf_and_bars_for_every_side_in_headless_chromium() {
     let ping_pong = [
         "Ringwire, worker",
         "Ringwire, application thread",
+        "Ringwire, task on the worker",
         "std",
         "io_uring",
         "rados-rs, task",

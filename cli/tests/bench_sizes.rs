@@ -85,6 +85,8 @@ fn peers_and_the_application_thread_pattern_move_the_same_bytes_in_the_same_run(
     for figure in [
         &m["rw_app_p50_us"],
         &m["rw_app_p99_us"],
+        &m["rw_task_p50_us"],
+        &m["rw_task_p99_us"],
         &m["rados"]["task_p50_us"],
         &m["rados"]["thread_p50_us"],
         &m["rados"]["stream_mbps"],
@@ -100,6 +102,8 @@ fn peers_and_the_application_thread_pattern_move_the_same_bytes_in_the_same_run(
         &r["ping_pong_p50_app_thread"]["rados_rs_task"],
         &r["ping_pong_p50_app_thread"]["rados_rs_thread"],
         &r["ping_pong_p50_app_thread"]["std"],
+        &r["ping_pong_p50_task"]["rados_rs_task"],
+        &r["ping_pong_p50_task"]["io_uring"],
         &r["stream"]["rados_rs"],
         &r["rate"]["rados_rs"],
     ] {
@@ -158,6 +162,7 @@ fn the_table_has_a_column_for_each_reference_and_a_row_per_pattern() {
     for row in [
         "100 B ping-pong p50, worker",
         "100 B ping-pong p50, app thread",
+        "100 B ping-pong p50, task on worker",
         "ping-pong p50, app thread",
         "KEEPALIVE2 p50, Ringwire server",
     ] {

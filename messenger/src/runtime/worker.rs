@@ -239,22 +239,33 @@ impl Worker {
     /// Commands, endpoint output and socket work until nothing is left to do without waiting.
     fn drain(&mut self) {
         loop {
-            let mut commands = std::mem::take(&mut self.commands);
-            self.shared.workers[self.index].take_into(&mut commands);
-            let idle = commands.is_empty();
-            for cmd in commands.drain(..) {
-                self.command(cmd);
+            let mut moved = self.run_commands();
+            // What the tasks send goes out before the endpoint's output is polled: an ACK
+            // owed for the message a task answers then rides on the answer.
+            if self.tasks.poll_ready() {
+                moved = true;
+                self.run_commands();
             }
-            self.commands = commands;
-            let mut moved = self.tasks.poll_ready();
             moved |= self.endpoint_output();
             for t in self.transports.all_mut() {
                 moved |= t.progress(&mut cx!(self));
             }
-            if idle && !moved {
+            if !moved {
                 return;
             }
         }
+    }
+
+    /// Runs the commands queued so far; returns whether there were any.
+    fn run_commands(&mut self) -> bool {
+        let mut commands = std::mem::take(&mut self.commands);
+        self.shared.workers[self.index].take_into(&mut commands);
+        let any = !commands.is_empty();
+        for cmd in commands.drain(..) {
+            self.command(cmd);
+        }
+        self.commands = commands;
+        any
     }
 
     fn command(&mut self, cmd: Command) {

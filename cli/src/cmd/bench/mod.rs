@@ -10,10 +10,9 @@
 //! ceph-mon) on KEEPALIVE2 round trips.
 //!
 //! `peers` holds Ringwire's messengers and what they send, `phases` Ringwire's measurement of
-//! each phase (`handoff` the application-thread pattern's hand-off), `report` the figures and
+//! each phase, `report` the figures and
 //! how they are shown (`html` as a page); `run` orders rounds and phases.
 
-mod handoff;
 mod html;
 mod keepalive;
 mod peers;
@@ -223,7 +222,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
     let stream_count = ((512 << 20) / args.large.max(1)).clamp(8, 4096) as u64;
     let mut progress = Progress {
         tty: std::io::stderr().is_terminal(),
-        total: args.rounds * 9 + 1,
+        total: args.rounds * 10 + 1,
         done: 0,
     };
     progress.step("warm-up");
@@ -236,6 +235,8 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         progress.step(&format!("{round}: ringwire ping-pong"));
         let app_rtts = phases::pingpong_app_thread(p.client(), &main, WARMUP, args.iters)?;
         progress.step(&format!("{round}: ringwire app-thread ping-pong"));
+        let task_rtts = phases::pingpong_task(p.client_shared(), &main, WARMUP, args.iters)?;
+        progress.step(&format!("{round}: ringwire task ping-pong"));
         let mut std_rtts = baseline::std_pingpong(args.small, WARMUP, args.iters);
         std_rtts.sort();
         progress.step(&format!("{round}: std ping-pong"));
@@ -244,6 +245,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         progress.step(&format!("{round}: io_uring ping-pong"));
         samples.add("Ringwire, worker", &rtts);
         samples.add("Ringwire, application thread", &app_rtts);
+        samples.add("Ringwire, task on the worker", &task_rtts);
         samples.add("std", &std_rtts);
         samples.add("io_uring", &uring_rtts);
         let rw_bps = phases::stream(p.client(), &main, stream_count, args.large)?;
@@ -272,6 +274,8 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
             rw_p999_us: pct_us(&rtts, 0.999),
             rw_app_p50_us: pct_us(&app_rtts, 0.5),
             rw_app_p99_us: pct_us(&app_rtts, 0.99),
+            rw_task_p50_us: pct_us(&task_rtts, 0.5),
+            rw_task_p99_us: pct_us(&task_rtts, 0.99),
             std_p50_us: pct_us(&std_rtts, 0.5),
             uring_p50_us: pct_us(&uring_rtts, 0.5),
             rw_stream_mbps: rw_bps / 1e6,

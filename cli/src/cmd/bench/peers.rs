@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning, TxQueue};
-use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
+use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger, Options};
 
 use ringwire_bench::wire::{
     self, one_size, Seen, APP_PING, APP_PONG, DATA, DATA_ACK, MANY_PING, MANY_PONG, PING, PONG,
 };
 
-use super::handoff::Handoff;
 use super::rados::RadosSizes;
 use super::report::{Integrity, PhaseSizes, Sizes};
 use super::BenchArgs;
@@ -135,7 +134,9 @@ pub(super) struct Client {
     echo_mismatches: AtomicU64,
     seen: Arc<Seen>,
     /// Echoes for the application thread.
-    pub(super) handoff: Handoff,
+    /// Where the dispatcher puts application pings' echoes, for the thread or the task that
+    /// waits for them.
+    pub(super) handoff: Arc<Mailbox<Incoming>>,
 }
 
 impl Client {
@@ -236,7 +237,7 @@ impl Dispatcher for Client {
         if msg.ty == APP_PONG {
             self.seen.record(msg.ty, msg.payload_len());
             self.pongs.fetch_add(1, Ordering::Relaxed);
-            self.handoff.deliver(msg);
+            self.handoff.put(msg);
             return;
         }
         let next = match msg.ty {
@@ -333,7 +334,7 @@ impl Pair {
             sent: AtomicU64::new(0),
             echo_mismatches: AtomicU64::new(0),
             seen,
-            handoff: Handoff::default(),
+            handoff: Arc::default(),
         });
         let client_type = if args.policy == "peer" {
             EntityType::OSD
@@ -396,6 +397,11 @@ impl Pair {
     }
 
     pub(super) fn client(&self) -> &Client {
+        &self.client_side
+    }
+
+    /// The client, for a task spawned on its worker.
+    pub(super) fn client_shared(&self) -> &Arc<Client> {
         &self.client_side
     }
 

@@ -2,9 +2,10 @@
 //! on and returns the figure. The baselines' phases are `ringwire-bench`'s functions.
 
 use std::sync::mpsc::channel;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringwire::Connection;
+use ringwire::{Connection, Mailbox};
 
 use ringwire_bench::wire::{DATA, MANY_PING, PING};
 
@@ -54,7 +55,7 @@ pub(super) fn pingpong_app_thread(
         let seq = c.send_app_ping(conn);
         let echo = c
             .handoff
-            .wait(Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(30))
             .ok_or("application-thread ping-pong stalled")?;
         let rtt = t.elapsed();
         c.check_echo(&echo, seq);
@@ -62,6 +63,38 @@ pub(super) fn pingpong_app_thread(
             rtts.push(rtt);
         }
     }
+    rtts.sort();
+    Ok(rtts)
+}
+
+/// Ping-pong from application code run on the client's worker (`Connection::spawn`): each
+/// echo reaches the task through the same mailbox as the application thread's, with no thread
+/// switch. Returns the round trips after `warmup`, sorted.
+pub(super) fn pingpong_task(
+    c: &Arc<Client>,
+    conn: &Connection,
+    warmup: usize,
+    iters: usize,
+) -> Result<Vec<Duration>, String> {
+    let finished = Arc::new(Mailbox::new());
+    let (client, task_conn, done) = (c.clone(), conn.clone(), finished.clone());
+    conn.spawn(async move {
+        let mut rtts = Vec::with_capacity(iters);
+        for i in 0..warmup + iters {
+            let t = Instant::now();
+            let seq = client.send_app_ping(&task_conn);
+            let echo = client.handoff.recv().await;
+            let rtt = t.elapsed();
+            client.check_echo(&echo, seq);
+            if i >= warmup {
+                rtts.push(rtt);
+            }
+        }
+        done.put(rtts);
+    });
+    let mut rtts = finished
+        .recv_timeout(Duration::from_secs(120))
+        .ok_or("task ping-pong stalled")?;
     rtts.sort();
     Ok(rtts)
 }

@@ -18,6 +18,10 @@ pub struct Round {
     /// hands the echo.
     pub rw_app_p50_us: f64,
     pub rw_app_p99_us: f64,
+    /// Ringwire ping-pong from a task on the client's worker (`Connection::spawn`), to which
+    /// the dispatcher hands the echo.
+    pub rw_task_p50_us: f64,
+    pub rw_task_p99_us: f64,
     pub std_p50_us: f64,
     pub uring_p50_us: f64,
     pub rw_stream_mbps: f64,
@@ -213,6 +217,7 @@ pub struct RateRatios {
 pub struct Ratios {
     pub ping_pong_p50_worker: LatencyRatios,
     pub ping_pong_p50_app_thread: LatencyRatios,
+    pub ping_pong_p50_task: LatencyRatios,
     pub stream: RateRatios,
     pub rate: RateRatios,
     /// KEEPALIVE2 p50 through the Ringwire server over through ceph-mon.
@@ -237,6 +242,12 @@ impl Ratios {
                 io_uring: r(|x| x.rw_app_p50_us / x.uring_p50_us),
                 rados_rs_task: rados(|x, p| x.rw_app_p50_us / p.task_p50_us),
                 rados_rs_thread: rados(|x, p| x.rw_app_p50_us / p.thread_p50_us),
+            },
+            ping_pong_p50_task: LatencyRatios {
+                std: r(|x| x.rw_task_p50_us / x.std_p50_us),
+                io_uring: r(|x| x.rw_task_p50_us / x.uring_p50_us),
+                rados_rs_task: rados(|x, p| x.rw_task_p50_us / p.task_p50_us),
+                rados_rs_thread: rados(|x, p| x.rw_task_p50_us / p.thread_p50_us),
             },
             stream: RateRatios {
                 std: r(|x| x.rw_stream_mbps / x.std_stream_mbps),
@@ -275,6 +286,8 @@ impl Round {
             std_one_msgs_per_sec: col(|r| r.std_one_msgs_per_sec),
             rw_app_p50_us: col(|r| r.rw_app_p50_us),
             rw_app_p99_us: col(|r| r.rw_app_p99_us),
+            rw_task_p50_us: col(|r| r.rw_task_p50_us),
+            rw_task_p99_us: col(|r| r.rw_task_p99_us),
             rados: rounds.iter().any(|r| r.rados.is_some()).then(|| {
                 let col = |f: fn(&RadosRound) -> f64| {
                     median_where(rounds, |r| r.rados.as_ref().map(f)).unwrap_or(0.0)
@@ -435,6 +448,26 @@ pub fn print(r: &Report) {
             none(),
         ],
     );
+    row(
+        format!("{small} ping-pong p50, task on worker"),
+        [
+            us_cell(Some(m.rw_task_p50_us)),
+            none(),
+            none(),
+            us_cell(rados.map(|p| p.task_p50_us)),
+            none(),
+        ],
+    );
+    row(
+        format!("{small} ping-pong p99, task on worker"),
+        [
+            us_cell(Some(m.rw_task_p99_us)),
+            none(),
+            none(),
+            us_cell(rados.map(|p| p.task_p99_us)),
+            none(),
+        ],
+    );
     let mbps = |v: Option<f64>| cell(v, |v| format!("{v:.0} MB/s"));
     row(
         format!("{large} stream, one connection"),
@@ -510,6 +543,7 @@ pub fn print(r: &Report) {
     for (what, l) in [
         ("ping-pong p50, worker", &q.ping_pong_p50_worker),
         ("ping-pong p50, app thread", &q.ping_pong_p50_app_thread),
+        ("ping-pong p50, task on worker", &q.ping_pong_p50_task),
     ] {
         ratios(
             what,

@@ -108,12 +108,15 @@ impl Endpoint {
 
     /// ACK frames for sessions that received messages and sent nothing back since.
     pub(super) fn flush_acks(&mut self) {
-        for sid in std::mem::take(&mut self.ack_due) {
+        let mut due = std::mem::replace(&mut self.ack_due, std::mem::take(&mut self.ack_spare));
+        for &sid in &due {
             let ack = self.sessions.get_mut(&sid).and_then(|s| s.take_ack());
             if let Some((cid, seq)) = ack {
                 self.send_control(cid, Control::Ack { seq });
             }
         }
+        due.clear();
+        self.ack_spare = due;
     }
 
     // ---------------------------------------------------------------- frame dispatch

@@ -185,8 +185,9 @@ pub struct Endpoint {
     /// A connection handed over while its input was being processed; the rest of that
     /// input joins it before `Io::Migrate` goes out.
     migrating: Option<(ConnId, usize, Handoff)>,
-    /// Sessions owed an ACK (see `after_input`).
+    /// Sessions owed an ACK (see `after_input`), and the list's spare for flushing it.
     ack_due: Vec<SessionId>,
+    ack_spare: Vec<SessionId>,
     now: Time,
 }
 
@@ -212,6 +213,7 @@ impl Endpoint {
             counts: FrameCounts::default(),
             migrating: None,
             ack_due: Vec::new(),
+            ack_spare: Vec::new(),
             now: Time(0),
         }
     }
