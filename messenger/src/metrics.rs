@@ -138,9 +138,14 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
             .with_label_values(&[e])
             .inc_by(v);
     }
-    counter(&reg, "resets_total", "Lossy sessions reset", &["entity"])
-        .with_label_values(&[e])
-        .inc_by(st.resets);
+    counter(
+        &reg,
+        "resets_total",
+        "Sessions ended (lossy ones at a fault, expired ones)",
+        &["entity"],
+    )
+    .with_label_values(&[e])
+    .inc_by(st.resets);
     let zc = counter(
         &reg,
         "zerocopy_sends_total",

@@ -23,8 +23,9 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn on_connect(&self, _conn: &Connection) {}
     /// A peer's connection became ready on our side.
     fn on_accept(&self, _conn: &Connection) {}
-    /// A lossy session ended (`reason` says why: the fault, a refused connect, a new
-    /// session from the peer); what was queued on it is lost.
+    /// A session ended (`reason` says why): a lossy one at its fault, a refused connect or a
+    /// new session from the peer; a lossless one the peer did not come back to within
+    /// `Tuning::standby_timeout`. What was queued on it is lost.
     fn on_reset(&self, _conn: &Connection, _reason: &FaultReason) {}
     /// A connection of this session failed and the session goes on as its policy says: a
     /// lossless client redials with backoff, a server waits for the peer to come back. Sessions

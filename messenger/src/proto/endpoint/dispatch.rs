@@ -3,12 +3,13 @@
 //! the interceptor paused it), and the data path of ready sessions (messages out and in, and
 //! the ACKs they owe).
 
-use crate::proto::control::{Control, IDENT_FLAG_LOSSY};
+use crate::proto::control::Control;
 use crate::proto::frame::{Frame, FrameDecoder, Tag};
 use crate::proto::intercept::Step;
 use crate::proto::message::Message;
 
 use super::conn::{ConnState, Role, Trigger};
+use super::ident;
 use super::ids::{ConnId, SessionId};
 use super::timer::Time;
 use super::{Endpoint, Event, Flow, Halt, Io};
@@ -182,9 +183,8 @@ impl Endpoint {
                 self.on_client_signature(cid, frame, &sha256)
             }
             (Role::Server, ConnState::Session, Control::ClientIdent(ci)) => {
-                let lossy = ci.flags & IDENT_FLAG_LOSSY != 0;
-                let registers =
-                    !lossy || self.config.policy_for(c.peer_type).register_lossy_clients;
+                let configured = self.config.policy_for(c.peer_type);
+                let registers = ident::accept_policy(configured, ci.flags).registers;
                 match ci.addrs.primary().copied() {
                     Some(key) if registers && self.owner(&key) != self.config.placement.index => {
                         self.migrate(cid, key, frame)

@@ -123,7 +123,8 @@ pub enum Event {
         session: SessionId,
         msg: Message,
     },
-    /// A lossy session ended; its undelivered messages are gone (`ms_handle_reset`).
+    /// A session ended: a lossy one faulted, or one waiting for its peer expired
+    /// (`FaultReason::StandbyTimeout`). Its undelivered messages are gone (`ms_handle_reset`).
     Reset {
         session: SessionId,
         reason: FaultReason,
@@ -515,6 +516,7 @@ impl Endpoint {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Conn(cid) => self.conn_timer(cid),
+                Timer::Expire(sid) => self.expire(sid),
                 Timer::Reconnect(sid) => {
                     let due = self
                         .sessions
@@ -527,6 +529,22 @@ impl Endpoint {
                     }
                 }
             }
+        }
+    }
+
+    /// Ends a session whose peer did not come back in time (it would have cleared
+    /// `expires_at` by taking a connection).
+    fn expire(&mut self, sid: SessionId) {
+        let due = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.conn.is_none() && s.expires_at.is_some_and(|at| at <= self.now));
+        if due {
+            self.events.push_back(Event::Reset {
+                session: sid,
+                reason: FaultReason::StandbyTimeout,
+            });
+            self.close_session(sid);
         }
     }
 
@@ -654,7 +672,18 @@ impl Endpoint {
                     }
                 }
             }
+            self.sweep_timers();
         }
+    }
+
+    /// After a connection left: drops timer entries of what is gone, now and then (see
+    /// [`TimerTable::compact`]).
+    fn sweep_timers(&mut self) {
+        let (conns, sessions) = (&self.conns, &self.sessions);
+        self.timers.compact(|t| match t {
+            Timer::Conn(c) => conns.contains_key(c),
+            Timer::Reconnect(s) | Timer::Expire(s) => sessions.contains_key(s),
+        });
     }
 
     fn ready_conn(&self, sid: SessionId) -> Option<ConnId> {
@@ -733,9 +762,14 @@ impl Endpoint {
                 });
                 self.close_session(sid);
             }
-            FaultAction::Standby => {
+            FaultAction::Standby { expire_after } => {
                 s.requeue_sent();
                 s.set_state(sid, SessionState::Standby);
+                if let Some(after) = expire_after {
+                    let at = self.now.after(after);
+                    s.expires_at = Some(at);
+                    self.timers.arm(at, Timer::Expire(sid));
+                }
             }
             FaultAction::RedialNow => {
                 s.requeue_sent();

@@ -61,6 +61,8 @@ pub(super) struct Session {
     pub(super) ack_queued: bool,
     pub(super) backoff: Duration,
     pub(super) reconnect_at: Option<Time>,
+    /// When the session ends unless its peer has come back (see `decide_fault`).
+    pub(super) expires_at: Option<Time>,
     /// Whether the last connection reached READY (then reconnect at once, not after backoff).
     pub(super) was_ready: bool,
 }
@@ -136,6 +138,7 @@ impl Session {
             ack_queued: false,
             backoff: Duration::ZERO,
             reconnect_at: None,
+            expires_at: None,
             was_ready: false,
         }
     }
