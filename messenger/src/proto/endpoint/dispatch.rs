@@ -216,8 +216,10 @@ impl Endpoint {
             }
             (_, ConnState::Ready, Control::Ack { seq }) => {
                 let sid = self.conns[&cid].session;
-                if let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
-                    s.trim_sent(seq);
+                if let Some((sid, s)) =
+                    sid.and_then(|sid| Some((sid, self.sessions.get_mut(&sid)?)))
+                {
+                    s.trim_sent(sid, seq, &mut self.released);
                 }
                 Ok(())
             }
@@ -234,7 +236,8 @@ impl Endpoint {
         let s = self.sessions.get_mut(&sid).expect("exists");
         let c = self.conns.get_mut(&cid).expect("ready conn exists");
         let was_empty = c.tx.is_empty();
-        let written = s.write_queued(sid, &mut c.tx, self.now, self.config.tuning.probe_sample);
+        let sample = self.config.tuning.probe_sample;
+        let written = s.write_queued(sid, &mut c.tx, self.now, sample, &mut self.released);
         let n = &mut self.counts.sent[Tag::Message as usize];
         *n = n.wrapping_add(written);
         if was_empty && !c.tx.is_empty() {
@@ -258,7 +261,8 @@ impl Endpoint {
             .session
             .expect("ready conns have a session");
         let s = self.sessions.get_mut(&sid).expect("exists");
-        match s.receive(sid, &header, &msg, self.config.tuning.probe_sample) {
+        let sample = self.config.tuning.probe_sample;
+        match s.receive(sid, &header, &msg, sample, &mut self.released) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(reason) => return self.fail(cid, reason),

@@ -132,7 +132,7 @@ impl Endpoint {
             }
             Control::SessionReconnectOk { msg_seq } => {
                 let s = self.sessions.get_mut(&sid).expect("session exists");
-                s.discard_requeued_up_to(msg_seq);
+                s.discard_requeued_up_to(sid, msg_seq, &mut self.released);
                 self.become_ready(cid, sid)
             }
             Control::IdentMissingFeatures { features } => {
@@ -174,7 +174,7 @@ impl Endpoint {
             Control::SessionReset { full } => {
                 let s = self.sessions.get_mut(&sid).expect("session exists");
                 if full {
-                    s.reset();
+                    s.reset(sid, &mut self.released);
                     self.events.push_back(Event::RemoteReset { session: sid });
                 } else {
                     s.server_cookie = 0;
@@ -247,7 +247,8 @@ impl Endpoint {
             }
             (IdentDecision::PeerRestarted { reset }, Some(eid)) => {
                 if reset {
-                    self.sessions.get_mut(&eid).expect("registered").reset();
+                    let e = self.sessions.get_mut(&eid).expect("registered");
+                    e.reset(eid, &mut self.released);
                     self.events.push_back(Event::RemoteReset { session: eid });
                 }
                 self.resume_session(cid, frame, ci, eid)
@@ -369,7 +370,7 @@ impl Endpoint {
         e.peer_global_seq = r.global_seq;
         self.take_over(eid, cid);
         let e = self.sessions.get_mut(&eid).expect("exists");
-        e.discard_requeued_up_to(r.msg_seq);
+        e.discard_requeued_up_to(eid, r.msg_seq, &mut self.released);
         let in_seq = e.in_seq;
         self.send_control(cid, Control::SessionReconnectOk { msg_seq: in_seq });
         self.become_ready(cid, eid)

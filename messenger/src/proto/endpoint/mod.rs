@@ -55,7 +55,7 @@ use auth::Auth;
 use conn::{Conn, ConnState, Role, Trigger, CONN_CLOSED};
 use fault::FaultAction;
 use ids::Rng;
-use session::{Session, SessionState, SESSION_CLOSED};
+use session::{Release, ReleaseLog, Session, SessionState, SESSION_CLOSED};
 use timer::{ConnTimer, Timer, TimerTable};
 
 /// Frames sent and received by an endpoint, per tag (index = tag number).
@@ -142,6 +142,16 @@ pub enum Event {
         session: SessionId,
         stamp: UTime,
     },
+    /// The session no longer holds `messages` messages (`bytes` payload bytes) queued with
+    /// [`Endpoint::send_tagged`] under `tag`: the peer acknowledged them, they were written on
+    /// a lossy session, or a session reset dropped them. Runs of one tag, in order; not
+    /// reported for a session that closes (its handle is done with) or for tag 0.
+    Released {
+        session: SessionId,
+        tag: u64,
+        messages: u64,
+        bytes: u64,
+    },
     /// A connection failed; the session continues per its policy.
     Fault {
         session: Option<SessionId>,
@@ -188,6 +198,8 @@ pub struct Endpoint {
     migrating: Option<(ConnId, usize, Handoff)>,
     /// Sessions owed an ACK (see `after_input`).
     ack_due: Vec<SessionId>,
+    /// Tagged messages sessions let go of, reported after the other events.
+    released: ReleaseLog,
     now: Time,
 }
 
@@ -213,6 +225,7 @@ impl Endpoint {
             counts: FrameCounts::default(),
             migrating: None,
             ack_due: Vec::new(),
+            released: ReleaseLog::default(),
             now: Time(0),
         }
     }
@@ -304,11 +317,24 @@ impl Endpoint {
         session: SessionId,
         msg: Message,
     ) -> Result<(), Box<Message>> {
+        self.send_tagged(now, session, msg, 0)
+    }
+
+    /// [`send`](Self::send), and when the session no longer holds the message (acknowledged,
+    /// written if lossy, or dropped by a session reset), an [`Event::Released`] with `tag`
+    /// (0: none). A runtime counts what each sender has outstanding this way.
+    pub fn send_tagged(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        msg: Message,
+        tag: u64,
+    ) -> Result<(), Box<Message>> {
         self.now = now;
         let Some(s) = self.sessions.get_mut(&session) else {
             return Err(Box::new(msg));
         };
-        s.queue(session, msg, now, self.config.tuning.probe_sample);
+        s.queue(session, msg, now, tag, self.config.tuning.probe_sample);
         match s.state {
             SessionState::Ready => self.flush_session(session),
             SessionState::Standby if !s.policy.server => self.start_connect(session),
@@ -503,7 +529,20 @@ impl Endpoint {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop_front().or_else(|| {
+            let Release {
+                session,
+                tag,
+                messages,
+                bytes,
+            } = self.released.pop()?;
+            Some(Event::Released {
+                session,
+                tag,
+                messages,
+                bytes,
+            })
+        })
     }
 
     /// The next deadline at which [`Endpoint::handle_timeout`] must be called.
