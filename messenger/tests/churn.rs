@@ -99,10 +99,15 @@ fn rss() -> u64 {
 
 #[test]
 fn thousands_of_short_lived_clients_leave_no_sessions_and_no_memory_behind() {
-    // One malloc arena: the clients' worker threads would otherwise each open one, and RSS
-    // would measure that instead of what the server keeps.
-    // SAFETY: a glibc tunable, set before this test starts any thread of its own.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // RSS should measure what the server keeps, not the allocator's habits: one malloc arena
+    // (the clients' worker threads would each open one), and a fixed mmap threshold (glibc
+    // raises it when a large block is freed, after which the clients' 4 MiB receive-buffer
+    // rings come from the heap and leave it fragmented).
+    // SAFETY: glibc tunables, set before this test starts any thread of its own.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
     // The first round warms up (allocator, tables at their working size); the others must
     // leave RSS within BOUND of where it left it. A leaked session costs ~2.5 KiB (measured
     // with `ringwire serve` before sessions ended), so BOUND is about 400 leaked ones out of
