@@ -41,6 +41,6 @@ pub use messenger::{Messenger, MessengerBuilder};
 pub use options::{Options, RdmaOptions};
 pub use proto::FaultReason;
 pub use runtime::{
-    ArenaBuf, Closed, Connection, Dispatcher, Incoming, MessengerInterceptor, NotReady,
+    ArenaBuf, Connection, Dispatcher, Incoming, MessengerInterceptor, NotReady, SendError,
 };
 pub use stats::Stats;

@@ -50,7 +50,7 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
     );
     bytes.with_label_values(&[e, "in"]).inc_by(st.bytes_in);
     bytes.with_label_values(&[e, "out"]).inc_by(st.bytes_out);
-    let plain: [(&str, &str, u64); 17] = [
+    let plain: [(&str, &str, u64); 18] = [
         ("faults_total", "Connection faults", st.faults),
         (
             "injected_faults_total",
@@ -76,6 +76,11 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
             "throttle_stalls_total",
             "Receives held back by the dispatch throttle",
             st.throttle_stalls,
+        ),
+        (
+            "send_throttled_total",
+            "Sends refused because the connection's send window was full",
+            st.send_throttled,
         ),
         (
             "backlog_stalls_total",
@@ -138,9 +143,14 @@ pub fn render(st: &Stats, name: &EntityName) -> String {
             .with_label_values(&[e])
             .inc_by(v);
     }
-    counter(&reg, "resets_total", "Lossy sessions reset", &["entity"])
-        .with_label_values(&[e])
-        .inc_by(st.resets);
+    counter(
+        &reg,
+        "resets_total",
+        "Sessions ended (lossy ones at a fault, expired ones)",
+        &["entity"],
+    )
+    .with_label_values(&[e])
+    .inc_by(st.resets);
     let zc = counter(
         &reg,
         "zerocopy_sends_total",

@@ -18,6 +18,13 @@ pub struct Options {
     pub dispatch_throttle_bytes: u64,
     /// Dispatched messages the application may hold before workers stop reading (0: unlimited).
     pub dispatch_throttle_messages: u64,
+    /// Payload bytes one connection handle may have sent that its session still holds
+    /// (queued, or written and not yet acknowledged by a lossless peer) before
+    /// [`Connection::send`](crate::Connection::send) answers `SendError::Throttled`
+    /// (0: unlimited). A peer that stops acknowledging holds no more of our memory than this.
+    pub send_throttle_bytes: u64,
+    /// Messages, counted as `send_throttle_bytes` (0: unlimited).
+    pub send_throttle_messages: u64,
     /// A connection whose unsent bytes exceed this is not read until they drain: a peer that
     /// sends but never reads cannot make us buffer its replies without bound.
     pub max_send_backlog: usize,
@@ -87,6 +94,8 @@ impl Default for Options {
             ring_entries: 1024,
             dispatch_throttle_bytes: 100 << 20,
             dispatch_throttle_messages: 0,
+            send_throttle_bytes: 100 << 20,
+            send_throttle_messages: 65_536,
             max_send_backlog: 64 << 20,
             zerocopy_min: 256 << 10,
             arena_size: 64 << 20,

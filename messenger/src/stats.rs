@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub remote_resets: AtomicU64,
     pub migrations: AtomicU64,
     pub throttle_stalls: AtomicU64,
+    pub send_throttled: AtomicU64,
     pub backlog_stalls: AtomicU64,
     pub zerocopy_sends: AtomicU64,
     pub zerocopy_copied: AtomicU64,
@@ -61,6 +62,9 @@ pub struct Stats {
     pub migrations: u64,
     /// Times a connection was not read because the dispatch throttle was full.
     pub throttle_stalls: u64,
+    /// Sends refused because the connection's send window was full
+    /// (`Options::send_throttle_bytes` / `_messages`).
+    pub send_throttled: u64,
     /// Times a connection was not read because its unsent backlog was over the bound.
     pub backlog_stalls: u64,
     /// SENDMSG_ZC operations whose buffers the kernel really did not copy.
@@ -108,6 +112,7 @@ impl Counters {
             remote_resets: get(&c.remote_resets),
             migrations: get(&c.migrations),
             throttle_stalls: get(&c.throttle_stalls),
+            send_throttled: get(&c.send_throttled),
             backlog_stalls: get(&c.backlog_stalls),
             zerocopy_sends: get(&c.zerocopy_sends),
             zerocopy_copied: get(&c.zerocopy_copied),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringwire::proto::frame::Banner;
 use ringwire::proto::{
-    Endpoint, EndpointConfig, EntityAddrVec, EntityType, Event, Io, Message, Policy, Time, Tuning,
+    Endpoint, EndpointConfig, EntityAddrVec, EntityType, Io, Message, Policy, Time, Tuning,
 };
 use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
@@ -156,29 +156,12 @@ fn handshake_then_flood(
     cfg.default_policy = Policy::lossless_client();
     let mut ep = Endpoint::new(cfg);
     let now = Time(1);
-    let sid = ep.connect(now, target, EntityType::OSD);
+    ep.connect(now, target, EntityType::OSD);
     let Some(Io::Connect { conn, .. }) = ep.poll_io() else {
         panic!("connect")
     };
     ep.on_connected(now, conn);
-    let mut buf = vec![0u8; 65536];
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    'handshake: loop {
-        while let Some(io) = ep.poll_io() {
-            if let Io::Transmit { conn } = io {
-                let out = ep.tx_queue(conn).unwrap().take_all();
-                s.write_all(&out).unwrap();
-            }
-        }
-        while let Some(ev) = ep.poll_event() {
-            if matches!(ev, Event::Connected { .. }) {
-                break 'handshake;
-            }
-        }
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "server closed during the handshake");
-        ep.on_input(now, conn, &buf[..n]);
-    }
+    let sid = raw::handshake(&mut s, &mut ep, conn);
     // Flood; never read again. Writes stall once the server stops reading us.
     s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let payload = bytes::Bytes::from(vec![0xabu8; 64 << 10]);
@@ -187,14 +170,9 @@ fn handshake_then_flood(
         // In the front, which the server echoes: every reply is as large as the request.
         ep.send(now, sid, Message::new(0x10).with_front(payload.clone()))
             .unwrap();
-        while let Some(io) = ep.poll_io() {
-            if let Io::Transmit { conn } = io {
-                let out = ep.tx_queue(conn).unwrap().take_all();
-                if s.write_all(&out).is_err() {
-                    return written; // backpressure reached us
-                }
-                written += out.len();
-            }
+        match raw::flush(&mut s, &mut ep) {
+            Ok(n) => written += n,
+            Err(_) => return written, // backpressure reached us
         }
     }
     written

@@ -318,6 +318,37 @@ fn stateless_test() {
     );
 }
 
+/// Not in test_msgr.cc: a lossy client of a server whose policy for clients is lossless. The
+/// server keeps a lossy session for it (the client's LOSSY flag), which ends with its
+/// connection; the client's next session (same messenger, same address, client cookie 0
+/// again) is a new one, not a resumption whose old in_seq would drop its messages as replays.
+#[test]
+fn lossy_client_of_a_stateful_server_test() {
+    let server = osd_server(Policy::stateful_server(), Recorder::echoing(0x11));
+    let c = client(Policy::lossy_client(), false);
+    let first = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    for i in 1..=3 {
+        first.send(ping(i)).unwrap();
+    }
+    c.rec.wait_for(T, "three echoes", |s| count_msgs(s) == 3);
+    first.mark_down();
+    wait_until(deadline(), "the server to end the session", || {
+        server.m.stats().resets == 1
+    });
+    let st = server.m.stats();
+    assert_eq!(
+        st.sessions_connecting + st.sessions_ready,
+        0,
+        "nothing kept"
+    );
+    let second = c.m.connect(server.m.addrs().0[0], EntityType::OSD);
+    second.send(ping(4)).unwrap();
+    c.rec
+        .wait_for(T, "the new session's echo", |s| count_msgs(s) == 4);
+    assert_eq!(pings(&server.rec, 0x10), [1, 2, 3, 4], "every ping arrived");
+    assert_eq!(pings(&c.rec, 0x11), [1, 2, 3, 4], "and came back");
+}
+
 #[test]
 fn anon_test() {
     let server = osd_server(Policy::stateless_server(), Recorder::echoing(0x11));

@@ -98,6 +98,12 @@ pub(super) fn deliver(
                 d.on_refused(&c, &reason);
             }
         }
+        Event::Released {
+            session,
+            tag,
+            messages,
+            bytes,
+        } => handles.release(session, tag, messages, bytes),
         Event::KeepaliveAck { session, stamp } => {
             let rtt = now.since(Time(stamp.as_nanos()));
             if let Some(c) = handles.connection(session) {

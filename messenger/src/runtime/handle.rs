@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::throttle::Permit;
+use super::throttle::{NoRoom, Permit, SendWindow};
 use super::{Command, Shared};
 use crate::proto::{
     owner_of, Action, ConnId, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason,
@@ -23,8 +23,9 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn on_connect(&self, _conn: &Connection) {}
     /// A peer's connection became ready on our side.
     fn on_accept(&self, _conn: &Connection) {}
-    /// A lossy session ended (`reason` says why: the fault, a refused connect, a new
-    /// session from the peer); what was queued on it is lost.
+    /// A session ended (`reason` says why): a lossy one at its fault, a refused connect or a
+    /// new session from the peer; a lossless one the peer did not come back to within
+    /// `Tuning::standby_timeout`. What was queued on it is lost.
     fn on_reset(&self, _conn: &Connection, _reason: &FaultReason) {}
     /// A connection of this session failed and the session goes on as its policy says: a
     /// lossless client redials with backoff, a server waits for the peer to come back. Sessions
@@ -93,10 +94,33 @@ pub trait MessengerInterceptor: Send + Sync + 'static {
     fn intercept(&self, worker: usize, conn: ConnId, step: Step) -> Action;
 }
 
-/// Why a send was refused: the connection is closed (lossy and faulted, or marked down).
+/// Why [`Connection::send`] did not queue a message; the message comes back in it.
 #[derive(Debug, thiserror::Error)]
-#[error("connection is closed")]
-pub struct Closed(pub Box<Message>);
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closed: a lossy session faulted, a session its peer did not come
+    /// back to expired (`Tuning::standby_timeout`), or it was marked down.
+    #[error("connection is closed")]
+    Closed(Box<Message>),
+    /// The connection's send window is full: its session holds
+    /// [`Options::send_throttle_messages`] messages or [`Options::send_throttle_bytes`] bytes
+    /// that the peer has not acknowledged yet (or that are still queued). Room comes back as
+    /// acknowledgements do; [`Connection::send_timeout`] waits for it.
+    ///
+    /// [`Options::send_throttle_messages`]: crate::Options::send_throttle_messages
+    /// [`Options::send_throttle_bytes`]: crate::Options::send_throttle_bytes
+    #[error("send window full: the peer has not acknowledged what was sent")]
+    Throttled(Box<Message>),
+}
+
+impl SendError {
+    /// The message that was not sent.
+    pub fn into_message(self) -> Message {
+        match self {
+            SendError::Closed(m) | SendError::Throttled(m) => *m,
+        }
+    }
+}
 
 /// Why [`Connection::wait_ready`] returned before the connection was ready.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +162,8 @@ pub(crate) struct ConnShared {
     /// [`Connection::wait_ready`] callers when it or `state` changes.
     last_fault: Mutex<Option<FaultReason>>,
     changed: Condvar,
+    /// What this handle sent that its session still holds (the send throttle).
+    pub window: SendWindow,
     pub messenger: Arc<Shared>,
 }
 
@@ -153,6 +179,7 @@ impl ConnShared {
             peer: Mutex::new(None),
             last_fault: Mutex::new(None),
             changed: Condvar::new(),
+            window: SendWindow::default(),
             messenger,
         })
     }
@@ -166,6 +193,9 @@ impl ConnShared {
         // Under the lock, so that a waiter between its check and its wait cannot miss it.
         let _guard = self.last_fault.lock().expect("not poisoned");
         self.changed.notify_all();
+        if state == STATE_CLOSED {
+            self.window.wake();
+        }
     }
 
     pub(crate) fn record_fault(&self, reason: &FaultReason) {
@@ -203,12 +233,73 @@ impl Connection {
         self.inner.id
     }
 
-    /// Queues a message; never blocks. Fails only if the connection is closed.
-    pub fn send(&self, msg: impl Into<Message>) -> Result<(), Closed> {
+    /// Queues a message; never blocks. Fails if the connection is closed, or with
+    /// [`SendError::Throttled`] when its send window is full: the peer has not acknowledged
+    /// [`Options::send_throttle_messages`] messages or [`Options::send_throttle_bytes`]
+    /// bytes sent on this handle (a lossy session counts a message until it is written).
+    /// Either way the message comes back in the error.
+    ///
+    /// [`Options::send_throttle_messages`]: crate::Options::send_throttle_messages
+    /// [`Options::send_throttle_bytes`]: crate::Options::send_throttle_bytes
+    pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
         let msg = msg.into();
         if self.inner.state() == STATE_CLOSED {
-            return Err(Closed(Box::new(msg)));
+            return Err(SendError::Closed(Box::new(msg)));
         }
+        let limits = self.inner.messenger.send_limits;
+        if !self.inner.window.try_take(msg.payload_len() as u64, limits) {
+            return Err(self.throttled(msg));
+        }
+        self.queue(msg);
+        Ok(())
+    }
+
+    /// [`send`](Self::send), waiting up to `timeout` for room in the send window; then
+    /// [`SendError::Throttled`]. Called from a [`Dispatcher`] callback it does not wait: that
+    /// thread is a worker, whose progress is what brings the acknowledgements in.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use ringwire::proto::Message;
+    /// # use ringwire::{Connection, SendError};
+    /// # fn f(conn: &Connection) -> Result<(), SendError> {
+    /// let mut msg = Message::new(0x10).with_front(&b"write"[..]);
+    /// loop {
+    ///     match conn.send_timeout(msg, Duration::from_secs(1)) {
+    ///         Ok(()) => break,
+    ///         // The peer is slow to acknowledge: wait again, or give up and tell the caller.
+    ///         Err(SendError::Throttled(back)) => msg = *back,
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_timeout(
+        &self,
+        msg: impl Into<Message>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let msg = msg.into();
+        let me = std::thread::current().id();
+        let workers = &self.inner.messenger.workers;
+        let on_worker = workers.iter().any(|w| w.thread.get() == Some(&me));
+        let wait = if on_worker { Duration::ZERO } else { timeout };
+        let limits = self.inner.messenger.send_limits;
+        let len = msg.payload_len() as u64;
+        let closed = || self.inner.state() == STATE_CLOSED;
+        match self.inner.window.take_within(len, limits, wait, closed) {
+            Ok(()) => {
+                self.queue(msg);
+                Ok(())
+            }
+            Err(NoRoom::Closed) => Err(SendError::Closed(Box::new(msg))),
+            Err(NoRoom::Full) => Err(self.throttled(msg)),
+        }
+    }
+
+    /// Hands a message that has room in the window to the worker.
+    fn queue(&self, msg: Message) {
         let c = &self.inner.messenger.counters;
         c.messages_out.fetch_add(1, Ordering::Relaxed);
         c.bytes_out
@@ -217,7 +308,12 @@ impl Connection {
             handle: self.inner.id,
             msg,
         });
-        Ok(())
+    }
+
+    fn throttled(&self, msg: Message) -> SendError {
+        let c = &self.inner.messenger.counters;
+        c.send_throttled.fetch_add(1, Ordering::Relaxed);
+        SendError::Throttled(Box::new(msg))
     }
 
     /// Runs `future` on the worker that owns this connection, the thread its dispatcher

@@ -133,6 +133,14 @@ impl HandleTable {
         }
     }
 
+    /// The session let go of messages handle `id` sent: room in its send window again.
+    pub fn release(&self, sid: SessionId, id: u64, messages: u64, bytes: u64) {
+        let hs = self.by_session.get(&sid).into_iter().flatten();
+        if let Some(h) = hs.into_iter().find(|h| h.id == id) {
+            h.window.release(messages, bytes);
+        }
+    }
+
     pub fn record_fault(&self, sid: SessionId, reason: &FaultReason) {
         for h in self.by_session.get(&sid).into_iter().flatten() {
             h.record_fault(reason);

@@ -25,8 +25,10 @@ mod worker;
 
 pub use self::arena::{Arena, ArenaBuf};
 pub(crate) use self::commands::{Command, WorkerHandle};
-pub use self::handle::{Closed, Connection, Dispatcher, Incoming, MessengerInterceptor, NotReady};
 pub(crate) use self::handle::{ConnShared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
+pub use self::handle::{
+    Connection, Dispatcher, Incoming, MessengerInterceptor, NotReady, SendError,
+};
 /// Seeds and cookies for the workers and transports.
 use self::start::random_u64;
 pub(crate) use self::start::{io_uring_error, start, Config};
@@ -52,6 +54,7 @@ pub(crate) struct Shared {
     pub by_addr: Mutex<HashMap<EntityAddr, Connection>>,
     pub counters: Counters,
     pub throttle: Option<Arc<throttle::Throttle>>,
+    pub send_limits: throttle::SendLimits,
     pub max_send_backlog: usize,
     pub zerocopy_min: usize,
     pub arena: Option<Arc<Arena>>,

@@ -167,6 +167,10 @@ pub(crate) fn start(
                 }),
             ))
         }),
+        send_limits: super::throttle::SendLimits {
+            bytes: o.send_throttle_bytes,
+            messages: o.send_throttle_messages,
+        },
         max_send_backlog: o.max_send_backlog,
         zerocopy_min: o.zerocopy_min,
         arena,

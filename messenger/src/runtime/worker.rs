@@ -297,7 +297,7 @@ impl Worker {
                 let Some(sid) = self.handles.session_of(handle) else {
                     return;
                 };
-                if self.ep.send(now, sid, msg).is_err() {
+                if self.ep.send_tagged(now, sid, msg, handle).is_err() {
                     self.handles.close(sid);
                 }
             }

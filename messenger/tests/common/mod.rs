@@ -2,6 +2,7 @@
 //! waiting for events up to a deadline (`wait`).
 #![allow(dead_code)]
 
+pub mod raw;
 mod wait;
 
 use std::sync::{Arc, Condvar, Mutex};

@@ -309,6 +309,9 @@ impl Pair {
             ..Options::default()
         };
         options.rdma.busy_poll = args.busy_poll;
+        // Room for the stream's messages in flight, however large `--large` makes them.
+        let stream_bytes = super::phases::STREAM_IN_FLIGHT * args.large as u64;
+        options.send_throttle_bytes = options.send_throttle_bytes.max(stream_bytes);
         let server_checker = Arc::new(Checker::default());
         let seen = Arc::new(Seen::default());
         let server = Messenger::builder(EntityName {

@@ -99,8 +99,11 @@ pub(super) fn pingpong_task(
     Ok(rtts)
 }
 
-/// `count` stream messages of `large` bytes on `conn` with 4 in flight, each acknowledged;
-/// returns payload bytes per second.
+/// Stream messages in flight at once on the main connection.
+pub(super) const STREAM_IN_FLIGHT: u64 = 4;
+
+/// `count` stream messages of `large` bytes on `conn` with `STREAM_IN_FLIGHT` in flight, each
+/// acknowledged; returns payload bytes per second.
 pub(super) fn stream(
     c: &Client,
     conn: &Connection,
@@ -108,7 +111,7 @@ pub(super) fn stream(
     large: usize,
 ) -> Result<f64, String> {
     let (tx, rx) = channel();
-    let in_flight = 4u64.min(count);
+    let in_flight = STREAM_IN_FLIGHT.min(count);
     c.arm(None, count - in_flight, Some(tx));
     let acks_at_start = c.replies();
     let t = Instant::now();

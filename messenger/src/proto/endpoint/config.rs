@@ -46,6 +46,15 @@ pub struct Tuning {
     pub idle_timeout: Duration,
     /// Send a KEEPALIVE2 on every ready connection this often (`None`: only on request).
     pub keepalive_interval: Option<Duration>,
+    /// A session that only its peer can bring back (server policy, or no address to dial)
+    /// ends when the peer has not reconnected for this long since its connection failed:
+    /// the application hears a reset ([`FaultReason::StandbyTimeout`]), and a peer that
+    /// comes back later is told to start over (SESSION_RESET). `None`: kept until marked down,
+    /// as Ceph's AsyncMessenger does (it has no such option; its daemons mark down the peers
+    /// their maps say are gone). Ringwire's own option.
+    ///
+    /// [`FaultReason::StandbyTimeout`]: super::FaultReason::StandbyTimeout
+    pub standby_timeout: Option<Duration>,
     /// `ms_inject_socket_failures`: fault one received batch in N (0 = never; testing).
     pub inject_socket_failures: u32,
     /// The per-message probes (`ringwire_msg_*`) fire for one message in this many (by
@@ -64,6 +73,7 @@ impl Default for Tuning {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(900),
             keepalive_interval: None,
+            standby_timeout: Some(Duration::from_secs(900)),
             inject_socket_failures: 0,
             probe_sample: 64,
         }

@@ -3,12 +3,13 @@
 //! the interceptor paused it), and the data path of ready sessions (messages out and in, and
 //! the ACKs they owe).
 
-use crate::proto::control::{Control, IDENT_FLAG_LOSSY};
+use crate::proto::control::Control;
 use crate::proto::frame::{Frame, FrameDecoder, Tag};
 use crate::proto::intercept::Step;
 use crate::proto::message::Message;
 
 use super::conn::{ConnState, Role, Trigger};
+use super::ident;
 use super::ids::{ConnId, SessionId};
 use super::timer::Time;
 use super::{Endpoint, Event, Flow, Halt, Io};
@@ -185,9 +186,8 @@ impl Endpoint {
                 self.on_client_signature(cid, frame, &sha256)
             }
             (Role::Server, ConnState::Session, Control::ClientIdent(ci)) => {
-                let lossy = ci.flags & IDENT_FLAG_LOSSY != 0;
-                let registers =
-                    !lossy || self.config.policy_for(c.peer_type).register_lossy_clients;
+                let configured = self.config.policy_for(c.peer_type);
+                let registers = ident::accept_policy(configured, ci.flags).registers;
                 match ci.addrs.primary().copied() {
                     Some(key) if registers && self.owner(&key) != self.config.placement.index => {
                         self.migrate(cid, key, frame)
@@ -219,8 +219,10 @@ impl Endpoint {
             }
             (_, ConnState::Ready, Control::Ack { seq }) => {
                 let sid = self.conns[&cid].session;
-                if let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
-                    s.trim_sent(seq);
+                if let Some((sid, s)) =
+                    sid.and_then(|sid| Some((sid, self.sessions.get_mut(&sid)?)))
+                {
+                    s.trim_sent(sid, seq, &mut self.released);
                 }
                 Ok(())
             }
@@ -237,7 +239,8 @@ impl Endpoint {
         let s = self.sessions.get_mut(&sid).expect("exists");
         let c = self.conns.get_mut(&cid).expect("ready conn exists");
         let was_empty = c.tx.is_empty();
-        let written = s.write_queued(sid, &mut c.tx, self.now, self.config.tuning.probe_sample);
+        let sample = self.config.tuning.probe_sample;
+        let written = s.write_queued(sid, &mut c.tx, self.now, sample, &mut self.released);
         let n = &mut self.counts.sent[Tag::Message as usize];
         *n = n.wrapping_add(written);
         if was_empty && !c.tx.is_empty() {
@@ -261,7 +264,8 @@ impl Endpoint {
             .session
             .expect("ready conns have a session");
         let s = self.sessions.get_mut(&sid).expect("exists");
-        match s.receive(sid, &header, &msg, self.config.tuning.probe_sample) {
+        let sample = self.config.tuning.probe_sample;
+        match s.receive(sid, &header, &msg, sample, &mut self.released) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(reason) => return self.fail(cid, reason),

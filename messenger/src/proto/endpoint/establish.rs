@@ -15,7 +15,9 @@ use crate::proto::wire::{AddrType, EntityAddr, EntityAddrVec};
 
 use super::conn::{ConnState, Role, Trigger};
 use super::fault::FaultReason;
-use super::ident::{decide_client_ident, IdentDecision};
+use super::ident::{
+    accept_policy, client_policy, decide_client_ident, AcceptPolicy, IdentDecision,
+};
 use super::ids::{ConnId, SessionId};
 use super::reconnect::{decide_reconnect, ReconnectDecision};
 use super::seq;
@@ -117,6 +119,7 @@ impl Endpoint {
                     Ok(gs) => gs,
                     Err(reason) => return self.fail(cid, reason),
                 };
+                s.policy = client_policy(s.policy, si.flags);
                 s.server_cookie = si.server_cookie;
                 s.peer_global_seq = peer_global_seq;
                 s.peer_gid = si.gid;
@@ -129,7 +132,7 @@ impl Endpoint {
             }
             Control::SessionReconnectOk { msg_seq } => {
                 let s = self.sessions.get_mut(&sid).expect("session exists");
-                s.discard_requeued_up_to(msg_seq);
+                s.discard_requeued_up_to(sid, msg_seq, &mut self.released);
                 self.become_ready(cid, sid)
             }
             Control::IdentMissingFeatures { features } => {
@@ -171,7 +174,7 @@ impl Endpoint {
             Control::SessionReset { full } => {
                 let s = self.sessions.get_mut(&sid).expect("session exists");
                 if full {
-                    s.reset();
+                    s.reset(sid, &mut self.released);
                     self.events.push_back(Event::RemoteReset { session: sid });
                 } else {
                     s.server_cookie = 0;
@@ -205,7 +208,8 @@ impl Endpoint {
             return self.fail(cid, FaultReason::BadIdent("target address is not ours"));
         }
         let peer_type = self.conns[&cid].peer_type;
-        let policy = self.config.policy_for(peer_type);
+        let AcceptPolicy { policy, registers } =
+            accept_policy(self.config.policy_for(peer_type), ci.flags);
         let missing = policy.required_on_wire() & !ci.features_supported;
         if missing != 0 {
             self.send_control(cid, Control::IdentMissingFeatures { features: missing });
@@ -216,8 +220,6 @@ impl Endpoint {
         if let Err(reason) = seq::peer_seq("global_seq", ci.global_seq) {
             return self.fail(cid, reason);
         }
-        let lossy_peer = ci.flags & IDENT_FLAG_LOSSY != 0;
-        let registers = !lossy_peer || policy.register_lossy_clients;
         let key = ci.addrs.primary().copied().expect("non-empty");
         let existing = registers
             .then(|| self.registry.get(&key).copied())
@@ -245,7 +247,8 @@ impl Endpoint {
             }
             (IdentDecision::PeerRestarted { reset }, Some(eid)) => {
                 if reset {
-                    self.sessions.get_mut(&eid).expect("registered").reset();
+                    let e = self.sessions.get_mut(&eid).expect("registered");
+                    e.reset(eid, &mut self.released);
                     self.events.push_back(Event::RemoteReset { session: eid });
                 }
                 self.resume_session(cid, frame, ci, eid)
@@ -367,7 +370,7 @@ impl Endpoint {
         e.peer_global_seq = r.global_seq;
         self.take_over(eid, cid);
         let e = self.sessions.get_mut(&eid).expect("exists");
-        e.discard_requeued_up_to(r.msg_seq);
+        e.discard_requeued_up_to(eid, r.msg_seq, &mut self.released);
         let in_seq = e.in_seq;
         self.send_control(cid, Control::SessionReconnectOk { msg_seq: in_seq });
         self.become_ready(cid, eid)
@@ -380,6 +383,7 @@ impl Endpoint {
         let old = s.conn.replace(cid);
         s.requeue_sent();
         s.reconnect_at = None;
+        s.expires_at = None;
         self.conns.get_mut(&cid).expect("exists").session = Some(sid);
         if let Some(old) = old.filter(|o| *o != cid) {
             self.drop_conn(old, false);

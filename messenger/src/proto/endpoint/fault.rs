@@ -73,6 +73,10 @@ pub enum FaultReason {
     /// counter reaches, where Ceph would let its own counter wrap (see `seq.rs`).
     #[error("peer sent an impossible {what} (2^63 or more; no counter from 0 gets there)")]
     SeqOverflow { what: &'static str },
+    /// Not a connection's failure but a session's end: the peer did not come back within
+    /// `Tuning::standby_timeout` after its connection failed.
+    #[error("the peer did not reconnect within the standby timeout")]
+    StandbyTimeout,
 }
 
 fn connect_failure(errno: Option<i32>) -> String {
@@ -109,6 +113,7 @@ impl FaultReason {
             FaultReason::IdentRefused => 20,
             FaultReason::Replaced => 21,
             FaultReason::SeqOverflow { .. } => 22,
+            FaultReason::StandbyTimeout => 23,
         }
     }
 
@@ -144,8 +149,9 @@ pub(super) enum FaultAction {
     /// `Event::Reset`.
     Reset,
     /// Wait, with unacknowledged messages requeued: for the peer to reconnect (server policy),
-    /// for something to send (standby policy), or for an address to dial.
-    Standby,
+    /// for something to send (standby policy), or for an address to dial. A session only the
+    /// peer can revive ends if the peer has not come back after `expire_after`.
+    Standby { expire_after: Option<Duration> },
 }
 
 /// What follows a fault, per policy (msgr2.md §1.9 "Fault handling"). Lossless sessions
@@ -158,8 +164,12 @@ pub(super) fn decide_fault(
     if s.policy.lossy {
         return FaultAction::Reset;
     }
-    if s.policy.server || (s.policy.standby && !s.has_pending) || !s.can_dial {
-        return FaultAction::Standby;
+    // Only the peer can revive a session we never dial: it expires if the peer does not
+    // come back (`standby_timeout`), so departed clients do not pile up.
+    let waits_for_peer = s.policy.server || !s.can_dial;
+    if waits_for_peer || (s.policy.standby && !s.has_pending) {
+        let expire_after = tuning.standby_timeout.filter(|_| waits_for_peer);
+        return FaultAction::Standby { expire_after };
     }
     let wait = *reason == FaultReason::Wait;
     if s.was_ready && !wait {
@@ -199,6 +209,7 @@ mod tests {
             (FaultReason::IdentRefused, "ident_refused"),
             (FaultReason::Replaced, "replaced"),
             (FaultReason::SeqOverflow { what: "seq" }, "seq_overflow"),
+            (FaultReason::StandbyTimeout, "standby_timeout"),
         ];
         for (reason, name) in cases {
             assert_eq!(FaultReason::code_name(reason.code()), name, "{reason:?}");
@@ -210,8 +221,17 @@ mod tests {
         let tuning = Tuning {
             initial_backoff: ms(200),
             max_backoff: ms(1000),
+            standby_timeout: Some(ms(5000)),
             ..Tuning::default()
         };
+        let keep = Tuning {
+            standby_timeout: None,
+            ..tuning
+        };
+        let expires = FaultAction::Standby {
+            expire_after: Some(ms(5000)),
+        };
+        let waits = FaultAction::Standby { expire_after: None };
         let session = |policy: Policy| FaultedSession {
             policy,
             has_pending: true,
@@ -226,19 +246,21 @@ mod tests {
             // §1.9 "lossy → stop and deliver ms_handle_reset".
             ("lossy", session(Policy::lossy_client()), closed.clone(), FaultAction::Reset),
             ("lossy server", session(Policy::stateless_server()), closed.clone(), FaultAction::Reset),
-            // §1.9 "server policy … → STANDBY", even with messages queued.
-            ("server", session(Policy::stateful_server()), closed.clone(), FaultAction::Standby),
-            // §1.9 "standby policy with nothing queued → STANDBY".
+            // §1.9 "server policy … → STANDBY", even with messages queued. Ringwire: only the
+            // peer can revive it, so it expires after standby_timeout.
+            ("server", session(Policy::stateful_server()), closed.clone(), expires),
+            // §1.9 "standby policy with nothing queued → STANDBY"; we can redial it, so it
+            // waits without expiring.
             ("standby, idle",
              FaultedSession { has_pending: false, ..session(Policy::lossless_peer()) },
-             closed.clone(), FaultAction::Standby),
+             closed.clone(), waits),
             // … and with something queued it reconnects like any client.
             ("standby, queued", session(Policy::lossless_peer()), closed.clone(),
              FaultAction::Backoff(ms(200))),
             // Ringwire: a session with no address to dial (the peer dialled us from an
             // unbound client) can only wait for the peer.
             ("nowhere to dial", FaultedSession { can_dial: false, ..lossless }, closed.clone(),
-             FaultAction::Standby),
+             expires),
             // §1.9 "reconnect immediately if the connection had been READY".
             ("was ready", FaultedSession { was_ready: true, ..lossless }, closed.clone(),
              FaultAction::RedialNow),
@@ -261,6 +283,13 @@ mod tests {
         for (row, s, reason, expected) in rows {
             assert_eq!(decide_fault(&s, &reason, &tuning), expected, "row {row:?}");
         }
+        // Without a standby timeout, sessions wait for their peer as long as it takes.
+        let server = session(Policy::stateful_server());
+        assert_eq!(
+            decide_fault(&server, &closed, &keep),
+            waits,
+            "no standby_timeout"
+        );
     }
 
     #[test]
@@ -279,6 +308,6 @@ mod tests {
         for (reason, name) in cases {
             assert_eq!(FaultReason::code_name(reason.code()), name, "{reason:?}");
         }
-        assert_eq!(FaultReason::code_name(23), "unknown");
+        assert_eq!(FaultReason::code_name(24), "unknown");
     }
 }

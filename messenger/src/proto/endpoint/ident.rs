@@ -1,11 +1,62 @@
-//! What a server makes of CLIENT_IDENT when the peer may already have a session (msgr2.md
-//! §1.9 "CLIENT_IDENT against an existing connection", Ceph's
-//! `ProtocolV2::handle_existing_connection`), as a pure function; connection races included.
+//! What the idents decide, as pure functions: the policy of the session a server keeps for a
+//! client ([`accept_policy`]) and the client's policy once the server has answered
+//! ([`client_policy`]), both from the LOSSY flag; and what a CLIENT_IDENT meets when the peer
+//! may already have a session ([`decide_client_ident`]: msgr2.md §1.9 "CLIENT_IDENT against
+//! an existing connection", Ceph's `ProtocolV2::handle_existing_connection`), connection
+//! races included.
 
-use crate::proto::control::ClientIdent;
+use crate::proto::control::{ClientIdent, IDENT_FLAG_LOSSY};
+use crate::proto::policy::Policy;
 use crate::proto::wire::EntityAddr;
 
 use super::session::{SessionState, SessionView};
+
+/// How a server keeps the session of a client that identified itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AcceptPolicy {
+    pub(super) policy: Policy,
+    /// Whether the session enters the registry (is found again by the client's address).
+    pub(super) registers: bool,
+}
+
+/// The session a server keeps for a client whose CLIENT_IDENT carries `flags`, under the
+/// policy `configured` for the client's type.
+///
+/// A client that says it is lossy (`CEPH_MSG_CONNECT_LOSSY`) gets a lossy session: it never
+/// sends SESSION_RECONNECT (it has no server cookie) and starts a new session after every
+/// fault, so reconnect state kept for it could never be used; kept, it would only pile up, one
+/// session per departed client, and a later ident from the same address with the same (zero)
+/// client cookie would resume it with a stale in_seq. A lossy session ends when its
+/// connection faults and announces itself lossy in SERVER_IDENT. Ceph's classic
+/// `ProtocolV2` instead keeps the acceptor's policy for the peer type and tells the client in
+/// SERVER_IDENT, whose flag the client adopts (`handle_server_ident`); crimson reads the
+/// client's flag and only warns on a mismatch. Ceph's own daemons avoid the question: they
+/// give clients lossy policies (`stateless_server`, `stateless_registered_server`).
+///
+/// Registration follows the flag as before: lossy clients are registered only under
+/// `register_lossy_clients`.
+pub(super) fn accept_policy(configured: Policy, flags: u64) -> AcceptPolicy {
+    let lossy_client = flags & IDENT_FLAG_LOSSY != 0;
+    AcceptPolicy {
+        policy: Policy {
+            lossy: configured.lossy || lossy_client,
+            ..configured
+        },
+        registers: !lossy_client || configured.register_lossy_clients,
+    }
+}
+
+/// A client's policy once SERVER_IDENT's `flags` arrived: lossy if the server keeps a lossy
+/// session for it, since then nothing the client sends will be acknowledged and nothing
+/// will be resumed. Ceph's `handle_server_ident` takes the server's flag either way; a
+/// Ringwire client does not turn lossless on the server's word (it sent no client cookie,
+/// and its application expects lossy semantics), and a Ringwire server never asks it to.
+pub(super) fn client_policy(policy: Policy, server_flags: u64) -> Policy {
+    Policy {
+        lossy: policy.lossy || server_flags & IDENT_FLAG_LOSSY != 0,
+        ..policy
+    }
+}
 
 /// The outcome of CLIENT_IDENT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +139,60 @@ mod tests {
             features_required: 0,
             flags: 0,
             client_cookie,
+        }
+    }
+
+    #[test]
+    fn accept_policy_table() {
+        let lossless = |p: Policy| AcceptPolicy {
+            policy: p,
+            registers: true,
+        };
+        let lossy = |p: Policy, registers: bool| AcceptPolicy {
+            policy: Policy { lossy: true, ..p },
+            registers,
+        };
+        let stateful = Policy::stateful_server();
+        let stateless = Policy::stateless_server();
+        #[rustfmt::skip]
+        let rows: Vec<(&str, Policy, u64, AcceptPolicy)> = vec![
+            // The configured policy, when the client is lossless.
+            ("lossless client, stateful server", stateful, 0, lossless(stateful)),
+            ("lossless client, peer", Policy::lossless_peer(), 0,
+             lossless(Policy::lossless_peer())),
+            // A lossy client gets a lossy session: nothing kept for a reconnect that never
+            // comes (msgr2.md §1.9 "lossy → stop and deliver ms_handle_reset").
+            ("lossy client, stateful server", stateful, IDENT_FLAG_LOSSY, lossy(stateful, true)),
+            ("lossy client, peer", Policy::lossless_peer(), IDENT_FLAG_LOSSY,
+             lossy(Policy::lossless_peer(), true)),
+            // A lossy server policy stays lossy; an unregistering one registers only
+            // lossless clients (msgr2.md §1.10 register_lossy_clients).
+            ("lossy client, stateless server", stateless, IDENT_FLAG_LOSSY,
+             lossy(stateless, false)),
+            ("lossless client, stateless server", stateless, 0, lossy(stateless, true)),
+            // Other flag bits change nothing.
+            ("unknown flags", stateful, 0b110, lossless(stateful)),
+        ];
+        for (row, configured, flags, expected) in rows {
+            assert_eq!(accept_policy(configured, flags), expected, "row {row:?}");
+        }
+    }
+
+    #[test]
+    fn client_policy_table() {
+        let lossy = |p: Policy| Policy { lossy: true, ..p };
+        #[rustfmt::skip]
+        let rows: Vec<(&str, Policy, u64, Policy)> = vec![
+            ("both lossless", Policy::lossless_client(), 0, Policy::lossless_client()),
+            // Ceph's handle_server_ident: `policy.lossy = flags & CEPH_MSG_CONNECT_LOSSY`.
+            ("lossy server", Policy::lossless_client(), IDENT_FLAG_LOSSY,
+             lossy(Policy::lossless_client())),
+            ("both lossy", Policy::lossy_client(), IDENT_FLAG_LOSSY, Policy::lossy_client()),
+            // Ringwire: a lossy client stays lossy.
+            ("lossless server", Policy::lossy_client(), 0, Policy::lossy_client()),
+        ];
+        for (row, policy, flags, expected) in rows {
+            assert_eq!(client_policy(policy, flags), expected, "row {row:?}");
         }
     }
 

@@ -82,6 +82,7 @@ impl Endpoint {
 
     pub(super) fn migrate(&mut self, cid: ConnId, key: EntityAddr, frame: Frame) -> Flow {
         let c = self.conns.remove(&cid).ok_or(Halt::Closed)?;
+        self.sweep_timers();
         let stream_offset = c.decoder.as_ref().map_or(0, |d| d.frame_offset());
         let tx = c.tx;
         let to = self.owner(&key);

@@ -55,7 +55,7 @@ use auth::Auth;
 use conn::{Conn, ConnState, Role, Trigger, CONN_CLOSED};
 use fault::FaultAction;
 use ids::Rng;
-use session::{Session, SessionState, SESSION_CLOSED};
+use session::{Release, ReleaseLog, Session, SessionState, SESSION_CLOSED};
 use timer::{ConnTimer, Timer, TimerTable};
 
 /// Frames sent and received by an endpoint, per tag (index = tag number).
@@ -123,7 +123,8 @@ pub enum Event {
         session: SessionId,
         msg: Message,
     },
-    /// A lossy session ended; its undelivered messages are gone (`ms_handle_reset`).
+    /// A session ended: a lossy one faulted, or one waiting for its peer expired
+    /// (`FaultReason::StandbyTimeout`). Its undelivered messages are gone (`ms_handle_reset`).
     Reset {
         session: SessionId,
         reason: FaultReason,
@@ -140,6 +141,16 @@ pub enum Event {
     KeepaliveAck {
         session: SessionId,
         stamp: UTime,
+    },
+    /// The session no longer holds `messages` messages (`bytes` payload bytes) queued with
+    /// [`Endpoint::send_tagged`] under `tag`: the peer acknowledged them, they were written on
+    /// a lossy session, or a session reset dropped them. Runs of one tag, in order; not
+    /// reported for a session that closes (its handle is done with) or for tag 0.
+    Released {
+        session: SessionId,
+        tag: u64,
+        messages: u64,
+        bytes: u64,
     },
     /// A connection failed; the session continues per its policy.
     Fault {
@@ -188,6 +199,8 @@ pub struct Endpoint {
     /// Sessions owed an ACK (see `after_input`), and the list's spare for flushing it.
     ack_due: Vec<SessionId>,
     ack_spare: Vec<SessionId>,
+    /// Tagged messages sessions let go of, reported after the other events.
+    released: ReleaseLog,
     now: Time,
 }
 
@@ -214,6 +227,7 @@ impl Endpoint {
             migrating: None,
             ack_due: Vec::new(),
             ack_spare: Vec::new(),
+            released: ReleaseLog::default(),
             now: Time(0),
         }
     }
@@ -305,11 +319,24 @@ impl Endpoint {
         session: SessionId,
         msg: Message,
     ) -> Result<(), Box<Message>> {
+        self.send_tagged(now, session, msg, 0)
+    }
+
+    /// [`send`](Self::send), and when the session no longer holds the message (acknowledged,
+    /// written if lossy, or dropped by a session reset), an [`Event::Released`] with `tag`
+    /// (0: none). A runtime counts what each sender has outstanding this way.
+    pub fn send_tagged(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        msg: Message,
+        tag: u64,
+    ) -> Result<(), Box<Message>> {
         self.now = now;
         let Some(s) = self.sessions.get_mut(&session) else {
             return Err(Box::new(msg));
         };
-        s.queue(session, msg, now, self.config.tuning.probe_sample);
+        s.queue(session, msg, now, tag, self.config.tuning.probe_sample);
         match s.state {
             SessionState::Ready => self.flush_session(session),
             SessionState::Standby if !s.policy.server => self.start_connect(session),
@@ -504,7 +531,20 @@ impl Endpoint {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop_front().or_else(|| {
+            let Release {
+                session,
+                tag,
+                messages,
+                bytes,
+            } = self.released.pop()?;
+            Some(Event::Released {
+                session,
+                tag,
+                messages,
+                bytes,
+            })
+        })
     }
 
     /// The next deadline at which [`Endpoint::handle_timeout`] must be called.
@@ -517,6 +557,7 @@ impl Endpoint {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Conn(cid) => self.conn_timer(cid),
+                Timer::Expire(sid) => self.expire(sid),
                 Timer::Reconnect(sid) => {
                     let due = self
                         .sessions
@@ -529,6 +570,22 @@ impl Endpoint {
                     }
                 }
             }
+        }
+    }
+
+    /// Ends a session whose peer did not come back in time (it would have cleared
+    /// `expires_at` by taking a connection).
+    fn expire(&mut self, sid: SessionId) {
+        let due = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.conn.is_none() && s.expires_at.is_some_and(|at| at <= self.now));
+        if due {
+            self.events.push_back(Event::Reset {
+                session: sid,
+                reason: FaultReason::StandbyTimeout,
+            });
+            self.close_session(sid);
         }
     }
 
@@ -656,7 +713,18 @@ impl Endpoint {
                     }
                 }
             }
+            self.sweep_timers();
         }
+    }
+
+    /// After a connection left: drops timer entries of what is gone, now and then (see
+    /// [`TimerTable::compact`]).
+    fn sweep_timers(&mut self) {
+        let (conns, sessions) = (&self.conns, &self.sessions);
+        self.timers.compact(|t| match t {
+            Timer::Conn(c) => conns.contains_key(c),
+            Timer::Reconnect(s) | Timer::Expire(s) => sessions.contains_key(s),
+        });
     }
 
     fn ready_conn(&self, sid: SessionId) -> Option<ConnId> {
@@ -735,9 +803,14 @@ impl Endpoint {
                 });
                 self.close_session(sid);
             }
-            FaultAction::Standby => {
+            FaultAction::Standby { expire_after } => {
                 s.requeue_sent();
                 s.set_state(sid, SessionState::Standby);
+                if let Some(after) = expire_after {
+                    let at = self.now.after(after);
+                    s.expires_at = Some(at);
+                    self.timers.arm(at, Timer::Expire(sid));
+                }
             }
             FaultAction::RedialNow => {
                 s.requeue_sent();

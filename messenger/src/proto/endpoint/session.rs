@@ -61,6 +61,8 @@ pub(super) struct Session {
     pub(super) ack_queued: bool,
     pub(super) backoff: Duration,
     pub(super) reconnect_at: Option<Time>,
+    /// When the session ends unless its peer has come back (see `decide_fault`).
+    pub(super) expires_at: Option<Time>,
     /// Whether the last connection reached READY (then reconnect at once, not after backoff).
     pub(super) was_ready: bool,
 }
@@ -99,10 +101,54 @@ impl SessionView {
 }
 
 /// A message on its way out, with the time the application queued it (for the
-/// `ringwire_msg_sent` probe's queued-to-sent latency).
+/// `ringwire_msg_sent` probe's queued-to-sent latency) and the caller's tag (see
+/// [`ReleaseLog`]).
 pub(super) struct Outgoing {
     pub(super) msg: Message,
     pub(super) queued_at: Time,
+    pub(super) tag: u64,
+}
+
+/// Messages that sessions stopped holding, for the runtime's send throttle: acknowledged by
+/// the peer, written on a lossy session, or dropped by a session reset. Kept as runs of
+/// (session, tag) in the order they went; messages queued with tag 0 are not recorded.
+#[derive(Default)]
+pub(super) struct ReleaseLog(VecDeque<Release>);
+
+/// `messages` messages of `bytes` payload bytes, queued on `session` with `tag`, that the
+/// session no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Release {
+    pub(super) session: SessionId,
+    pub(super) tag: u64,
+    pub(super) messages: u64,
+    pub(super) bytes: u64,
+}
+
+impl ReleaseLog {
+    fn add(&mut self, session: SessionId, out: &Outgoing) {
+        if out.tag == 0 {
+            return;
+        }
+        // Sums of payloads held in memory at once: far from u64::MAX.
+        let bytes = out.msg.payload_len() as u64;
+        match self.0.back_mut() {
+            Some(r) if r.session == session && r.tag == out.tag => {
+                r.messages += 1;
+                r.bytes += bytes;
+            }
+            _ => self.0.push_back(Release {
+                session,
+                tag: out.tag,
+                messages: 1,
+                bytes,
+            }),
+        }
+    }
+
+    pub(super) fn pop(&mut self) -> Option<Release> {
+        self.0.pop_front()
+    }
 }
 
 impl Session {
@@ -136,6 +182,7 @@ impl Session {
             ack_queued: false,
             backoff: Duration::ZERO,
             reconnect_at: None,
+            expires_at: None,
             was_ready: false,
         }
     }
@@ -200,8 +247,16 @@ impl Session {
         !self.out_queue.is_empty() || !self.sent.is_empty()
     }
 
-    /// Queues a message from the application.
-    pub(super) fn queue(&mut self, sid: SessionId, mut msg: Message, now: Time, probe_sample: u32) {
+    /// Queues a message from the application; `tag` comes back in the [`ReleaseLog`] when
+    /// the session lets go of it.
+    pub(super) fn queue(
+        &mut self,
+        sid: SessionId,
+        mut msg: Message,
+        now: Time,
+        tag: u64,
+        probe_sample: u32,
+    ) {
         msg.seq = 0;
         self.queued = self.queued.wrapping_add(1);
         if hooks::sampled(self.queued, probe_sample) {
@@ -210,6 +265,7 @@ impl Session {
         self.out_queue.push_back(Outgoing {
             msg,
             queued_at: now,
+            tag,
         });
     }
 
@@ -221,27 +277,35 @@ impl Session {
     }
 
     /// Drops requeued messages the peer already has.
-    pub(super) fn discard_requeued_up_to(&mut self, seq: u64) {
+    pub(super) fn discard_requeued_up_to(
+        &mut self,
+        sid: SessionId,
+        seq: u64,
+        log: &mut ReleaseLog,
+    ) {
         while self
             .out_queue
             .front()
             .is_some_and(|o| o.msg.seq != 0 && o.msg.seq <= seq)
         {
-            self.out_queue.pop_front();
+            let o = self.out_queue.pop_front().expect("checked");
+            log.add(sid, &o);
         }
     }
 
     /// The peer acknowledged every message up to `acked`.
-    pub(super) fn trim_sent(&mut self, acked: u64) {
+    pub(super) fn trim_sent(&mut self, sid: SessionId, acked: u64, log: &mut ReleaseLog) {
         while self.sent.front().is_some_and(|o| o.msg.seq <= acked) {
-            self.sent.pop_front();
+            let o = self.sent.pop_front().expect("checked");
+            log.add(sid, &o);
         }
     }
 
     /// Forgets everything of the session but its identity and policy (Ceph's `reset_session`).
-    pub(super) fn reset(&mut self) {
-        self.out_queue.clear();
-        self.sent.clear();
+    pub(super) fn reset(&mut self, sid: SessionId, log: &mut ReleaseLog) {
+        for o in self.sent.drain(..).chain(self.out_queue.drain(..)) {
+            log.add(sid, &o);
+        }
         self.in_seq = 0;
         self.out_seq = 0;
         self.connect_seq = 0;
@@ -258,6 +322,7 @@ impl Session {
         tx: &mut TxQueue,
         now: Time,
         probe_sample: u32,
+        log: &mut ReleaseLog,
     ) -> u64 {
         let mut written = 0;
         while let Some(mut out) = self.out_queue.pop_front() {
@@ -278,7 +343,9 @@ impl Session {
             }
             written += 1;
             self.ack_pending = false;
-            if !self.policy.lossy {
+            if self.policy.lossy {
+                log.add(sid, &out);
+            } else {
                 self.sent.push_back(out);
             }
         }
@@ -294,12 +361,13 @@ impl Session {
         header: &MsgHeader2,
         msg: &Message,
         probe_sample: u32,
+        log: &mut ReleaseLog,
     ) -> Result<bool, FaultReason> {
         // Ceph takes any seq (and tests a gap with `cur_seq + 1`, which wraps). Ours becomes
         // in_seq, which every later message must pass: one near u64::MAX would leave the
         // session unable to take another. The ack_seq is only compared with our own seqs.
         seq::peer_seq("message seq", header.seq)?;
-        self.trim_sent(header.ack_seq);
+        self.trim_sent(sid, header.ack_seq, log);
         if header.seq <= self.in_seq {
             // Already delivered (a replay after reconnect): drop, as Ceph does.
             return Ok(false);

@@ -32,28 +32,55 @@ pub(super) enum Timer {
     Conn(ConnId),
     /// A session's reconnect after backoff.
     Reconnect(SessionId),
+    /// The end of a session waiting for its peer (`standby_timeout`).
+    Expire(SessionId),
 }
 
 /// Pending timers, earliest first. A timer may be armed more than once; each firing checks
-/// whether it is still due (the owner keeps the real deadline), so stale entries are harmless.
+/// whether it is still due (the owner keeps the real deadline), so stale entries are harmless
+/// to correctness. To memory they are not: a connection that closes leaves its entries until
+/// they fire (up to `idle_timeout` later), so the owner calls [`TimerTable::compact`] as
+/// things go away, and the table keeps no more than twice what it held after the last sweep.
 #[derive(Default)]
-pub(super) struct TimerTable(BinaryHeap<Reverse<(Time, Timer)>>);
+pub(super) struct TimerTable {
+    heap: BinaryHeap<Reverse<(Time, Timer)>>,
+    /// The size past which `compact` sweeps.
+    sweep_at: usize,
+}
+
+/// Entries the table holds before its first sweep.
+const SWEEP_MIN: usize = 64;
 
 impl TimerTable {
     pub(super) fn arm(&mut self, at: Time, timer: Timer) {
-        self.0.push(Reverse((at, timer)));
+        self.heap.push(Reverse((at, timer)));
     }
 
     pub(super) fn next(&self) -> Option<Time> {
-        self.0.peek().map(|Reverse((t, _))| *t)
+        self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
     /// The next timer due at `now`, removed from the table.
     pub(super) fn pop_due(&mut self, now: Time) -> Option<Timer> {
-        match self.0.peek() {
-            Some(Reverse((t, _))) if *t <= now => self.0.pop().map(|Reverse((_, timer))| timer),
+        match self.heap.peek() {
+            Some(Reverse((t, _))) if *t <= now => self.heap.pop().map(|Reverse((_, timer))| timer),
             _ => None,
         }
+    }
+
+    /// Drops the entries whose owner is gone (`live` says which remain), once the table has
+    /// doubled since the last sweep: linear work, amortised over the arms that grew it.
+    pub(super) fn compact(&mut self, live: impl Fn(&Timer) -> bool) {
+        if self.heap.len() <= self.sweep_at.max(SWEEP_MIN) {
+            return;
+        }
+        self.heap.retain(|Reverse((_, timer))| live(timer));
+        self.sweep_at = self.heap.len().saturating_mul(2);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.heap.len()
     }
 }
 
@@ -173,6 +200,38 @@ mod tests {
     fn time_saturates() {
         assert_eq!(Time(5).after(Duration::MAX), Time(u64::MAX));
         assert_eq!(Time(5).since(Time(9)), Duration::ZERO);
+    }
+
+    #[test]
+    fn compaction_drops_the_dead_once_the_table_has_doubled() {
+        let mut t = TimerTable::default();
+        let live = |timer: &Timer| matches!(timer, Timer::Conn(ConnId(c)) if c % 10 == 0);
+        for c in 0..SWEEP_MIN as u64 {
+            t.arm(Time(c), Timer::Conn(ConnId(c)));
+        }
+        t.compact(live);
+        assert_eq!(t.len(), SWEEP_MIN, "not past the first threshold yet");
+        for c in SWEEP_MIN as u64..1000 {
+            t.arm(Time(c), Timer::Conn(ConnId(c)));
+            t.compact(live);
+            assert!(
+                t.len() <= 2 * 100 + SWEEP_MIN,
+                "{} entries for 100 live",
+                t.len()
+            );
+        }
+        // What survives still pops in order.
+        let mut popped = Vec::new();
+        while let Some(Timer::Conn(ConnId(c))) = t.pop_due(Time(u64::MAX)) {
+            popped.push(c);
+        }
+        assert!(popped.windows(2).all(|w| w[0] < w[1]), "{popped:?}");
+        assert!(popped.iter().filter(|c| *c % 10 != 0).count() < SWEEP_MIN * 2);
+        assert_eq!(
+            popped.iter().filter(|c| *c % 10 == 0).count(),
+            100,
+            "no live one lost"
+        );
     }
 
     #[test]
