@@ -1,8 +1,8 @@
 //! Heap allocations per small message in steady state, counted by a counting global
 //! allocator: none on the send and receive paths, once a connection is warm.
 //!
-//! A real server and client `Messenger` on loopback, one worker each; the server echoes every
-//! message. Three patterns: the whole ping-pong loop on the workers (the client's dispatcher
+//! A real server and client `Messenger` on loopback, one worker each, lossy and lossless; the
+//! server echoes every message. Three patterns: the whole ping-pong loop on the workers (the client's dispatcher
 //! sends the next ping), the application thread sending and waiting for each echo, and an
 //! application task on the client's worker (`Connection::spawn`) awaiting each echo from a
 //! `Mailbox`.
@@ -119,16 +119,25 @@ fn options() -> Options {
 }
 
 /// A server that echoes and a client connected to it, ready.
-fn pair() -> (Messenger, Messenger, Arc<Pinger>, Connection) {
+/// The policies a client and its server run: lossy (nothing kept for resending), or
+/// lossless (each message kept until acknowledged, ACKs flowing both ways).
+/// A policy pair by name: the client's, then the server's.
+type PolicyPair = (&'static str, fn() -> Policy, fn() -> Policy);
+const POLICIES: [PolicyPair; 2] = [
+    ("lossy", Policy::lossy_client, Policy::stateless_server),
+    ("lossless", Policy::lossless_client, Policy::stateful_server),
+];
+
+fn pair(client: Policy, server_policy: Policy) -> (Messenger, Messenger, Arc<Pinger>, Connection) {
     let server = Messenger::builder("osd.0".parse().unwrap())
         .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-        .default_policy(Policy::stateless_server())
+        .default_policy(server_policy)
         .options(options())
         .start(Arc::new(Echo))
         .expect("io_uring available");
     let pinger = Arc::new(Pinger::default());
     let client = Messenger::builder("client.0".parse().unwrap())
-        .default_policy(Policy::lossy_client())
+        .default_policy(client)
         .options(options())
         .start(pinger.clone())
         .expect("io_uring available");
@@ -172,20 +181,24 @@ fn task_rounds(pinger: &Pinger, conn: &Connection, _done: u64, rounds: u64) {
 const ONE_OFF: u64 = 16;
 
 /// Asserts at most `bound` allocations per round trip over `MEASURED` round trips of `run`,
-/// after `WARMUP`.
+/// after `WARMUP`, under each of `POLICIES`.
 fn assert_per_round_trip(run: fn(&Pinger, &Connection, u64, u64), bound: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_server, _client, pinger, conn) = pair();
-    run(&pinger, &conn, 0, WARMUP);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    run(&pinger, &conn, WARMUP, MEASURED);
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    let per = allocations as f64 / MEASURED as f64;
-    eprintln!("{allocations} allocations in {MEASURED} round trips: {per:.3} per round trip");
-    assert!(
-        allocations <= bound * MEASURED + ONE_OFF,
-        "{per:.3} allocations per round trip, more than {bound}"
-    );
+    for (name, client, server) in POLICIES {
+        let (_server, _client, pinger, conn) = pair(client(), server());
+        run(&pinger, &conn, 0, WARMUP);
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        run(&pinger, &conn, WARMUP, MEASURED);
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let per = allocations as f64 / MEASURED as f64;
+        eprintln!(
+            "{name}: {allocations} allocations in {MEASURED} round trips: {per:.3} per round trip"
+        );
+        assert!(
+            allocations <= bound * MEASURED + ONE_OFF,
+            "{name}: {per:.3} allocations per round trip, more than {bound}"
+        );
+    }
 }
 
 #[test]

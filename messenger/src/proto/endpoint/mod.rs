@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 
 use super::control::{Control, UTime};
-use super::frame::{Tag, TxQueue};
+use super::frame::{encode_control_frame, Tag, TxQueue};
 use super::hooks;
 use super::intercept::{Action, Interceptor, Step};
 use super::message::Message;
@@ -199,6 +199,8 @@ pub struct Endpoint {
     /// Sessions owed an ACK (see `after_input`), and the list's spare for flushing it.
     ack_due: Vec<SessionId>,
     ack_spare: Vec<SessionId>,
+    /// Where `send_control` builds a control frame's payload.
+    control_payload: BytesMut,
     /// Tagged messages sessions let go of, reported after the other events.
     released: ReleaseLog,
     now: Time,
@@ -227,6 +229,7 @@ impl Endpoint {
             migrating: None,
             ack_due: Vec::new(),
             ack_spare: Vec::new(),
+            control_payload: BytesMut::new(),
             released: ReleaseLog::default(),
             now: Time(0),
         }
@@ -680,9 +683,15 @@ impl Endpoint {
     fn send_control(&mut self, cid: ConnId, control: Control) {
         let n = &mut self.counts.sent[control.tag() as usize];
         *n = n.wrapping_add(1);
+        // The payload is built in a buffer kept for it (ACKs and keepalives go out on the
+        // data path) and copied into the send queue.
+        let mut payload = std::mem::take(&mut self.control_payload);
+        payload.clear();
+        control.encode_payload(&mut payload);
         self.queue_tx(cid, |tx| {
-            control.encode_frame(tx);
+            encode_control_frame(tx, control.tag(), &payload);
         });
+        self.control_payload = payload;
     }
 
     fn drop_conn(&mut self, cid: ConnId, flush: bool) {

@@ -54,6 +54,10 @@ pub struct FrameDecoder {
     /// its allocation. Once every earlier segment has been dropped the space is reclaimed,
     /// so a connection whose messages are released as they come allocates nothing for them.
     slab: BytesMut,
+    /// The slab filled before this one: by the time `slab` is full, the messages received into
+    /// it (kept a little longer by a lossless sender until acknowledged) are usually released,
+    /// so the two take turns without allocating.
+    previous_slab: BytesMut,
     crcs: [u32; MAX_SEGMENTS],
     seg0_crc: Option<u32>,
     /// Stream offset of the frame being decoded (for error messages and `ringwire decode`).
@@ -82,6 +86,7 @@ impl FrameDecoder {
             preamble: None,
             segments: Segments::default(),
             slab: BytesMut::new(),
+            previous_slab: BytesMut::new(),
             crcs: [0; MAX_SEGMENTS],
             seg0_crc: None,
             frame_start: start_offset,
@@ -221,16 +226,28 @@ impl FrameDecoder {
     }
 
     /// Makes room in the slab for all of this frame's small segments at once: reclaiming
-    /// the slab is possible only while no segment from it is alive, which holds between
-    /// frames (when the application released the last message) but never within one.
+    /// a slab is possible only while no segment from it is alive, which may hold between
+    /// frames but never within one. The previous slab, whose segments are older, is tried
+    /// first; then this one; then a new one takes this one's place.
     fn make_room_for_small_segments(&mut self, p: &Preamble) {
         let small: usize = p.segments[..p.num_segments as usize]
             .iter()
             .map(|s| s.len as usize)
             .filter(|&len| len < DIRECT_READ_MIN)
             .sum();
-        if self.slab.capacity() < small && !self.slab.try_reclaim(small) {
-            self.slab = BytesMut::with_capacity(small.max(SLAB_BYTES));
+        if self.slab.capacity() >= small {
+            return;
+        }
+        std::mem::swap(&mut self.slab, &mut self.previous_slab);
+        if self.slab.try_reclaim(small) {
+            return;
+        }
+        std::mem::swap(&mut self.slab, &mut self.previous_slab);
+        if !self.slab.try_reclaim(small) {
+            self.previous_slab = std::mem::replace(
+                &mut self.slab,
+                BytesMut::with_capacity(small.max(SLAB_BYTES)),
+            );
         }
     }
 
