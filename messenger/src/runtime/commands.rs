@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 
@@ -60,6 +61,10 @@ pub(crate) struct WorkerHandle {
     queue: Mutex<VecDeque<Command>>,
     pub(super) eventfd: OwnedFd,
     pub(super) thread: OnceLock<ThreadId>,
+    /// The worker is (about to be) waiting for completions: a command from another thread
+    /// must write the eventfd. While it is awake it drains the queue anyway, so a burst of
+    /// sends from an application thread costs one wake-up, not one each.
+    asleep: AtomicBool,
 }
 
 impl WorkerHandle {
@@ -74,13 +79,20 @@ impl WorkerHandle {
             // SAFETY: fd is a fresh descriptor we own.
             eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
             thread: OnceLock::new(),
+            asleep: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn push(&self, cmd: Command) {
         self.queue.lock().expect("not poisoned").push_back(cmd);
         // The worker drains its queue before it sleeps: no wake-up needed from itself.
-        if self.thread.get() != Some(&std::thread::current().id()) {
+        if self.thread.get() == Some(&std::thread::current().id()) {
+            return;
+        }
+        // Pairs with the fence in `going_to_sleep`: either the worker sees this command
+        // there, or this sees it asleep.
+        fence(Ordering::SeqCst);
+        if self.asleep.swap(false, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
             unsafe {
@@ -91,6 +103,23 @@ impl WorkerHandle {
                 )
             };
         }
+    }
+
+    /// The worker is about to wait: returns false (and stays awake) if a command came in
+    /// since it last drained the queue.
+    pub(super) fn going_to_sleep(&self) -> bool {
+        self.asleep.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.queue.lock().expect("not poisoned").is_empty() {
+            return true;
+        }
+        self.asleep.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The worker woke up: commands need no eventfd write until it waits again.
+    pub(super) fn awake(&self) {
+        self.asleep.store(false, Ordering::SeqCst);
     }
 
     /// Moves the queued commands into `into` (swapping buffers, so neither side allocates).

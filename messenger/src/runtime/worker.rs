@@ -202,6 +202,10 @@ impl Worker {
             if wait != Some(0) && self.transports.rdma.busy_poll(&mut cx!(self)) {
                 wait = Some(0);
             }
+            let handle = &self.shared.workers[self.index];
+            if wait != Some(0) && !handle.going_to_sleep() {
+                wait = Some(0);
+            }
             let result = match wait {
                 Some(0) => self.ring.submit().map(|_| ()),
                 Some(ns) => {
@@ -213,6 +217,7 @@ impl Worker {
                 }
                 None => self.ring.submit_and_wait(1).map(|_| ()),
             };
+            self.shared.workers[self.index].awake();
             if let Err(e) = result {
                 match e.raw_os_error() {
                     Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
