@@ -133,6 +133,11 @@ enum Command {
         /// baselines and peers).
         #[arg(long, value_name = "FILE.html")]
         report: Option<std::path::PathBuf>,
+        /// Also measure how latency, throughput, rate and memory grow with the message size
+        /// (64 B to 16 MiB) and the connection count (1 to 5 000), a run of this binary per
+        /// point (a few minutes).
+        #[arg(long)]
+        scale: bool,
     },
 }
 
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
             no_rados,
             no_ceph,
             report: html,
+            scale,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -203,7 +209,14 @@ fn main() -> ExitCode {
                 eprintln!("ringwire bench: {e}");
                 return ExitCode::from(2);
             }
-            let report = match cmd::bench::run(args) {
+            let with_scale = |mut report: cmd::bench::Report| {
+                if scale {
+                    let exe = std::env::current_exe().map_err(|e| format!("--scale: {e}"))?;
+                    cmd::bench::add_scale(&mut report, &exe)?;
+                }
+                Ok::<_, String>(report)
+            };
+            let report = match cmd::bench::run(args).and_then(with_scale) {
                 Ok(report) => report,
                 Err(e) => {
                     eprintln!("ringwire bench: {e}");

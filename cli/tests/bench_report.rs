@@ -1,7 +1,7 @@
 //! `ringwire bench --report FILE.html` draws its charts: the page a short run writes is
 //! rendered by headless Chromium (Debian's `chromium`; `cargo xtask ci` installs it), and the
 //! DOM after its script ran holds a CDF line of 201 points for every ping-pong series and a
-//! bar of non-zero width for every figure of every side.
+//! bar of non-zero width for every figure of every side, `--scale`'s points included.
 
 mod bench_support;
 
@@ -50,6 +50,7 @@ fn the_html_report_draws_a_cdf_and_bars_for_every_side_in_headless_chromium() {
         peer.to_str().unwrap(),
         "--report",
         page.to_str().unwrap(),
+        "--scale",
     ]);
     let out = bench(&args);
     assert!(
@@ -135,6 +136,16 @@ fn the_html_report_draws_a_cdf_and_bars_for_every_side_in_headless_chromium() {
     if ceph {
         want.extend(["Ringwire server", "ceph-mon"]);
     }
+    // --scale: latency and stream by message size, Ringwire's and io_uring's; the rate by
+    // connection count, and the memory per idle end from 100 connections up.
+    let sizes = ["64 B", "4 KiB", "64 KiB", "1 MiB", "16 MiB"];
+    let scale: Vec<String> = (0..2)
+        .flat_map(|_| sizes)
+        .flat_map(|s| [format!("Ringwire, {s}"), format!("io_uring, {s}")])
+        .chain([1, 10, 100, 1000, 5000].map(|n| format!("Ringwire, {n} connections")))
+        .chain([100, 1000, 5000].map(|n| format!("Ringwire, {n} connections")))
+        .collect();
+    want.extend(scale.iter().map(String::as_str));
     want.sort();
     assert_eq!(bars, want);
 }

@@ -19,6 +19,7 @@ mod peers;
 mod phases;
 mod rados;
 mod report;
+mod scale;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -353,5 +354,13 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         idle_connection_bytes,
         integrity,
         latency_cdf: samples.cdfs(),
+        scale: None,
     })
+}
+
+/// `--scale`: adds the figures over message sizes and connection counts to `report`, each
+/// point a run of `exe` (this binary), pinned as `report` was.
+pub fn add_scale(report: &mut Report, exe: &std::path::Path) -> Result<(), String> {
+    report.scale = Some(scale::sweep(exe, report.pinned_cpu)?);
+    Ok(())
 }

@@ -136,6 +136,8 @@ pub struct Report {
     pub integrity: Integrity,
     /// Each ping-pong's round trips over all rounds, as quantiles (for `--report`'s CDF).
     pub latency_cdf: Vec<Cdf>,
+    /// With `--scale`: the figures over message sizes and connection counts.
+    pub scale: Option<super::scale::Scale>,
 }
 
 /// One series' round trips: `quantiles_us[k]` is the `k / CDF_STEPS` quantile.
@@ -332,7 +334,7 @@ fn median_where(rounds: &[Round], f: impl Fn(&Round) -> Option<f64>) -> Option<f
 }
 
 /// `n` bytes as the docs write them: 64 B, 4 KiB, 4 MiB, 1000 B.
-fn human_bytes(n: usize) -> String {
+pub(super) fn human_bytes(n: usize) -> String {
     match n {
         0 => "0 B".into(),
         n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
@@ -579,6 +581,9 @@ pub fn print(r: &Report) {
         "messages: {} sent, {} received, {} lost, {} duplicated, {} reordered, {} echoes mismatched ({} injected socket failures)",
         i.sent, i.received, i.lost, i.duplicated, i.reordered, i.echo_mismatches, i.injected_faults
     );
+    if let Some(scale) = &r.scale {
+        super::scale::print(scale);
+    }
 }
 
 #[cfg(test)]
