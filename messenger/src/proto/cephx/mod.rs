@@ -1,0 +1,51 @@
+//! cephx, Ceph's shared-secret authentication (msgr2-auth.md §1), as leaf modules that import
+//! nothing of the endpoint: [`key`] (keys, Ceph's AES-CBC envelopes, the challenge fold,
+//! HMAC signatures), [`keyring`] (keyring files), [`msgs`] (the cephx messages' codecs) and
+//! [`client`] (what a client sends and what it makes of the answers).
+//!
+//! Secrets live in [`Secret`]s: zeroed on drop, never printed.
+
+pub mod client;
+pub mod key;
+pub mod keyring;
+pub mod msgs;
+
+pub use key::{CryptoKey, KeyType, Secret};
+pub use keyring::{Keyring, KeyringError};
+
+use crate::proto::wire::WireError;
+
+/// Everything that can be wrong with a cephx exchange. Each is fatal for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CephxError {
+    #[error("key type {0} is not supported (1 = AES; 2 = aes256k is not implemented yet)")]
+    UnsupportedKeyType(u16),
+    #[error("an {ty} key must be {want} bytes, this one is {got}")]
+    BadKeyLength {
+        ty: &'static str,
+        want: usize,
+        got: usize,
+    },
+    #[error(
+        "decryption failed (bad length or padding): the key is not the one this was encrypted with"
+    )]
+    Decrypt,
+    #[error(
+        "decrypted envelope has magic {0:#018x}: the key is not the one this was encrypted with"
+    )]
+    BadMagic(u64),
+    #[error("a key is not valid base64")]
+    BadBase64,
+    #[error("the monitor sent a ticket encrypted under an old one, which we never asked for")]
+    EncryptedTicket,
+    #[error("malformed cephx payload: {0}")]
+    Wire(#[from] WireError),
+    #[error("cephx reply for request type {got:#06x}, expected {want:#06x}")]
+    UnexpectedReply { got: u16, want: u16 },
+    #[error("the monitor answered status {0}")]
+    Status(i32),
+    #[error("the monitor's reply holds no auth ticket")]
+    NoAuthTicket,
+    #[error("connection secret of {0} bytes; secure mode needs 64")]
+    BadSecretLength(usize),
+}

@@ -1,0 +1,147 @@
+//! The cephx messages (Ceph `CephxProtocol.h`), with the byte layouts the fixtures pin down
+//! (msgr2-auth.md; `shared/fixtures/msgr2-cephx/README.md`). Decoders borrow from the payload
+//! and check every length against what remains before using it.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::key::{CryptoKey, Secret};
+use super::CephxError;
+use crate::proto::wire::{EntityType, Reader};
+
+/// `CEPHX_GET_AUTH_SESSION_KEY`: the first request to a monitor.
+pub const CEPHX_GET_AUTH_SESSION_KEY: u16 = 0x0100;
+
+/// `CephXServerChallenge`: the monitor's AUTH_REPLY_MORE.
+pub fn decode_server_challenge(payload: &[u8]) -> Result<u64, CephxError> {
+    let mut r = Reader::new(payload);
+    let _v = r.u8("CephXServerChallenge version")?;
+    let challenge = r.u64("server_challenge")?;
+    r.finish()?;
+    Ok(challenge)
+}
+
+/// `CephXTicketBlob`: a service ticket, opaque to the client (encrypted under the
+/// service's rotating secret `secret_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TicketBlob {
+    pub secret_id: u64,
+    pub blob: Bytes,
+}
+
+impl TicketBlob {
+    pub fn encode(&self, out: &mut impl BufMut) {
+        out.put_u8(1);
+        out.put_u64_le(self.secret_id);
+        out.put_u32_le(self.blob.len() as u32);
+        out.put_slice(&self.blob);
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<TicketBlob, CephxError> {
+        let _v = r.u8("CephXTicketBlob version")?;
+        let secret_id = r.u64("secret_id")?;
+        let blob = Bytes::copy_from_slice(r.bufferlist("ticket blob")?);
+        Ok(TicketBlob { secret_id, blob })
+    }
+}
+
+/// `CephXRequestHeader` + `CephXAuthenticate` (v3): the client's answer to the monitor's
+/// challenge, its AUTH_REQUEST_MORE payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticate {
+    pub client_challenge: u64,
+    /// [`CryptoKey::challenge_proof`] of both challenges.
+    pub key: u64,
+    pub old_ticket: TicketBlob,
+    /// Services wanted tickets for, as a mask of entity types.
+    pub other_keys: u32,
+}
+
+impl Authenticate {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(40);
+        out.put_u16_le(CEPHX_GET_AUTH_SESSION_KEY);
+        out.put_u8(3);
+        out.put_u64_le(self.client_challenge);
+        out.put_u64_le(self.key);
+        self.old_ticket.encode(&mut out);
+        out.put_u32_le(self.other_keys);
+        out.freeze()
+    }
+}
+
+/// One service's ticket as a client holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub service: EntityType,
+    pub session_key: CryptoKey,
+    pub validity: Duration,
+    pub blob: TicketBlob,
+}
+
+/// `CephXServiceTicket` inside its envelope: the session key and how long it is valid.
+fn decode_service_ticket(plain: &[u8]) -> Result<(CryptoKey, Duration), CephxError> {
+    let mut r = Reader::new(plain);
+    let _v = r.u8("CephXServiceTicket version")?;
+    let key = CryptoKey::decode(&mut r)?;
+    let sec = r.u32("validity")?;
+    let nsec = r.u32("validity")?;
+    Ok((key, Duration::new(sec as u64, nsec.min(999_999_999))))
+}
+
+/// A service ticket reply (`cephx_build_service_ticket_reply`): `u8 v, le32 n` and per ticket
+/// `le32 service_id, u8 v, bufferlist enc(CephXServiceTicket), u8 ticket_enc, bufferlist
+/// CephXTicketBlob`. Each `CephXServiceTicket` is encrypted under `key`.
+pub fn decode_ticket_reply(r: &mut Reader<'_>, key: &CryptoKey) -> Result<Vec<Ticket>, CephxError> {
+    let _v = r.u8("ticket reply version")?;
+    let n = r.u32("ticket count")?;
+    // Each ticket takes at least 14 bytes: the count cannot promise more than remain.
+    let mut tickets = Vec::with_capacity((n as usize).min(r.remaining() / 14));
+    for _ in 0..n {
+        let service_id = r.u32("service_id")?;
+        let service = u8::try_from(service_id)
+            .map(EntityType)
+            .map_err(|_| crate::proto::wire::WireError::BadEntityType(service_id))?;
+        let _v = r.u8("service ticket version")?;
+        let plain = key.open_envelope(r.bufferlist("encrypted service ticket")?)?;
+        let (session_key, validity) = decode_service_ticket(plain.expose())?;
+        if r.u8("ticket_enc")? != 0 {
+            return Err(CephxError::EncryptedTicket);
+        }
+        let mut t = Reader::new(r.bufferlist("ticket")?);
+        let blob = TicketBlob::decode(&mut t)?;
+        tickets.push(Ticket {
+            service,
+            session_key,
+            validity,
+            blob,
+        });
+    }
+    Ok(tickets)
+}
+
+/// `CephXResponseHeader`: the request type answered and its status.
+pub fn decode_response_header(r: &mut Reader<'_>, want: u16) -> Result<(), CephxError> {
+    let got = r.u16("request_type")?;
+    let status = r.i32("status")?;
+    if got != want {
+        return Err(CephxError::UnexpectedReply { got, want });
+    }
+    if status != 0 {
+        return Err(CephxError::Status(status));
+    }
+    Ok(())
+}
+
+/// The connection secret after the tickets: a bufferlist holding `encode_encrypt(string)`
+/// under the session key (so two length prefixes), present in crc mode too (empty).
+pub fn decode_connection_secret(
+    r: &mut Reader<'_>,
+    session_key: &CryptoKey,
+) -> Result<Secret, CephxError> {
+    let mut outer = Reader::new(r.bufferlist("connection secret")?);
+    let plain = session_key.open_envelope(outer.bufferlist("encrypted connection secret")?)?;
+    let mut p = Reader::new(plain.expose());
+    Ok(Secret::from_slice(p.bufferlist("connection secret")?))
+}
