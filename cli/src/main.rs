@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, required = true, value_parser = cmd::parse_addr)]
         bind: Vec<EntityAddr>,
         /// Our entity name.
-        #[arg(long, default_value = "osd.0", value_parser = cmd::parse_entity_name)]
+        #[arg(short = 'n', long, default_value = "osd.0", value_parser = cmd::parse_entity_name)]
         name: EntityName,
         /// Worker threads (default: one per CPU).
         #[arg(long)]
@@ -63,8 +63,11 @@ enum Command {
         /// What the peer must be (mon, osd, mgr, mds, client); default: any.
         #[arg(long, default_value = "any", value_parser = cmd::parse_entity_type)]
         peer_type: EntityType,
-        #[arg(long, default_value = "client.admin", value_parser = cmd::parse_entity_name)]
+        /// Our entity name, whose key the keyring holds.
+        #[arg(short = 'n', long, default_value = "client.admin", value_parser = cmd::parse_entity_name)]
         name: EntityName,
+        #[command(flatten)]
+        auth: cmd::AuthArgs,
         #[arg(long, default_value_t = 10)]
         count: usize,
         /// Milliseconds between pings.
@@ -205,6 +208,7 @@ fn main() -> ExitCode {
             addr,
             peer_type,
             name,
+            auth,
             count,
             interval_ms,
             timeout,
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
             addr,
             peer_type,
             name,
+            auth,
             count,
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_secs(timeout),

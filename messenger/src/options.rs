@@ -1,8 +1,9 @@
 //! The messenger's options, with Ceph's option names where there is one (docs/options.md).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::proto::Tuning;
+use crate::proto::{AuthMethod, ModeName, Tuning};
 
 /// Options, with Ceph's option names where there is one.
 #[derive(Debug, Clone)]
@@ -31,6 +32,17 @@ pub struct Options {
     pub nonce: Option<u32>,
     /// The RDMA transport (addresses `rdma:IP:PORT`); see docs/rdma.md.
     pub rdma: RdmaOptions,
+    /// `keyring`: the keyring file holding our key (for the messenger's name), for cephx.
+    pub keyring: Option<PathBuf>,
+    /// `auth_client_required`: auth methods offered, preferred first. Default (`None`):
+    /// cephx alone when a keyring is set (no silent fall-back to none), else none.
+    pub auth_client_required: Option<Vec<AuthMethod>>,
+    /// `ms_mon_client_mode`: connection modes offered to monitors, preferred first
+    /// (Ceph's default: secure, crc).
+    pub ms_mon_client_mode: Vec<ModeName>,
+    /// `ms_client_mode`: connection modes offered to other daemons, preferred first
+    /// (Ceph's default: crc, secure).
+    pub ms_client_mode: Vec<ModeName>,
 }
 
 /// Options of the RDMA transport. Each worker opens the device when it first needs it and
@@ -92,6 +104,10 @@ impl Default for Options {
             arena_size: 64 << 20,
             nonce: None,
             rdma: RdmaOptions::default(),
+            keyring: None,
+            auth_client_required: None,
+            ms_mon_client_mode: vec![ModeName::Secure, ModeName::Crc],
+            ms_client_mode: vec![ModeName::Crc, ModeName::Secure],
         }
     }
 }

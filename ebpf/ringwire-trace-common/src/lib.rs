@@ -190,7 +190,7 @@ pub mod policy {
 
 /// `ringwire_fault`'s reason codes: the messenger's `FaultReason::code()`, named.
 pub mod fault {
-    pub const NAMES: [&str; 23] = [
+    pub const NAMES: [&str; 27] = [
         "unknown",
         "socket_closed",
         "connect_failed",
@@ -214,6 +214,10 @@ pub mod fault {
         "ident_refused",
         "replaced",
         "seq_overflow",
+        "auth_rejected",
+        "con_mode_refused",
+        "cephx",
+        "secure",
     ];
 
     pub fn name(code: u32) -> &'static str {

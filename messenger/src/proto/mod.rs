@@ -21,8 +21,8 @@ pub mod wire;
 
 pub use control::{Control, ControlError};
 pub use endpoint::{
-    owner_of, ConnId, Endpoint, EndpointConfig, Event, FaultReason, FrameCounts, Handoff, Io,
-    Placement, SessionId, Time, Tuning,
+    owner_of, AuthConfig, AuthMethod, ConnId, Endpoint, EndpointConfig, Event, FaultReason,
+    FrameCounts, Handoff, Io, ModeName, Placement, Security, SessionId, Time, Tuning,
 };
 pub use frame::{Banner, Frame, FrameDecoder, FrameError, FrameLimits, Tag, TxQueue};
 pub use intercept::{Action, Interceptor, Step};

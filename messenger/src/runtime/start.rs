@@ -16,9 +16,11 @@ use socket2::{Domain, Socket, Type};
 use super::worker::Worker;
 use super::{Arena, Command, Dispatcher, MessengerInterceptor, Shared, WorkerHandle};
 use crate::options::Options;
+use crate::proto::cephx::Keyring;
+use crate::proto::endpoint::Entropy;
 use crate::proto::{
-    AddrType, ConnId, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType, Placement,
-    Policy,
+    AddrType, AuthConfig, AuthMethod, ConnId, EndpointConfig, EntityAddr, EntityAddrVec,
+    EntityName, EntityType, Placement, Policy,
 };
 use crate::Error;
 
@@ -62,6 +64,41 @@ pub(super) fn build_ring(entries: u32) -> Result<IoUring, Error> {
     }
 }
 
+/// 32 bytes from getrandom for the endpoint's key generator: no fallback, unlike cookies.
+fn entropy() -> Result<Entropy, Error> {
+    let mut e = [0u8; 32];
+    // SAFETY: getrandom writes at most 32 bytes into e.
+    let n = unsafe { libc::getrandom(e.as_mut_ptr() as *mut libc::c_void, 32, 0) };
+    if n != 32 {
+        return Err(Error::Random(io::Error::last_os_error()));
+    }
+    Ok(Entropy(e))
+}
+
+/// The endpoints' auth configuration from the options: our key from the keyring, the
+/// methods offered (cephx alone by default when there is a key) and the modes.
+fn auth_config(name: &EntityName, o: &Options) -> Result<AuthConfig, Error> {
+    let key = match &o.keyring {
+        Some(path) => Some(Keyring::load_key(path, name)?),
+        None => None,
+    };
+    let client_required = match (&o.auth_client_required, &key) {
+        (Some(list), _) => list.clone(),
+        (None, Some(_)) => vec![AuthMethod::Cephx],
+        (None, None) => vec![AuthMethod::None],
+    };
+    if key.is_none() && !client_required.contains(&AuthMethod::None) {
+        return Err(Error::NoKey(name.clone()));
+    }
+    Ok(AuthConfig {
+        client_required,
+        mon_client_mode: o.ms_mon_client_mode.clone(),
+        client_mode: o.ms_client_mode.clone(),
+        key,
+        entropy: Entropy::default(),
+    })
+}
+
 pub(super) fn random_u64() -> u64 {
     let mut v = 0u64;
     // SAFETY: getrandom writes at most 8 bytes into v.
@@ -91,6 +128,9 @@ pub(crate) fn start(
     dispatcher: Arc<dyn Dispatcher>,
 ) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), Error> {
     let n = b.options.workers.max(1);
+    let auth = auth_config(&b.name, &b.options)?;
+    // Before any worker starts, so that a failure leaves nothing running.
+    let entropies = (0..n).map(|_| entropy()).collect::<Result<Vec<_>, _>>()?;
     // Numbers messengers in this process, so that probe ids of two messengers never collide.
     static MESSENGERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
     let messenger = MESSENGERS.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +232,10 @@ pub(crate) fn start(
         cfg.default_policy = b.default_policy;
         cfg.tuning = b.options.tuning;
         cfg.seed = random_u64();
+        cfg.auth = AuthConfig {
+            entropy: entropies[index],
+            ..auth.clone()
+        };
         cfg.placement = Placement {
             index,
             count: n,

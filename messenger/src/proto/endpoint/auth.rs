@@ -1,42 +1,40 @@
-//! Authentication, behind one seam (msgr2.md §1.6 steps 3–5, §1.7 "Auth-none payloads").
+//! Authentication, behind one seam (msgr2.md §1.6 steps 3–5; msgr2-auth.md).
 //!
-//! The handshake asks an [`Auth`] what to send and what the peer's answer means, and gets back
-//! the connection mode ([`ConMode`]) the exchange settled on; sessions never see any of it.
-//! Auth none is the only method now. Cephx would be another [`Auth`] variant (with the state
-//! its rounds keep per connection, and a session key that makes [`Auth::signature`] an HMAC of
-//! the pre-auth transcript), and secure mode another [`ConMode`], whose frame cipher the
-//! connection installs where the handshake matches on the mode.
+//! The handshake asks an [`Auth`] (one per endpoint: configuration, random source, tickets)
+//! what to send and what the peer's answer means, keeping each connection's state in a
+//! [`ConnAuth`]; it gets back the connection mode ([`ConMode`]) the exchange settled on.
+//! Sessions never see any of it.
+//!
+//! Client: auth none, or cephx to monitors (AUTH_MODE_MON: challenge, proof, session key,
+//! tickets, connection secret); crc or secure mode by the `ms_*_mode` preference lists.
+//! Server: auth none (a cephx server, and cephx authorizers to other daemons, come later).
+//! AUTH_SIGNATURE: each side signs every byte it received before auth was done, with the
+//! session key (32 zero bytes without one).
 
 use bytes::Bytes;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
+use crate::proto::cephx::client::{answer_challenge, read_auth_done};
+use crate::proto::cephx::msgs::Ticket;
+use crate::proto::cephx::{CryptoKey, Secret};
 use crate::proto::control::{AuthNonePayload, Control, AUTH_METHOD_NONE, CON_MODE_CRC};
+use crate::proto::secure::{SecureError, SECRET_LEN};
 use crate::proto::wire::{EntityName, EntityType};
 
+use super::config::{AuthConfig, AuthMethod, ModeName, Security};
 use super::fault::FaultReason;
 
 /// `-EOPNOTSUPP`: Ceph's result code in AUTH_BAD_METHOD for a method it does not offer.
 const EOPNOTSUPP: i32 = -95;
 
-/// An auth method, with both its client and its server half.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Auth {
-    /// `AUTH_METHOD_NONE`: the peer is who it says; signatures are 32 zero bytes.
-    None,
-}
-
 /// How frames are protected once auth is done (AUTH_DONE's `con_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ConMode {
     /// `CON_MODE_CRC`: CRC-32C only, no encryption (msgr2.md §1.2).
     Crc,
-}
-
-impl ConMode {
-    pub(super) fn to_wire(self) -> u32 {
-        match self {
-            ConMode::Crc => CON_MODE_CRC,
-        }
-    }
+    /// `CON_MODE_SECURE`: AES-128-GCM, keyed by this 64-byte connection secret.
+    Secure(Secret),
 }
 
 /// What a server answers to AUTH_REQUEST.
@@ -52,161 +50,271 @@ pub(super) enum ServerAuth {
     BadMethod(Control),
 }
 
-impl Auth {
-    /// The client's first AUTH_REQUEST to a peer of type `peer_type`.
-    pub(super) fn client_request(&self, me: &EntityName, peer_type: EntityType) -> Control {
-        match self {
-            Auth::None => {
-                let name = me.clone();
-                // A MonClient talks to monitors; everything else presents an authorizer.
-                let p = if peer_type == EntityType::MON && name.ty != EntityType::MON {
-                    AuthNonePayload::MonClient { name, global_id: 0 }
-                } else {
-                    AuthNonePayload::Authorizer {
-                        struct_v: 1,
-                        name,
-                        global_id: 0,
-                    }
-                };
-                Control::AuthRequest {
-                    method: AUTH_METHOD_NONE,
-                    preferred_modes: vec![CON_MODE_CRC],
-                    auth_payload: p.encode(),
-                }
-            }
+/// What a client does with AUTH_BAD_METHOD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum BadMethod {
+    /// Try this AUTH_REQUEST (another method both sides allow) on the same connection.
+    Retry(Control),
+    Fail(FaultReason),
+}
+
+/// Every byte a connection received and sent before auth was done.
+#[derive(Debug, Default)]
+pub(super) struct Transcript {
+    pub(super) rx: Vec<u8>,
+    pub(super) tx: Vec<u8>,
+}
+
+/// One connection's auth state.
+#[derive(Debug)]
+pub(super) struct ConnAuth {
+    /// Methods tried on this connection (AUTH_BAD_METHOD lets a client try another).
+    tried: Vec<AuthMethod>,
+    modes_offered: Vec<ModeName>,
+    /// cephx: our proof went out, so a refusal now means the key was wrong.
+    proved: bool,
+    session_key: Option<CryptoKey>,
+    /// Recorded until auth is done (then `None`).
+    pub(super) transcript: Option<Transcript>,
+    /// What we sent before auth was done, kept to check the peer's signature.
+    sent: Vec<u8>,
+    /// Once auth is done: the method and mode it settled on.
+    pub(super) security: Option<Security>,
+}
+
+impl Default for ConnAuth {
+    fn default() -> Self {
+        ConnAuth {
+            tried: Vec::new(),
+            modes_offered: Vec::new(),
+            proved: false,
+            session_key: None,
+            transcript: Some(Transcript::default()),
+            sent: Vec::new(),
+            security: None,
+        }
+    }
+}
+
+impl ConnAuth {
+    fn method(&self) -> Option<AuthMethod> {
+        self.tried.last().copied()
+    }
+
+    /// Ends the pre-auth phase: our AUTH_SIGNATURE over what we received. What we sent is
+    /// kept for [`Auth::signature_ok`].
+    pub(super) fn finish_transcript(&mut self) -> [u8; 32] {
+        let t = self.transcript.take().unwrap_or_default();
+        self.sent = t.tx;
+        match &self.session_key {
+            Some(k) => k.hmac_sha256(&t.rx),
+            None => [0; 32],
         }
     }
 
-    /// The client's answer to AUTH_REPLY_MORE: the AUTH_REQUEST_MORE payload, or `None` when
-    /// this method never takes more rounds (a peer asking for them is confused).
-    pub(super) fn client_more(&self, _payload: &[u8]) -> Option<Bytes> {
-        match self {
-            Auth::None => None,
+    /// Whether the peer's AUTH_SIGNATURE signs what we sent.
+    pub(super) fn signature_ok(&mut self, sha256: &[u8; 32]) -> bool {
+        let sent = std::mem::take(&mut self.sent);
+        match &self.session_key {
+            Some(k) => k.verify_hmac_sha256(&sent, sha256),
+            None => *sha256 == [0; 32],
+        }
+    }
+}
+
+/// An endpoint's authentication: what it offers, its random source, its tickets.
+pub(super) struct Auth {
+    cfg: AuthConfig,
+    rng: ChaCha20Rng,
+    /// Service tickets from the last monitor authentication (for authorizers, later).
+    tickets: Vec<Ticket>,
+}
+
+impl Auth {
+    pub(super) fn new(cfg: AuthConfig) -> Auth {
+        let rng = ChaCha20Rng::from_seed(cfg.entropy.0);
+        Auth {
+            cfg,
+            rng,
+            tickets: Vec::new(),
+        }
+    }
+
+    /// The methods we can use with a peer of `peer_type`, preferred first: cephx needs our
+    /// key, and (until authorizers) a monitor.
+    fn usable(&self, peer_type: EntityType) -> impl Iterator<Item = AuthMethod> + '_ {
+        self.cfg
+            .client_required
+            .iter()
+            .copied()
+            .filter(move |m| match m {
+                AuthMethod::None => true,
+                AuthMethod::Cephx => self.cfg.key.is_some() && peer_type == EntityType::MON,
+            })
+    }
+
+    fn modes_for(&self, method: AuthMethod, peer_type: EntityType) -> Vec<ModeName> {
+        match method {
+            // No key, no connection secret: crc only, as Ceph offers with auth none.
+            AuthMethod::None => vec![ModeName::Crc],
+            AuthMethod::Cephx if peer_type == EntityType::MON => self.cfg.mon_client_mode.clone(),
+            AuthMethod::Cephx => self.cfg.client_mode.clone(),
+        }
+    }
+
+    /// The client's AUTH_REQUEST to a peer of type `peer_type` with the first method not
+    /// yet tried (and in `allowed`, when the peer said which it allows).
+    pub(super) fn client_request(
+        &self,
+        me: &EntityName,
+        peer_type: EntityType,
+        st: &mut ConnAuth,
+        allowed: Option<&[u32]>,
+    ) -> Option<Control> {
+        let method = self
+            .usable(peer_type)
+            .find(|m| !st.tried.contains(m) && allowed.is_none_or(|a| a.contains(&m.to_wire())))?;
+        st.tried.push(method);
+        st.modes_offered = self.modes_for(method, peer_type);
+        let name = me.clone();
+        // A MonClient talks to monitors (cephx's AUTH_MODE_MON payload has the same layout);
+        // everything else presents an authorizer.
+        let p = if peer_type == EntityType::MON && name.ty != EntityType::MON {
+            AuthNonePayload::MonClient { name, global_id: 0 }
+        } else {
+            AuthNonePayload::Authorizer {
+                struct_v: 1,
+                name,
+                global_id: 0,
+            }
+        };
+        Some(Control::AuthRequest {
+            method: method.to_wire(),
+            preferred_modes: st.modes_offered.iter().map(|m| m.to_wire()).collect(),
+            auth_payload: p.encode(),
+        })
+    }
+
+    /// The client's answer to AUTH_REPLY_MORE: the AUTH_REQUEST_MORE payload, or `None`
+    /// when no more rounds are due (a peer asking for them is confused).
+    pub(super) fn client_more(
+        &mut self,
+        st: &mut ConnAuth,
+        payload: &[u8],
+    ) -> Option<Result<Bytes, FaultReason>> {
+        match (st.method(), &self.cfg.key) {
+            (Some(AuthMethod::Cephx), Some(key)) if !st.proved => {
+                st.proved = true;
+                let client_challenge = self.rng.next_u64();
+                Some(answer_challenge(key, payload, client_challenge).map_err(Into::into))
+            }
+            _ => None,
         }
     }
 
     /// The client's reading of AUTH_DONE: the connection mode to switch to.
     pub(super) fn client_done(
-        &self,
+        &mut self,
+        st: &mut ConnAuth,
         con_mode: u32,
-        _payload: &[u8],
+        payload: &[u8],
     ) -> Result<ConMode, FaultReason> {
-        match (self, con_mode) {
-            (Auth::None, CON_MODE_CRC) => Ok(ConMode::Crc),
-            (Auth::None, other) => Err(FaultReason::UnsupportedConMode(other)),
+        let mode = ModeName::from_wire(con_mode)
+            .filter(|m| st.modes_offered.contains(m))
+            .ok_or(FaultReason::UnsupportedConMode(con_mode))?;
+        let method = st
+            .method()
+            .ok_or(FaultReason::UnsupportedConMode(con_mode))?;
+        let con = match (method, &self.cfg.key) {
+            (AuthMethod::Cephx, Some(key)) => {
+                let done = read_auth_done(key, payload)?;
+                st.session_key = Some(done.auth.session_key);
+                self.tickets = done.tickets;
+                tracing::debug!(
+                    tickets = ?self.tickets.iter().map(|t| t.service).collect::<Vec<_>>(),
+                    "cephx: authenticated with the monitor"
+                );
+                match mode {
+                    ModeName::Crc => ConMode::Crc,
+                    ModeName::Secure if done.connection_secret.len() != SECRET_LEN => {
+                        return Err(SecureError::BadSecret(done.connection_secret.len()).into())
+                    }
+                    ModeName::Secure => ConMode::Secure(done.connection_secret),
+                }
+            }
+            // Auth none offers crc only, checked above.
+            _ => ConMode::Crc,
+        };
+        st.security = Some(Security { method, mode });
+        Ok(con)
+    }
+
+    /// The client's reading of AUTH_BAD_METHOD.
+    pub(super) fn client_bad_method(
+        &self,
+        me: &EntityName,
+        peer_type: EntityType,
+        st: &mut ConnAuth,
+        result: i32,
+        allowed_methods: &[u32],
+        allowed_modes: &[u32],
+    ) -> BadMethod {
+        if st.proved {
+            return BadMethod::Fail(FaultReason::AuthRejected { result });
         }
+        let ours = st.method().map(|m| m.to_wire());
+        let method_allowed = ours.is_some_and(|m| allowed_methods.contains(&m));
+        if let Some(retry) = self.client_request(me, peer_type, st, Some(allowed_methods)) {
+            return BadMethod::Retry(retry);
+        }
+        BadMethod::Fail(if method_allowed {
+            FaultReason::ConModeRefused {
+                allowed: allowed_modes.to_vec(),
+            }
+        } else {
+            FaultReason::AuthMethodRefused {
+                allowed: allowed_methods.to_vec(),
+            }
+        })
     }
 
     /// The server's answer to AUTH_REQUEST. Auth none takes the global_id the client asks
     /// for, or assigns the next of `next_global_id` (as a monitor does on first contact).
     pub(super) fn server_request(
         &self,
+        st: &mut ConnAuth,
         method: u32,
         modes: &[u32],
         payload: &[u8],
         next_global_id: &mut u64,
     ) -> ServerAuth {
-        match self {
-            Auth::None => {
-                if method != AUTH_METHOD_NONE || !modes.contains(&CON_MODE_CRC) {
-                    return ServerAuth::BadMethod(Control::AuthBadMethod {
-                        method,
-                        result: EOPNOTSUPP,
-                        allowed_methods: vec![AUTH_METHOD_NONE],
-                        allowed_modes: vec![CON_MODE_CRC],
-                    });
-                }
-                let requested = AuthNonePayload::decode(payload)
-                    .map(|p| p.global_id())
-                    .unwrap_or(0);
-                let global_id = if requested != 0 {
-                    requested
-                } else {
-                    // Our own counter, one per client authenticated: far from u64::MAX.
-                    *next_global_id += 1;
-                    *next_global_id
-                };
-                ServerAuth::Done {
-                    global_id,
-                    mode: ConMode::Crc,
-                    payload: Bytes::new(),
-                }
-            }
+        if method != AUTH_METHOD_NONE || !modes.contains(&CON_MODE_CRC) {
+            return ServerAuth::BadMethod(Control::AuthBadMethod {
+                method,
+                result: EOPNOTSUPP,
+                allowed_methods: vec![AUTH_METHOD_NONE],
+                allowed_modes: vec![CON_MODE_CRC],
+            });
         }
-    }
-
-    /// Our AUTH_SIGNATURE (both sides send one).
-    pub(super) fn signature(&self) -> [u8; 32] {
-        match self {
-            Auth::None => [0; 32],
-        }
-    }
-
-    /// Whether the peer's AUTH_SIGNATURE is the one expected.
-    pub(super) fn signature_ok(&self, sha256: &[u8; 32]) -> bool {
-        match self {
-            Auth::None => *sha256 == [0; 32],
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::control::AUTH_METHOD_CEPHX;
-
-    #[test]
-    fn none_assigns_a_global_id_only_when_none_is_asked_for() {
-        let me = EntityName::new(EntityType::CLIENT, "admin");
-        let Control::AuthRequest { auth_payload, .. } =
-            Auth::None.client_request(&me, EntityType::MON)
-        else {
-            panic!("an AUTH_REQUEST")
+        let requested = AuthNonePayload::decode(payload)
+            .map(|p| p.global_id())
+            .unwrap_or(0);
+        let global_id = if requested != 0 {
+            requested
+        } else {
+            // Our own counter, one per client authenticated: far from u64::MAX.
+            *next_global_id += 1;
+            *next_global_id
         };
-        let mut next = 4096;
-        let reply = Auth::None.server_request(AUTH_METHOD_NONE, &[1], &auth_payload, &mut next);
-        assert!(
-            matches!(
-                reply,
-                ServerAuth::Done {
-                    global_id: 4097,
-                    ..
-                }
-            ),
-            "{reply:?}"
-        );
-        let asked = AuthNonePayload::Authorizer {
-            struct_v: 1,
-            name: me,
-            global_id: 77,
+        st.tried.push(AuthMethod::None);
+        st.security = Some(Security {
+            method: AuthMethod::None,
+            mode: ModeName::Crc,
+        });
+        ServerAuth::Done {
+            global_id,
+            mode: ConMode::Crc,
+            payload: Bytes::new(),
         }
-        .encode();
-        let reply = Auth::None.server_request(AUTH_METHOD_NONE, &[1], &asked, &mut next);
-        assert!(
-            matches!(reply, ServerAuth::Done { global_id: 77, .. }),
-            "{reply:?}"
-        );
-        assert_eq!(next, 4097);
-    }
-
-    #[test]
-    fn none_refuses_other_methods_and_modes() {
-        let mut next = 0;
-        for (method, modes) in [(AUTH_METHOD_CEPHX, vec![2, 1]), (AUTH_METHOD_NONE, vec![2])] {
-            let reply = Auth::None.server_request(method, &modes, &[], &mut next);
-            assert!(
-                matches!(
-                    reply,
-                    ServerAuth::BadMethod(Control::AuthBadMethod { result: -95, .. })
-                ),
-                "{method} {modes:?}: {reply:?}"
-            );
-        }
-        assert_eq!(
-            Auth::None.client_done(2, &[]),
-            Err(FaultReason::UnsupportedConMode(2))
-        );
-        assert!(Auth::None.signature_ok(&Auth::None.signature()));
-        assert!(!Auth::None.signature_ok(&[1; 32]));
     }
 }

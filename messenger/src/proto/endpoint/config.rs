@@ -4,6 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::fmt;
+
+use crate::proto::cephx::CryptoKey;
+use crate::proto::control::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
 use crate::proto::frame::FrameLimits;
 use crate::proto::policy::Policy;
 use crate::proto::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType};
@@ -23,6 +27,8 @@ pub struct EndpointConfig {
     pub tuning: Tuning,
     /// Seeds the cookies and the failure injector (the runtime passes real randomness).
     pub seed: u64,
+    /// Authentication methods, connection modes and our key.
+    pub auth: AuthConfig,
     /// Which of several endpoints (one per worker) this is. Sessions are owned by the endpoint
     /// [`owner_of`] their peer's address names; an incoming connection whose peer belongs to
     /// another endpoint is handed over ([`Io::Migrate`](super::Io::Migrate)) when its ident
@@ -119,6 +125,7 @@ impl EndpointConfig {
             default_policy: Policy::lossy_client(),
             tuning: Tuning::default(),
             seed: 0x5eed,
+            auth: AuthConfig::default(),
             placement: Placement {
                 index: 0,
                 count: 1,
@@ -154,5 +161,178 @@ impl EndpointConfig {
     /// The address races are decided by (the lower one wins).
     pub(super) fn race_addr(&self) -> Option<&EntityAddr> {
         self.addrs.primary()
+    }
+}
+
+/// An auth method (`auth_*_required` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    None,
+    Cephx,
+}
+
+impl AuthMethod {
+    pub fn to_wire(self) -> u32 {
+        match self {
+            AuthMethod::None => AUTH_METHOD_NONE,
+            AuthMethod::Cephx => AUTH_METHOD_CEPHX,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::Cephx => "cephx",
+        }
+    }
+}
+
+/// A connection mode (`ms_*_mode` lists them, preferred first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModeName {
+    /// CRC-32C only: integrity against accidents, not against an attacker.
+    Crc,
+    /// AES-128-GCM on every frame after auth.
+    Secure,
+}
+
+impl ModeName {
+    pub fn to_wire(self) -> u32 {
+        match self {
+            ModeName::Crc => CON_MODE_CRC,
+            ModeName::Secure => CON_MODE_SECURE,
+        }
+    }
+    pub fn from_wire(v: u32) -> Option<ModeName> {
+        match v {
+            CON_MODE_CRC => Some(ModeName::Crc),
+            CON_MODE_SECURE => Some(ModeName::Secure),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeName::Crc => "crc",
+            ModeName::Secure => "secure",
+        }
+    }
+}
+
+/// How a connection ended up protected: the auth method and connection mode its handshake
+/// settled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    pub method: AuthMethod,
+    pub mode: ModeName,
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.method.name(), self.mode.name())
+    }
+}
+
+/// Splits a Ceph list option (`"cephx, none"`, `"secure crc"`): commas, semicolons and
+/// spaces separate; empty items are skipped.
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split([',', ';', ' ', '\t']).filter(|x| !x.is_empty())
+}
+
+/// Parses `auth_*_required`: `cephx`, `none`, or both in preference order.
+pub fn parse_auth_methods(s: &str) -> Result<Vec<AuthMethod>, String> {
+    let v: Vec<AuthMethod> = split_list(s)
+        .map(|m| match m {
+            "cephx" => Ok(AuthMethod::Cephx),
+            "none" => Ok(AuthMethod::None),
+            other => Err(format!("unknown auth method {other:?} (cephx, none)")),
+        })
+        .collect::<Result<_, _>>()?;
+    if v.is_empty() {
+        return Err("no auth method given (cephx, none)".into());
+    }
+    Ok(v)
+}
+
+/// Parses `ms_*_mode`: `crc`, `secure`, or both in preference order.
+pub fn parse_modes(s: &str) -> Result<Vec<ModeName>, String> {
+    let v: Vec<ModeName> = split_list(s)
+        .map(|m| match m {
+            "crc" => Ok(ModeName::Crc),
+            "secure" => Ok(ModeName::Secure),
+            other => Err(format!("unknown connection mode {other:?} (crc, secure)")),
+        })
+        .collect::<Result<_, _>>()?;
+    if v.is_empty() {
+        return Err("no connection mode given (crc, secure)".into());
+    }
+    Ok(v)
+}
+
+/// 32 bytes seeding the generator of cephx challenges and secrets: the runtime fills them
+/// from getrandom, a simulation from its seed. Never printed.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entropy(pub [u8; 32]);
+
+impl fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Entropy(..)")
+    }
+}
+
+/// What a client offers (Ceph's option names in brackets); the server side is auth none
+/// only for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `auth_client_required`: methods offered, preferred first. Cephx is offered only with
+    /// a `key`.
+    pub client_required: Vec<AuthMethod>,
+    /// `ms_mon_client_mode`: modes offered to monitors, preferred first.
+    pub mon_client_mode: Vec<ModeName>,
+    /// `ms_client_mode`: modes offered to other daemons, preferred first.
+    pub client_mode: Vec<ModeName>,
+    /// Our cephx key (from the `keyring`, for our name).
+    pub key: Option<CryptoKey>,
+    pub entropy: Entropy,
+}
+
+impl Default for AuthConfig {
+    /// Auth none, and Ceph's default mode preferences.
+    fn default() -> Self {
+        AuthConfig {
+            client_required: vec![AuthMethod::None],
+            mon_client_mode: vec![ModeName::Secure, ModeName::Crc],
+            client_mode: vec![ModeName::Crc, ModeName::Secure],
+            key: None,
+            entropy: Entropy::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceph_style_lists_parse_in_order_and_nonsense_is_refused() {
+        use AuthMethod::*;
+        use ModeName::*;
+        let methods: [(&str, Result<Vec<AuthMethod>, ()>); 5] = [
+            ("cephx", Ok(vec![Cephx])),
+            ("cephx, none", Ok(vec![Cephx, None])),
+            ("none;cephx", Ok(vec![None, Cephx])),
+            ("", Err(())),
+            ("kerberos", Err(())),
+        ];
+        for (s, want) in methods {
+            assert_eq!(parse_auth_methods(s).map_err(|_| ()), want, "{s:?}");
+        }
+        let modes: [(&str, Result<Vec<ModeName>, ()>); 4] = [
+            ("secure crc", Ok(vec![Secure, Crc])),
+            ("crc", Ok(vec![Crc])),
+            (" , ", Err(())),
+            ("fast", Err(())),
+        ];
+        for (s, want) in modes {
+            assert_eq!(parse_modes(s).map_err(|_| ()), want, "{s:?}");
+        }
     }
 }

@@ -134,6 +134,12 @@ impl FrameDecoder {
         self.unit = Unit::SecureHead;
     }
 
+    /// The receiving cipher, for a connection handed to another endpoint (at a frame
+    /// boundary, which a hand-over is).
+    pub fn take_cipher(&mut self) -> Option<GcmStream> {
+        self.cipher.take().map(|c| *c)
+    }
+
     fn unit_len(&self) -> usize {
         match self.unit {
             Unit::Preamble => PREAMBLE_LEN,
