@@ -52,7 +52,41 @@ fn free_port() -> u16 {
     }
 }
 
-fn conf(dir: &Path, fsid: &str, mon_addr: &str, extra: &str) -> PathBuf {
+/// How a test monitor authenticates: auth none, or cephx with secure mode required on every
+/// connection (the keyrings in its directory).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MonAuth {
+    None,
+    CephxSecure,
+}
+
+/// The `ceph.conf` lines of `auth` (`dir` holds the keyrings).
+fn auth_conf(dir: &Path, auth: MonAuth) -> String {
+    let d = dir.display();
+    match auth {
+        MonAuth::None => "auth cluster required = none
+auth service required = none
+auth client required = none
+keyring = /dev/null
+"
+        .into(),
+        MonAuth::CephxSecure => format!(
+            "auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+ms cluster mode = secure
+ms service mode = secure
+ms client mode = secure
+ms mon cluster mode = secure
+ms mon service mode = secure
+ms mon client mode = secure
+keyring = {d}/client.admin.keyring
+"
+        ),
+    }
+}
+
+fn conf(dir: &Path, fsid: &str, mon_addr: &str, auth: &str) -> PathBuf {
     let path = dir.join("ceph.conf");
     let d = dir.display();
     std::fs::write(
@@ -65,19 +99,15 @@ mon initial members = a
 public network = 127.0.0.0/8
 ms bind ipv4 = true
 ms bind ipv6 = false
-auth cluster required = none
-auth service required = none
-auth client required = none
-auth allow insecure global id reclaim = true
+{auth}auth allow insecure global id reclaim = true
 mon warn on insecure global id reclaim allowed = false
 run dir = {d}/run
 admin socket = {d}/run/$name.asok
 pid file = {d}/run/$name.pid
 log file = {d}/log/$name.log
-keyring = /dev/null
-{extra}
 [mon]
 mon data = {d}/mon/ceph-$id
+keyring = {d}/mon/ceph-$id/keyring
 "
         ),
     )
@@ -92,11 +122,41 @@ struct CephMon {
     fsid: String,
 }
 
+/// Runs a setup command; a failure fails the test with its stderr.
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new keyring at `path` with a fresh key for `name` (and `caps`).
+fn new_keyring(path: &Path, name: &str, caps: &[&str]) {
+    let p = path.to_str().unwrap();
+    let mut args = vec![
+        "ceph-authtool",
+        "--create-keyring",
+        p,
+        "--gen-key",
+        "-n",
+        name,
+    ];
+    args.extend_from_slice(caps);
+    run(&args);
+}
+
 impl CephMon {
     fn start() -> CephMon {
+        CephMon::start_with(MonAuth::None)
+    }
+
+    fn start_with(auth: MonAuth) -> CephMon {
         require("ceph-mon");
         require("monmaptool");
         require("ceph");
+        require("ceph-authtool");
         let dir = std::env::temp_dir().join(format!(
             "ringwire-mon-{}-{}",
             std::process::id(),
@@ -109,15 +169,23 @@ impl CephMon {
         let port = free_port();
         let fsid = uuid_v4();
         let addr = format!("[v2:127.0.0.1:{port}]");
-        let conf = conf(&dir, &fsid, &addr, "");
-        let run = |args: &[&str]| {
-            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let conf = conf(&dir, &fsid, &addr, &auth_conf(&dir, auth));
+        // The monitor's key and client.admin's, both in the keyring --mkfs seeds it with.
+        let initial = dir.join("initial.keyring");
+        let mut mkfs_keyring = vec![];
+        if auth == MonAuth::CephxSecure {
+            let all = ["--cap", "mon", "allow *", "--cap", "osd", "allow *"];
+            new_keyring(&initial, "mon.", &["--cap", "mon", "allow *"]);
+            new_keyring(&dir.join("client.admin.keyring"), "client.admin", &all);
+            let admin = dir.join("client.admin.keyring");
+            run(&[
+                "ceph-authtool",
+                initial.to_str().unwrap(),
+                "--import-keyring",
+                admin.to_str().unwrap(),
+            ]);
+            mkfs_keyring = vec!["--keyring", initial.to_str().unwrap()];
+        }
         let monmap = dir.join("monmap");
         run(&[
             "monmaptool",
@@ -130,7 +198,7 @@ impl CephMon {
             monmap.to_str().unwrap(),
         ]);
         let c = conf.to_str().unwrap();
-        run(&[
+        let mut mkfs = vec![
             "ceph-mon",
             "-c",
             c,
@@ -139,7 +207,9 @@ impl CephMon {
             "a",
             "--monmap",
             monmap.to_str().unwrap(),
-        ]);
+        ];
+        mkfs.extend_from_slice(&mkfs_keyring);
+        run(&mkfs);
         run(&["ceph-mon", "-c", c, "-i", "a"]);
         // Until it has formed a quorum a monitor refuses authentication (-EBUSY), so wait
         // until it answers a real client.
@@ -167,6 +237,11 @@ impl CephMon {
 
     fn addr(&self) -> EntityAddr {
         EntityAddr::parse(&format!("v2:127.0.0.1:{}", self.port)).unwrap()
+    }
+
+    /// client.admin's keyring (cephx monitors).
+    fn admin_keyring(&self) -> PathBuf {
+        self.dir.join("client.admin.keyring")
     }
 }
 
@@ -212,11 +287,27 @@ fn uuid_bytes(s: &str) -> Vec<u8> {
 fn ringwire_client_talks_to_a_real_monitor() {
     init_tracing();
     let mon = CephMon::start();
+    get_maps(&mon, None, "none/crc");
+}
+
+/// The same exchange with a monitor requiring cephx and secure mode: every MESSAGE frame
+/// both ways sealed, the monmap's fsid intact.
+#[test]
+fn ringwire_client_gets_maps_from_a_real_monitor_over_cephx_in_secure_mode() {
+    init_tracing();
+    let mon = CephMon::start_with(MonAuth::CephxSecure);
+    get_maps(&mon, Some(mon.admin_keyring()), "cephx/secure");
+}
+
+/// MON_GET_MAP and MON_GET_VERSION to `mon` as client.admin (with `keyring`, if given);
+/// the connection's security must read `security`.
+fn get_maps(mon: &CephMon, keyring: Option<PathBuf>, security: &str) {
     let rec = Arc::new(Recorder::default());
     let client = Messenger::builder(name(EntityType::CLIENT, "admin"))
         .policy(EntityType::MON, Policy::lossy_client())
         .options(Options {
             workers: 1,
+            keyring,
             ..Options::default()
         })
         .start(rec.clone())
@@ -242,6 +333,7 @@ fn ringwire_client_talks_to_a_real_monitor() {
     );
     assert!(conn.is_connected());
     assert_eq!(conn.peer().unwrap().ty, EntityType::MON);
+    assert_eq!(conn.security().unwrap().to_string(), security);
     let seen = rec.seen.lock().unwrap().clone();
     for s in &seen {
         let Seen::Message { content, seq, .. } = s else {
@@ -290,7 +382,8 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
     let dir = std::env::temp_dir().join(format!("ringwire-cli-{}-{port}", std::process::id()));
     std::fs::create_dir_all(dir.join("run")).unwrap();
     std::fs::create_dir_all(dir.join("log")).unwrap();
-    let conf = conf(&dir, &uuid_v4(), &format!("[v2:127.0.0.1:{port}]"), "");
+    let auth = auth_conf(&dir, MonAuth::None);
+    let conf = conf(&dir, &uuid_v4(), &format!("[v2:127.0.0.1:{port}]"), &auth);
     let mut cli: Child = Command::new("ceph")
         .args([
             "-c",
@@ -360,4 +453,47 @@ fn ringwire_ping_measures_round_trips_to_a_real_monitor() {
         summary.contains(" p50 ") && summary.contains(" p99 "),
         "{summary}"
     );
+}
+
+/// `ringwire ping` to `mon` with `args`: exit status, stdout and stderr.
+fn ping(mon: &CephMon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringwire"))
+        .args(["ping", &format!("v2:127.0.0.1:{}", mon.port)])
+        .args(["--peer-type", "mon", "--count", "5", "--interval-ms", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A monitor requiring cephx and secure mode on every connection: `ringwire ping` with
+/// client.admin's keyring authenticates, says so, and completes its round trips; with a key
+/// the cluster does not know, and without one, it fails naming authentication.
+#[test]
+fn ringwire_ping_authenticates_with_cephx_in_secure_mode() {
+    let mon = CephMon::start_with(MonAuth::CephxSecure);
+    let admin = mon.admin_keyring();
+    let (ok, stdout, stderr) = ping(&mon, &["-n", "client.admin", "-k", admin.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    let first = stdout.lines().next().unwrap();
+    assert!(
+        first.contains("(mon.") && first.contains("cephx/secure"),
+        "{first}"
+    );
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.starts_with("5 sent, 5 received"), "{summary}");
+
+    let wrong = mon.dir.join("wrong.keyring");
+    new_keyring(&wrong, "client.admin", &[]);
+    let (ok, stdout, stderr) = ping(&mon, &["-n", "client.admin", "-k", wrong.to_str().unwrap()]);
+    assert!(!ok, "a wrong key must fail: {stdout}");
+    assert!(
+        stderr.contains("authentication") && stderr.contains("rejected our key"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = ping(&mon, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("refused authentication"), "{stderr}");
 }

@@ -237,34 +237,34 @@ fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split([',', ';', ' ', '\t']).filter(|x| !x.is_empty())
 }
 
-/// Parses `auth_*_required`: `cephx`, `none`, or both in preference order.
-pub fn parse_auth_methods(s: &str) -> Result<Vec<AuthMethod>, String> {
-    let v: Vec<AuthMethod> = split_list(s)
-        .map(|m| match m {
-            "cephx" => Ok(AuthMethod::Cephx),
-            "none" => Ok(AuthMethod::None),
-            other => Err(format!("unknown auth method {other:?} (cephx, none)")),
+/// Parses a list option whose items are the `names` given; `what` names an item.
+fn parse_list<T: Copy>(s: &str, what: &str, names: &[(&str, T)]) -> Result<Vec<T>, String> {
+    let all = || names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    let v: Vec<T> = split_list(s)
+        .map(|item| {
+            names
+                .iter()
+                .find(|(n, _)| *n == item)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| format!("unknown {what} {item:?} ({})", all()))
         })
         .collect::<Result<_, _>>()?;
     if v.is_empty() {
-        return Err("no auth method given (cephx, none)".into());
+        return Err(format!("no {what} given ({})", all()));
     }
     Ok(v)
 }
 
+/// Parses `auth_*_required`: `cephx`, `none`, or both in preference order.
+pub fn parse_auth_methods(s: &str) -> Result<Vec<AuthMethod>, String> {
+    let names = [("cephx", AuthMethod::Cephx), ("none", AuthMethod::None)];
+    parse_list(s, "auth method", &names)
+}
+
 /// Parses `ms_*_mode`: `crc`, `secure`, or both in preference order.
 pub fn parse_modes(s: &str) -> Result<Vec<ModeName>, String> {
-    let v: Vec<ModeName> = split_list(s)
-        .map(|m| match m {
-            "crc" => Ok(ModeName::Crc),
-            "secure" => Ok(ModeName::Secure),
-            other => Err(format!("unknown connection mode {other:?} (crc, secure)")),
-        })
-        .collect::<Result<_, _>>()?;
-    if v.is_empty() {
-        return Err("no connection mode given (crc, secure)".into());
-    }
-    Ok(v)
+    let names = [("crc", ModeName::Crc), ("secure", ModeName::Secure)];
+    parse_list(s, "connection mode", &names)
 }
 
 /// 32 bytes seeding the generator of cephx challenges and secrets: the runtime fills them

@@ -155,14 +155,19 @@ impl Endpoint {
             allowed_methods,
             allowed_modes,
         );
-        let reason = match answer {
+        match answer {
             BadMethod::Retry(request) => {
                 self.send_control(cid, request);
-                return Ok(());
+                Ok(())
             }
-            BadMethod::Fail(reason) => reason,
-        };
-        if let Some(session) = c.session {
+            BadMethod::Fail(reason) => self.refuse(cid, reason),
+        }
+    }
+
+    /// The peer refused us (or we it) during auth: the session hears why, then the
+    /// connection fails.
+    fn refuse(&mut self, cid: ConnId, reason: FaultReason) -> Flow {
+        if let Some(session) = self.conns.get(&cid).and_then(|c| c.session) {
             self.events.push_back(Event::Refused {
                 session,
                 reason: reason.clone(),
@@ -187,15 +192,7 @@ impl Endpoint {
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
         let mode = match self.auth.client_done(&mut c.auth, con_mode, payload) {
             Ok(mode) => mode,
-            Err(reason) => {
-                if let Some(session) = c.session {
-                    self.events.push_back(Event::Refused {
-                        session,
-                        reason: reason.clone(),
-                    });
-                }
-                return self.fail(cid, reason);
-            }
+            Err(reason) => return self.refuse(cid, reason),
         };
         c.set_state(ConnState::AuthSign);
         // What we received, AUTH_DONE included, is signed; then the mode switches, and our
