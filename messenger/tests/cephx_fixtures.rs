@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use ringwire::proto::cephx::client::{answer_challenge, read_auth_done};
 use ringwire::proto::cephx::{CryptoKey, Keyring};
-use ringwire::proto::frame::{encode_frame, BANNER_LEN};
-use ringwire::proto::secure::streams;
+use ringwire::proto::frame::{encode_frame, BANNER_LEN, SECURE_HEAD_LEN};
+use ringwire::proto::secure::{streams, SecureError};
 use ringwire::proto::{
-    Control, EntityName, EntityType, Frame, FrameDecoder, FrameLimits, Tag, TxQueue,
+    AuthConfig, AuthMethod, Control, Endpoint, EndpointConfig, EntityAddr, EntityName, EntityType,
+    Event, FaultReason, Frame, FrameDecoder, FrameError, FrameLimits, Io, Policy, Tag, Time,
+    TxQueue,
 };
 
 fn dir() -> PathBuf {
@@ -119,6 +121,18 @@ fn mon_exchange(name: &str, n: u32) -> MonExchange {
         s_end,
         c_dec,
         s_dec,
+    }
+}
+
+impl MonExchange {
+    /// The client's first sealed frame, its AUTH_SIGNATURE (secure mode).
+    fn c_dec_first_signature(&self) -> Frame {
+        let done = read_auth_done(&client_key(), &payload(&self.server[2].0)).unwrap();
+        let (_, rx) = streams(done.connection_secret.expose(), true).unwrap();
+        let mut d = FrameDecoder::new(FrameLimits::default(), self.c_end as u64);
+        d.set_cipher(rx);
+        let (f, _) = frames(&self.c2s, &mut d, self.c_end, |_| true);
+        f.into_iter().next().expect("a sealed frame").0
     }
 }
 
@@ -247,5 +261,170 @@ fn secure_frames_decrypt_and_seal_again_to_cephs_bytes() {
                 range.start
             );
         }
+    }
+}
+
+/// The server-to-client bytes of `cephx-secure` stream `n` after AUTH_DONE, the frame
+/// boundaries there, and a decoder ready for them (the client's receiving cipher).
+fn sealed_server_frames(n: u32) -> (Vec<u8>, Vec<Range<usize>>, FrameDecoder) {
+    let x = mon_exchange("cephx-secure", n);
+    let done = read_auth_done(&client_key(), &payload(&x.server[2].0)).unwrap();
+    let fresh = || {
+        let (_, rx) = streams(done.connection_secret.expose(), false).unwrap();
+        let mut d = FrameDecoder::new(FrameLimits::default(), x.s_end as u64);
+        d.set_cipher(rx);
+        d
+    };
+    let mut probe = fresh();
+    let (frames, _) = frames(&x.s2c, &mut probe, x.s_end, |_| false);
+    let ranges = frames.into_iter().map(|(_, r)| r).collect();
+    (x.s2c, ranges, fresh())
+}
+
+fn feed_all(d: &mut FrameDecoder, mut bytes: &[u8]) -> Result<usize, FrameError> {
+    let mut n = 0;
+    while !bytes.is_empty() {
+        if d.feed(&mut bytes)?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Hostile secure-mode input, each case its own error value and none a panic: a flipped
+/// bit in a frame's first operation, in its tag, in its tail; the stream cut inside a
+/// sealed frame; a frame sent again.
+#[test]
+fn altered_truncated_and_replayed_sealed_frames_fail_each_with_its_own_error() {
+    let (bytes, ranges, _) = sealed_server_frames(1);
+    // A frame with all three operations' kinds: a multi-segment MESSAGE.
+    let multi = ranges
+        .iter()
+        .position(|r| r.len() > SECURE_HEAD_LEN + 16 + 48)
+        .expect("a long frame");
+    let start = ranges[multi].start;
+    let end = ranges[multi].end;
+    let head_op = Err(FrameError::Secure(SecureError::BadTag {
+        op: "encrypted preamble",
+    }));
+    let tail_op = Err(FrameError::Secure(SecureError::BadTag {
+        op: "encrypted segments and epilogue",
+    }));
+    let cases = [
+        (
+            "ciphertext bit of the first operation",
+            start + 3,
+            head_op.clone(),
+        ),
+        (
+            "tag bit of the first operation",
+            start + SECURE_HEAD_LEN - 1,
+            head_op,
+        ),
+        (
+            "ciphertext bit of the last operation",
+            end - 20,
+            tail_op.clone(),
+        ),
+        ("tag bit of the last operation", end - 1, tail_op),
+    ];
+    for (what, at, want) in cases {
+        let (_, _, mut d) = sealed_server_frames(1);
+        let mut altered = bytes.clone();
+        altered[at] ^= 0x10;
+        let got = feed_all(&mut d, &altered[ranges[0].start..end]).map(|_| ());
+        assert_eq!(got, want, "{what}");
+    }
+
+    // Cut 10 bytes before the end of a frame: nothing decodes, and the end of the stream
+    // says where it stopped.
+    let (_, _, mut d) = sealed_server_frames(1);
+    assert_eq!(
+        feed_all(&mut d, &bytes[ranges[0].start..end - 10]),
+        Ok(multi)
+    );
+    assert!(matches!(
+        d.finish(),
+        Err(FrameError::Truncated { have, need, .. }) if need - have == 10
+    ));
+
+    // The first frame, then the first frame again.
+    let (_, _, mut d) = sealed_server_frames(1);
+    let first = &bytes[ranges[0].clone()];
+    assert_eq!(feed_all(&mut d, first), Ok(1));
+    assert_eq!(
+        feed_all(&mut d, first),
+        Err(FrameError::Secure(SecureError::Replayed { behind: 1 }))
+    );
+}
+
+/// A Ringwire client against the monitor's captured bytes: cephx and secure mode go all the
+/// way to the monitor's sealed AUTH_SIGNATURE, which signs what Ceph's client sent, not what
+/// we sent: the connection fails on the signature. With that frame altered, it fails on the
+/// GCM tag instead.
+#[test]
+fn a_client_refuses_a_signature_over_other_bytes_and_an_altered_sealed_frame() {
+    let x = mon_exchange("cephx-secure", 0);
+    for (alter, want) in [
+        (None, FaultReason::BadSignature),
+        (
+            Some(x.s_end + 40),
+            FaultReason::Frame(FrameError::Secure(SecureError::BadTag {
+                op: "encrypted preamble",
+            })),
+        ),
+    ] {
+        let mut cfg = EndpointConfig::new(
+            EntityName::new(EntityType::CLIENT, "admin"),
+            Default::default(),
+        );
+        cfg.default_policy = Policy::lossy_client();
+        cfg.auth = AuthConfig {
+            client_required: vec![AuthMethod::Cephx],
+            key: Some(client_key()),
+            ..AuthConfig::default()
+        };
+        let mut ep = Endpoint::new(cfg);
+        let mon = EntityAddr::msgr2("127.0.0.1:13300".parse().unwrap(), 0);
+        let s = ep.connect(Time(1), mon, EntityType::MON);
+        let Some(Io::Connect { conn, .. }) = ep.poll_io() else {
+            panic!("connect expected")
+        };
+        ep.on_connected(Time(1), conn);
+        let mut input = x.s2c.clone();
+        if let Some(at) = alter {
+            input[at] ^= 1;
+        }
+        ep.on_input(Time(2), conn, &input[..x.s_end]);
+        // Up to AUTH_DONE: HELLO, AUTH_REQUEST and our proof in the clear, then our
+        // AUTH_SIGNATURE sealed. It signs the monitor's bytes, so it is the one Ceph's client
+        // sent, and the monitor's side of the secret opens it.
+        let sent = ep.tx_queue(conn).unwrap().take_all();
+        let mut d = FrameDecoder::new(FrameLimits::default(), BANNER_LEN as u64);
+        let (plain, end) = frames(&sent, &mut d, BANNER_LEN, |f| {
+            f.tag() == Tag::AuthRequestMore
+        });
+        let tags: Vec<Tag> = plain.iter().map(|(f, _)| f.tag()).collect();
+        assert_eq!(tags, [Tag::Hello, Tag::AuthRequest, Tag::AuthRequestMore]);
+        assert_ne!(
+            payload(&plain[2].0),
+            payload(&x.client[2].0),
+            "our own challenge"
+        );
+        let done = read_auth_done(&client_key(), &payload(&x.server[2].0)).unwrap();
+        let (_, monitor_rx) = streams(done.connection_secret.expose(), true).unwrap();
+        d.set_cipher(monitor_rx);
+        let (sealed, _) = frames(&sent, &mut d, end, |_| false);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sha(&sealed[0].0), sha(&x.c_dec_first_signature()));
+        ep.on_input(Time(3), conn, &input[x.s_end..]);
+        let mut faults = Vec::new();
+        while let Some(ev) = ep.poll_event() {
+            if let Event::Fault { reason, .. } = ev {
+                faults.push(reason);
+            }
+        }
+        assert_eq!(faults, vec![want]);
+        assert!(ep.is_closed(s), "lossy session ends");
     }
 }

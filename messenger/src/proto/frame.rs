@@ -630,6 +630,24 @@ pub fn encode_control_frame(tx: &mut TxQueue, tag: Tag, payload: &[u8]) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::secure::streams;
+
+    /// With one GCM operation left, a one-operation frame goes out; the next frame is not
+    /// queued at all and the queue reports why.
+    #[test]
+    fn a_sending_stream_out_of_nonces_queues_nothing_and_says_so() {
+        let (tx_stream, _) = streams(&[9u8; 64], false).unwrap();
+        let mut tx = TxQueue::default();
+        tx.set_cipher(tx_stream.with_ops_left(1));
+        assert_eq!(
+            encode_control_frame(&mut tx, Tag::Keepalive2, &[0; 8]),
+            SECURE_HEAD_LEN
+        );
+        assert_eq!(tx.take_error(), None);
+        assert_eq!(encode_control_frame(&mut tx, Tag::Keepalive2, &[0; 8]), 0);
+        assert_eq!(tx.take_error(), Some(SecureError::OutOfNonces));
+        assert_eq!(tx.len(), SECURE_HEAD_LEN);
+    }
 
     /// A first segment given as plain bytes goes on the wire exactly as the same bytes in a
     /// `Bytes`, whichever later segments are empty or long.

@@ -318,3 +318,126 @@ impl Auth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cephx::{CryptoKey, KeyType};
+    use crate::proto::control::AUTH_METHOD_CEPHX;
+
+    fn auth(methods: &[AuthMethod], key: bool) -> Auth {
+        let key =
+            key.then(|| CryptoKey::new(KeyType::Aes, (0, 0), Secret::new(vec![7; 16])).unwrap());
+        Auth::new(AuthConfig {
+            client_required: methods.to_vec(),
+            key,
+            ..AuthConfig::default()
+        })
+    }
+
+    fn me() -> EntityName {
+        EntityName::new(EntityType::CLIENT, "admin")
+    }
+
+    /// What a client offers: cephx only with a key and (until authorizers) to a monitor;
+    /// auth none with crc only; cephx with the mode list for the peer's type.
+    #[test]
+    fn the_first_request_offers_what_the_key_and_peer_allow() {
+        use AuthMethod::*;
+        /// Methods configured, key present, peer type: (method, modes) offered, if any.
+        type Row = (&'static [AuthMethod], bool, EntityType, Option<(u32, Vec<u32>)>);
+        #[rustfmt::skip]
+        let rows: [Row; 6] = [
+            (&[Cephx], true, EntityType::MON, Some((2, vec![2, 1]))),
+            (&[Cephx, None], false, EntityType::MON, Some((1, vec![1]))),
+            (&[Cephx], false, EntityType::MON, Option::None),
+            (&[Cephx, None], true, EntityType::OSD, Some((1, vec![1]))),
+            (&[Cephx], true, EntityType::OSD, Option::None),
+            (&[None, Cephx], true, EntityType::MON, Some((1, vec![1]))),
+        ];
+        for (methods, key, peer, want) in rows {
+            let mut st = ConnAuth::default();
+            let got = auth(methods, key)
+                .client_request(&me(), peer, &mut st, Option::None)
+                .map(|c| match c {
+                    Control::AuthRequest {
+                        method,
+                        preferred_modes,
+                        ..
+                    } => (method, preferred_modes),
+                    other => panic!("{other:?}"),
+                });
+            assert_eq!(got, want, "{methods:?} key={key} {peer}");
+        }
+    }
+
+    /// AUTH_BAD_METHOD: after our proof it is a rejected key; before, another method both
+    /// allow is tried, else the refusal names methods or modes.
+    #[test]
+    fn auth_bad_method_is_read_as_a_retry_or_the_right_refusal() {
+        use AuthMethod::*;
+        let a = auth(&[Cephx, None], true);
+        let first = |st: &mut ConnAuth| a.client_request(&me(), EntityType::MON, st, Option::None);
+
+        let mut st = ConnAuth::default();
+        first(&mut st);
+        st.proved = true;
+        let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -13, &[2], &[1]);
+        assert_eq!(
+            got,
+            BadMethod::Fail(FaultReason::AuthRejected { result: -13 })
+        );
+
+        let mut st = ConnAuth::default();
+        first(&mut st);
+        let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -95, &[1], &[1]);
+        assert!(
+            matches!(
+                got,
+                BadMethod::Retry(Control::AuthRequest { method: 1, .. })
+            ),
+            "{got:?}"
+        );
+        // Auth none refused as well: nothing left.
+        let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -95, &[2], &[2]);
+        assert_eq!(
+            got,
+            BadMethod::Fail(FaultReason::AuthMethodRefused { allowed: vec![2] })
+        );
+
+        let only_cephx = auth(&[Cephx], true);
+        let mut st = ConnAuth::default();
+        only_cephx.client_request(&me(), EntityType::MON, &mut st, Option::None);
+        let got = only_cephx.client_bad_method(
+            &me(),
+            EntityType::MON,
+            &mut st,
+            -95,
+            &[AUTH_METHOD_CEPHX],
+            &[3],
+        );
+        assert_eq!(
+            got,
+            BadMethod::Fail(FaultReason::ConModeRefused { allowed: vec![3] })
+        );
+    }
+
+    /// AUTH_DONE with a mode we did not offer is refused before its payload is read, and a
+    /// second challenge is not answered.
+    #[test]
+    fn a_mode_not_offered_and_a_second_challenge_are_refused() {
+        let mut a = auth(&[AuthMethod::None], false);
+        let mut st = ConnAuth::default();
+        a.client_request(&me(), EntityType::MON, &mut st, Option::None);
+        assert_eq!(
+            a.client_done(&mut st, 2, &[]),
+            Err(FaultReason::UnsupportedConMode(2))
+        );
+        let mut a = auth(&[AuthMethod::Cephx], true);
+        let mut st = ConnAuth::default();
+        a.client_request(&me(), EntityType::MON, &mut st, Option::None);
+        let challenge = [1, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(matches!(a.client_more(&mut st, &challenge), Some(Ok(_))));
+        assert!(a.client_more(&mut st, &challenge).is_none());
+    }
+}
