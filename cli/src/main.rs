@@ -51,6 +51,10 @@ enum Command {
         /// Address nonce; clients must name it (v2:IP:PORT/NONCE) unless it is 0.
         #[arg(long, default_value_t = 0)]
         nonce: u32,
+        /// Keyring of the clients admitted with cephx (`keyring`), as a monitor's database:
+        /// with it, cephx is required (`auth_service_required`, `auth_cluster_required`).
+        #[arg(short = 'k', long)]
+        keyring: Option<std::path::PathBuf>,
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
@@ -202,8 +206,11 @@ fn main() -> ExitCode {
             name,
             workers,
             nonce,
+            keyring,
             metrics,
-        } => report(cmd::serve::run(name, bind, workers, nonce, metrics)),
+        } => report(cmd::serve::run(
+            name, bind, workers, nonce, keyring, metrics,
+        )),
         Command::Ping {
             addr,
             peer_type,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
+use ringwire::proto::{EntityAddr, EntityType, Message, ModeName, Policy};
 use ringwire::{Messenger, Options};
 
 use ringwire::proto::message::{
@@ -362,15 +362,62 @@ fn get_maps(mon: &CephMon, keyring: Option<PathBuf>, security: &str) {
 
 #[test]
 fn real_ceph_client_talks_to_a_ringwire_monitor() {
+    let (first, security) = ceph_cli_to_ringwire_monitor(MonAuth::None, false).unwrap();
+    assert_eq!(
+        first,
+        (1, MON_GET_MAP),
+        "MonClient starts with MON_GET_MAP as seq 1"
+    );
+    assert_eq!(security.0.ty, EntityType::CLIENT);
+    assert_eq!(security.1, "none/crc");
+}
+
+/// The real `ceph` CLI, with client.admin's keyring and secure mode required, against a
+/// Ringwire monitor holding that key: the handshake completes in cephx/secure, its first
+/// message arrives with seq 1 from client.admin. A key the monitor does not hold is refused:
+/// nothing is dispatched and the CLI fails.
+#[test]
+fn real_ceph_client_authenticates_to_a_ringwire_monitor_with_cephx_in_secure_mode() {
+    require("ceph-authtool");
+    let (first, security) = ceph_cli_to_ringwire_monitor(MonAuth::CephxSecure, false).unwrap();
+    assert_eq!(first, (1, MON_GET_MAP));
+    assert_eq!(security.0.to_string(), "client.admin");
+    assert_eq!(security.1, "cephx/secure");
+    let refused = ceph_cli_to_ringwire_monitor(MonAuth::CephxSecure, true);
+    assert_eq!(refused, None, "a wrong key must not get a session");
+}
+
+/// Runs `ceph mon stat` against a Ringwire monitor whose keyring (cephx) holds client.admin's
+/// key; with `wrong_key`, the CLI uses another key under the same name. Returns the first
+/// message (seq, type) and who sent it how (name, security), or None if the CLI got no
+/// session (it then must have failed).
+fn ceph_cli_to_ringwire_monitor(
+    auth: MonAuth,
+    wrong_key: bool,
+) -> Option<((u64, u16), (ringwire::proto::EntityName, String))> {
     require("ceph");
+    let dir = std::env::temp_dir().join(format!(
+        "ringwire-cli-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let admin = dir.join("client.admin.keyring");
+    let mut options = Options {
+        workers: 2,
+        ..Options::default()
+    };
+    if auth == MonAuth::CephxSecure {
+        new_keyring(&admin, "client.admin", &[]);
+        options.keyring = Some(admin.clone());
+        options.ms_mon_service_mode = vec![ModeName::Secure];
+    }
     let rec = Arc::new(Recorder::default());
     let server = Messenger::builder(name(EntityType::MON, "a"))
         .bind(loopback())
         .policy(EntityType::CLIENT, Policy::stateless_server())
-        .options(Options {
-            workers: 2,
-            ..Options::default()
-        })
+        .options(options)
         .start(rec.clone())
         .unwrap();
     assert_eq!(
@@ -378,11 +425,12 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
         0,
         "monitors listen with nonce 0, as Ceph's do"
     );
+    if wrong_key {
+        // The monitor has read the keyring; the CLI reads it next (its conf names it).
+        new_keyring(&admin, "client.admin", &[]);
+    }
     let port = server.addrs().0[0].addr.unwrap().port();
-    let dir = std::env::temp_dir().join(format!("ringwire-cli-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(dir.join("run")).unwrap();
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    let auth = auth_conf(&dir, MonAuth::None);
+    let auth = auth_conf(&dir, auth);
     let conf = conf(&dir, &uuid_v4(), &format!("[v2:127.0.0.1:{port}]"), &auth);
     let mut cli: Child = Command::new("ceph")
         .args([
@@ -397,14 +445,28 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    rec.wait_for(
-        Duration::from_secs(20),
-        "the ceph CLI's first message",
-        |s| s.iter().any(|x| matches!(x, Seen::Message { .. })),
-    );
+    let got_message = || {
+        rec.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|x| matches!(x, Seen::Message { .. }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut exited = None;
+    while Instant::now() < deadline && !got_message() && exited.is_none() {
+        exited = cli.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = cli.kill();
     let _ = cli.wait();
     let _ = std::fs::remove_dir_all(&dir);
+    if !got_message() {
+        let status = exited.expect("the CLI neither sent a message nor gave up in 20 s");
+        assert!(!status.success(), "the CLI succeeded without a session?");
+        assert!(rec.conns.lock().unwrap().is_empty(), "no session accepted");
+        return None;
+    }
     let first = rec
         .seen
         .lock()
@@ -415,13 +477,11 @@ fn real_ceph_client_talks_to_a_ringwire_monitor() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(
+    let conn = rec.conns.lock().unwrap()[0].clone();
+    Some((
         first,
-        (1, MON_GET_MAP),
-        "MonClient starts with MON_GET_MAP as seq 1"
-    );
-    let peer = rec.conns.lock().unwrap()[0].peer().unwrap();
-    assert_eq!(peer.ty, EntityType::CLIENT);
+        (conn.peer().unwrap(), conn.security().unwrap().to_string()),
+    ))
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub enum Error {
     Keyring(#[from] KeyringError),
     #[error("auth_client_required = cephx needs our key: set Options::keyring (-k) to a keyring holding {0}")]
     NoKey(crate::proto::EntityName),
+    #[error("auth_service_required / auth_cluster_required = cephx needs the keys of the peers to admit: set Options::keyring (-k)")]
+    NoKeyring,
     #[error("no randomness for cephx keys: getrandom failed: {0}")]
     Random(std::io::Error),
 }

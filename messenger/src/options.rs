@@ -43,6 +43,20 @@ pub struct Options {
     /// `ms_client_mode`: connection modes offered to other daemons, preferred first
     /// (Ceph's default: crc, secure).
     pub ms_client_mode: Vec<ModeName>,
+    /// `auth_service_required`: auth methods a server allows from clients. Default (`None`):
+    /// cephx alone when a keyring is set (its entries are the clients we admit), else none.
+    pub auth_service_required: Option<Vec<AuthMethod>>,
+    /// `auth_cluster_required`: auth methods a server allows from daemons; default as
+    /// `auth_service_required`.
+    pub auth_cluster_required: Option<Vec<AuthMethod>>,
+    /// `ms_service_mode` / `ms_cluster_mode`: connection modes a (non-monitor) server allows
+    /// from clients / daemons (Ceph's default: crc, secure).
+    pub ms_service_mode: Vec<ModeName>,
+    pub ms_cluster_mode: Vec<ModeName>,
+    /// `ms_mon_service_mode` / `ms_mon_cluster_mode`: the same for a monitor (a messenger
+    /// named `mon.*`; Ceph's default: secure, crc).
+    pub ms_mon_service_mode: Vec<ModeName>,
+    pub ms_mon_cluster_mode: Vec<ModeName>,
 }
 
 /// Options of the RDMA transport. Each worker opens the device when it first needs it and
@@ -108,6 +122,12 @@ impl Default for Options {
             auth_client_required: None,
             ms_mon_client_mode: vec![ModeName::Secure, ModeName::Crc],
             ms_client_mode: vec![ModeName::Crc, ModeName::Secure],
+            auth_service_required: None,
+            auth_cluster_required: None,
+            ms_service_mode: vec![ModeName::Crc, ModeName::Secure],
+            ms_cluster_mode: vec![ModeName::Crc, ModeName::Secure],
+            ms_mon_service_mode: vec![ModeName::Secure, ModeName::Crc],
+            ms_mon_cluster_mode: vec![ModeName::Secure, ModeName::Crc],
         }
     }
 }

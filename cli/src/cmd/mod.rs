@@ -32,7 +32,13 @@ pub struct AuthArgs {
 impl AuthArgs {
     pub fn apply(&self, o: &mut Options) {
         o.keyring = self.keyring.clone();
-        o.auth_client_required = self.auth_client_required.clone();
+        // -k means cephx, as with Ceph's tools: a keyring without our key is an error, not
+        // a quiet fall-back to auth none.
+        o.auth_client_required = match (&self.auth_client_required, &self.keyring) {
+            (Some(list), _) => Some(list.clone()),
+            (None, Some(_)) => Some(vec![AuthMethod::Cephx]),
+            (None, None) => None,
+        };
         o.ms_mon_client_mode = self.ms_mon_client_mode.clone();
         o.ms_client_mode = self.ms_client_mode.clone();
     }

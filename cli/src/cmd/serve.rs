@@ -26,10 +26,12 @@ pub fn run(
     bind: Vec<EntityAddr>,
     workers: Option<usize>,
     nonce: u32,
+    keyring: Option<std::path::PathBuf>,
     metrics: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     let mut options = Options {
         nonce: Some(nonce),
+        keyring,
         ..Options::default()
     };
     if let Some(w) = workers {

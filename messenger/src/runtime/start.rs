@@ -16,7 +16,7 @@ use socket2::{Domain, Socket, Type};
 use super::worker::Worker;
 use super::{Arena, Command, Dispatcher, MessengerInterceptor, Shared, WorkerHandle};
 use crate::options::Options;
-use crate::proto::cephx::Keyring;
+use crate::proto::cephx::{Keyring, KeyringError};
 use crate::proto::endpoint::Entropy;
 use crate::proto::{
     AddrType, AuthConfig, AuthMethod, ConnId, EndpointConfig, EntityAddr, EntityAddrVec,
@@ -75,26 +75,59 @@ fn entropy() -> Result<Entropy, Error> {
     Ok(Entropy(e))
 }
 
-/// The endpoints' auth configuration from the options: our key from the keyring, the
-/// methods offered (cephx alone by default when there is a key) and the modes.
+/// The endpoints' auth configuration from the options: our key and the keys of the peers a
+/// server admits, from the keyring; the methods (cephx alone by default when there is a
+/// keyring) and modes (a monitor's own lists when we are one).
 fn auth_config(name: &EntityName, o: &Options) -> Result<AuthConfig, Error> {
-    let key = match &o.keyring {
-        Some(path) => Some(Keyring::load_key(path, name)?),
+    let keyring = match &o.keyring {
+        Some(path) => Some(Keyring::load(path)?),
         None => None,
     };
+    let key = keyring.as_ref().and_then(|k| k.get(name)).cloned();
     let client_required = match (&o.auth_client_required, &key) {
         (Some(list), _) => list.clone(),
         (None, Some(_)) => vec![AuthMethod::Cephx],
         (None, None) => vec![AuthMethod::None],
     };
     if key.is_none() && !client_required.contains(&AuthMethod::None) {
-        return Err(Error::NoKey(name.clone()));
+        return Err(match &o.keyring {
+            Some(path) => KeyringError::NoEntry {
+                entity: name.to_string(),
+                path: path.display().to_string(),
+            }
+            .into(),
+            None => Error::NoKey(name.clone()),
+        });
     }
+    let server_default = match keyring {
+        Some(_) => vec![AuthMethod::Cephx],
+        None => vec![AuthMethod::None],
+    };
+    let service_required = o
+        .auth_service_required
+        .clone()
+        .unwrap_or(server_default.clone());
+    let cluster_required = o.auth_cluster_required.clone().unwrap_or(server_default);
+    let cephx_served = service_required.contains(&AuthMethod::Cephx)
+        || cluster_required.contains(&AuthMethod::Cephx);
+    if cephx_served && keyring.is_none() {
+        return Err(Error::NoKeyring);
+    }
+    let (service_mode, cluster_mode) = if name.ty == EntityType::MON {
+        (&o.ms_mon_service_mode, &o.ms_mon_cluster_mode)
+    } else {
+        (&o.ms_service_mode, &o.ms_cluster_mode)
+    };
     Ok(AuthConfig {
         client_required,
         mon_client_mode: o.ms_mon_client_mode.clone(),
         client_mode: o.ms_client_mode.clone(),
         key,
+        service_required,
+        cluster_required,
+        service_mode: service_mode.clone(),
+        cluster_mode: cluster_mode.clone(),
+        keyring,
         entropy: Entropy::default(),
     })
 }

@@ -28,7 +28,7 @@ pub enum KeyringError {
 }
 
 /// The entries of a keyring file, in file order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keyring {
     entries: Vec<(EntityName, CryptoKey)>,
 }

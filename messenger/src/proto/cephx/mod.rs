@@ -1,7 +1,7 @@
 //! cephx, Ceph's shared-secret authentication (msgr2-auth.md §1), as leaf modules that import
 //! nothing of the endpoint: [`key`] (keys, Ceph's AES-CBC envelopes, the challenge fold,
-//! HMAC signatures), [`keyring`] (keyring files), [`msgs`] (the cephx messages' codecs) and
-//! [`client`] (what a client sends and what it makes of the answers).
+//! HMAC signatures), [`keyring`] (keyring files), [`msgs`] (the cephx messages' codecs),
+//! [`client`] and [`server`] (each side's steps of the monitor exchange).
 //!
 //! Secrets live in [`Secret`]s: zeroed on drop, never printed.
 
@@ -9,6 +9,7 @@ pub mod client;
 pub mod key;
 pub mod keyring;
 pub mod msgs;
+pub mod server;
 
 pub use key::{CryptoKey, KeyType, Secret};
 pub use keyring::{Keyring, KeyringError};

@@ -14,6 +14,13 @@ use crate::proto::wire::{EntityType, Reader};
 pub const CEPHX_GET_AUTH_SESSION_KEY: u16 = 0x0100;
 
 /// `CephXServerChallenge`: the monitor's AUTH_REPLY_MORE.
+pub fn encode_server_challenge(challenge: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(9);
+    out.put_u8(1);
+    out.put_u64_le(challenge);
+    out.freeze()
+}
+
 pub fn decode_server_challenge(payload: &[u8]) -> Result<u64, CephxError> {
     let mut r = Reader::new(payload);
     let _v = r.u8("CephXServerChallenge version")?;
@@ -69,6 +76,30 @@ impl Authenticate {
         out.put_u32_le(self.other_keys);
         out.freeze()
     }
+
+    /// Reads the request header and `CephXAuthenticate` (v1 has no `other_keys`); fields a
+    /// newer client appends are left unread.
+    pub fn decode(payload: &[u8]) -> Result<Authenticate, CephxError> {
+        let mut r = Reader::new(payload);
+        let got = r.u16("request_type")?;
+        if got != CEPHX_GET_AUTH_SESSION_KEY {
+            return Err(CephxError::UnexpectedReply {
+                got,
+                want: CEPHX_GET_AUTH_SESSION_KEY,
+            });
+        }
+        let v = r.u8("CephXAuthenticate version")?;
+        let client_challenge = r.u64("client_challenge")?;
+        let key = r.u64("key")?;
+        let old_ticket = TicketBlob::decode(&mut r)?;
+        let other_keys = if v >= 2 { r.u32("other_keys")? } else { 0 };
+        Ok(Authenticate {
+            client_challenge,
+            key,
+            old_ticket,
+            other_keys,
+        })
+    }
 }
 
 /// One service's ticket as a client holds it.
@@ -78,6 +109,38 @@ pub struct Ticket {
     pub session_key: CryptoKey,
     pub validity: Duration,
     pub blob: TicketBlob,
+}
+
+/// A service ticket reply under `key`: the counterpart of [`decode_ticket_reply`].
+pub fn encode_ticket_reply(out: &mut BytesMut, key: &CryptoKey, tickets: &[Ticket]) {
+    out.put_u8(1);
+    out.put_u32_le(tickets.len() as u32);
+    for t in tickets {
+        out.put_u32_le(t.service.0 as u32);
+        out.put_u8(1);
+        let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(48));
+        plain.put_u8(1);
+        t.session_key.encode(&mut *plain);
+        plain.put_u32_le(t.validity.as_secs().min(u32::MAX as u64) as u32);
+        plain.put_u32_le(t.validity.subsec_nanos());
+        key.seal_envelope_bl(&plain, out);
+        out.put_u8(0);
+        let mut blob = BytesMut::new();
+        t.blob.encode(&mut blob);
+        out.put_u32_le(blob.len() as u32);
+        out.put_slice(&blob);
+    }
+}
+
+/// The connection secret as [`decode_connection_secret`] reads it.
+pub fn encode_connection_secret(out: &mut BytesMut, session_key: &CryptoKey, secret: &Secret) {
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(4 + secret.len()));
+    plain.put_u32_le(secret.len() as u32);
+    plain.put_slice(secret.expose());
+    let mut inner = Vec::new();
+    session_key.seal_envelope_bl(&plain, &mut inner);
+    out.put_u32_le(inner.len() as u32);
+    out.put_slice(&inner);
 }
 
 /// `CephXServiceTicket` inside its envelope: the session key and how long it is valid.

@@ -7,7 +7,9 @@
 //!
 //! Client: auth none, or cephx to monitors (AUTH_MODE_MON: challenge, proof, session key,
 //! tickets, connection secret); crc or secure mode by the `ms_*_mode` preference lists.
-//! Server: auth none (a cephx server, and cephx authorizers to other daemons, come later).
+//! Server: auth none, or cephx as a monitor answers AUTH_MODE_MON, with the keys of a keyring
+//! (authorizers, to and from other daemons, come later); the mode is the client's most
+//! preferred one that the server allows, as Ceph picks it.
 //! AUTH_SIGNATURE: each side signs every byte it received before auth was done, with the
 //! session key (32 zero bytes without one).
 
@@ -16,9 +18,10 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::proto::cephx::client::{answer_challenge, read_auth_done};
-use crate::proto::cephx::msgs::Ticket;
-use crate::proto::cephx::{CryptoKey, Secret};
-use crate::proto::control::{AuthNonePayload, Control, AUTH_METHOD_NONE, CON_MODE_CRC};
+use crate::proto::cephx::msgs::{encode_server_challenge, Ticket};
+use crate::proto::cephx::server::{check_proof, wanted_services, Grant};
+use crate::proto::cephx::{CryptoKey, KeyType, Secret};
+use crate::proto::control::{AuthNonePayload, Control};
 use crate::proto::secure::{SecureError, SECRET_LEN};
 use crate::proto::wire::{EntityName, EntityType};
 
@@ -27,6 +30,8 @@ use super::fault::FaultReason;
 
 /// `-EOPNOTSUPP`: Ceph's result code in AUTH_BAD_METHOD for a method it does not offer.
 const EOPNOTSUPP: i32 = -95;
+/// `-EACCES`: Ceph's result code in AUTH_BAD_METHOD for a cephx proof that fails.
+const EACCES: i32 = -13;
 
 /// How frames are protected once auth is done (AUTH_DONE's `con_mode`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +51,10 @@ pub(super) enum ServerAuth {
         mode: ConMode,
         payload: Bytes,
     },
-    /// AUTH_BAD_METHOD: not a method or mode we offer; the client may try another.
+    /// AUTH_REPLY_MORE with this payload (cephx's challenge).
+    More(Bytes),
+    /// AUTH_BAD_METHOD: not a method or mode we offer, or a failed proof; the client may
+    /// try another.
     BadMethod(Control),
 }
 
@@ -80,6 +88,10 @@ pub(super) struct ConnAuth {
     sent: Vec<u8>,
     /// Once auth is done: the method and mode it settled on.
     pub(super) security: Option<Security>,
+    /// Server: the cephx challenge sent, to whom, for which mode.
+    challenge: Option<(EntityName, u64, ModeName)>,
+    /// Server: who proved to hold their key (cephx).
+    pub(super) authenticated: Option<EntityName>,
 }
 
 impl Default for ConnAuth {
@@ -92,6 +104,8 @@ impl Default for ConnAuth {
             transcript: Some(Transcript::default()),
             sent: Vec::new(),
             security: None,
+            challenge: None,
+            authenticated: None,
         }
     }
 }
@@ -128,15 +142,19 @@ pub(super) struct Auth {
     rng: ChaCha20Rng,
     /// Service tickets from the last monitor authentication (for authorizers, later).
     tickets: Vec<Ticket>,
+    /// Server: seals the blobs of the tickets we issue (only we read them back).
+    ticket_secret: CryptoKey,
 }
 
 impl Auth {
     pub(super) fn new(cfg: AuthConfig) -> Auth {
-        let rng = ChaCha20Rng::from_seed(cfg.entropy.0);
+        let mut rng = ChaCha20Rng::from_seed(cfg.entropy.0);
+        let ticket_secret = random_key(&mut rng);
         Auth {
             cfg,
             rng,
             tickets: Vec::new(),
+            ticket_secret,
         }
     }
 
@@ -278,45 +296,174 @@ impl Auth {
         })
     }
 
-    /// The server's answer to AUTH_REQUEST. Auth none takes the global_id the client asks
-    /// for, or assigns the next of `next_global_id` (as a monitor does on first contact).
+    /// What a server allows from a peer of `peer_type`: methods, and the modes cephx may
+    /// use (clients: `auth_service_required` and the service modes; daemons: the cluster
+    /// ones).
+    fn allowed(&self, peer_type: EntityType) -> (&[AuthMethod], &[ModeName]) {
+        if peer_type == EntityType::CLIENT {
+            (&self.cfg.service_required, &self.cfg.service_mode)
+        } else {
+            (&self.cfg.cluster_required, &self.cfg.cluster_mode)
+        }
+    }
+
+    /// AUTH_BAD_METHOD with what we allow from `peer_type`.
+    fn bad_method(&self, peer_type: EntityType, method: u32, result: i32) -> ServerAuth {
+        let (methods, modes) = self.allowed(peer_type);
+        let modes = if methods.contains(&AuthMethod::Cephx) {
+            modes.iter().map(|m| m.to_wire()).collect()
+        } else {
+            vec![ModeName::Crc.to_wire()]
+        };
+        ServerAuth::BadMethod(Control::AuthBadMethod {
+            method,
+            result,
+            allowed_methods: methods.iter().map(|m| m.to_wire()).collect(),
+            allowed_modes: modes,
+        })
+    }
+
+    /// The server's answer to AUTH_REQUEST: auth none at once (taking the global_id the
+    /// client asks for, or assigning the next of `next_global_id`, as a monitor does on
+    /// first contact), or cephx's challenge.
     pub(super) fn server_request(
-        &self,
+        &mut self,
         st: &mut ConnAuth,
+        peer_type: EntityType,
         method: u32,
         modes: &[u32],
         payload: &[u8],
         next_global_id: &mut u64,
     ) -> ServerAuth {
-        if method != AUTH_METHOD_NONE || !modes.contains(&CON_MODE_CRC) {
-            return ServerAuth::BadMethod(Control::AuthBadMethod {
-                method,
-                result: EOPNOTSUPP,
-                allowed_methods: vec![AUTH_METHOD_NONE],
-                allowed_modes: vec![CON_MODE_CRC],
-            });
-        }
-        let requested = AuthNonePayload::decode(payload)
-            .map(|p| p.global_id())
-            .unwrap_or(0);
-        let global_id = if requested != 0 {
-            requested
-        } else {
-            // Our own counter, one per client authenticated: far from u64::MAX.
-            *next_global_id += 1;
-            *next_global_id
+        st.challenge = None;
+        let (methods, cephx_modes) = self.allowed(peer_type);
+        let Some(m) = methods.iter().copied().find(|m| m.to_wire() == method) else {
+            return self.bad_method(peer_type, method, EOPNOTSUPP);
         };
-        st.tried.push(AuthMethod::None);
-        st.security = Some(Security {
-            method: AuthMethod::None,
-            mode: ModeName::Crc,
-        });
-        ServerAuth::Done {
-            global_id,
-            mode: ConMode::Crc,
-            payload: Bytes::new(),
+        let usable: &[ModeName] = match m {
+            AuthMethod::None => &[ModeName::Crc],
+            AuthMethod::Cephx => cephx_modes,
+        };
+        // The client's most preferred mode that we allow (Ceph's pick_mode).
+        let mode = modes
+            .iter()
+            .filter_map(|w| ModeName::from_wire(*w))
+            .find(|m| usable.contains(m));
+        let Some(mode) = mode else {
+            return self.bad_method(peer_type, method, EOPNOTSUPP);
+        };
+        let request = AuthNonePayload::decode(payload);
+        match m {
+            AuthMethod::None => {
+                let requested = request.map(|p| p.global_id()).unwrap_or(0);
+                let global_id = if requested != 0 {
+                    requested
+                } else {
+                    next_id(next_global_id)
+                };
+                st.tried.push(AuthMethod::None);
+                st.security = Some(Security {
+                    method: AuthMethod::None,
+                    mode: ModeName::Crc,
+                });
+                ServerAuth::Done {
+                    global_id,
+                    mode: ConMode::Crc,
+                    payload: Bytes::new(),
+                }
+            }
+            AuthMethod::Cephx => match request {
+                // A monitor's exchange; authorizers (to other daemons) are not served yet.
+                Ok(AuthNonePayload::MonClient { name, .. }) if self.cfg.keyring.is_some() => {
+                    let challenge = self.rng.next_u64();
+                    st.tried.push(AuthMethod::Cephx);
+                    st.challenge = Some((name, challenge, mode));
+                    ServerAuth::More(encode_server_challenge(challenge))
+                }
+                _ => self.bad_method(peer_type, method, EOPNOTSUPP),
+            },
         }
     }
+
+    /// The server's answer to AUTH_REQUEST_MORE (cephx's proof): AUTH_DONE with the session
+    /// key, tickets and connection secret, or AUTH_BAD_METHOD (-EACCES) for a name we have no
+    /// key of or a proof that fails. `None`: no challenge was pending.
+    pub(super) fn server_more(
+        &mut self,
+        st: &mut ConnAuth,
+        peer_type: EntityType,
+        payload: &[u8],
+        next_global_id: &mut u64,
+    ) -> Option<Result<ServerAuth, FaultReason>> {
+        let (name, challenge, mode) = st.challenge.take()?;
+        let key = self.cfg.keyring.as_ref().and_then(|k| k.get(&name));
+        let proven = match key.map(|k| check_proof(k, challenge, payload)) {
+            Some(Ok(Some(req))) => req,
+            Some(Err(e)) => return Some(Err(e.into())),
+            // No such entity, or the wrong key: Ceph answers both the same way.
+            Some(Ok(None)) | None => {
+                tracing::info!(peer = %name, "cephx: authentication failed (unknown name or wrong key)");
+                return Some(Ok(self.bad_method(
+                    peer_type,
+                    AuthMethod::Cephx.to_wire(),
+                    EACCES,
+                )));
+            }
+        };
+        let key = key.expect("proven").clone();
+        let session_key = random_key(&mut self.rng);
+        let mut secret = vec![
+            0u8;
+            if mode == ModeName::Secure {
+                SECRET_LEN
+            } else {
+                0
+            }
+        ];
+        self.rng.fill_bytes(&mut secret);
+        let secret = Secret::new(secret);
+        let service_keys = wanted_services(proven.other_keys)
+            .map(|t| (t, random_key(&mut self.rng)))
+            .collect();
+        let global_id = next_id(next_global_id);
+        let grant = Grant {
+            name: &name,
+            global_id,
+            session_key: session_key.clone(),
+            service_keys,
+            connection_secret: secret.clone(),
+            ticket_secret: &self.ticket_secret,
+        };
+        let payload = grant.auth_done_payload(&key);
+        st.session_key = Some(session_key);
+        st.security = Some(Security {
+            method: AuthMethod::Cephx,
+            mode,
+        });
+        st.authenticated = Some(name);
+        let mode = match mode {
+            ModeName::Crc => ConMode::Crc,
+            ModeName::Secure => ConMode::Secure(secret),
+        };
+        Some(Ok(ServerAuth::Done {
+            global_id,
+            mode,
+            payload,
+        }))
+    }
+}
+
+/// The next global_id of our own counter (one per client authenticated: far from u64::MAX).
+fn next_id(counter: &mut u64) -> u64 {
+    *counter += 1;
+    *counter
+}
+
+/// A fresh AES session key.
+fn random_key(rng: &mut ChaCha20Rng) -> CryptoKey {
+    let mut b = vec![0u8; 16];
+    rng.fill_bytes(&mut b);
+    CryptoKey::new(KeyType::Aes, (0, 0), Secret::new(b)).expect("16 bytes")
 }
 
 #[cfg(test)]
@@ -345,7 +492,12 @@ mod tests {
     fn the_first_request_offers_what_the_key_and_peer_allow() {
         use AuthMethod::*;
         /// Methods configured, key present, peer type: (method, modes) offered, if any.
-        type Row = (&'static [AuthMethod], bool, EntityType, Option<(u32, Vec<u32>)>);
+        type Row = (
+            &'static [AuthMethod],
+            bool,
+            EntityType,
+            Option<(u32, Vec<u32>)>,
+        );
         #[rustfmt::skip]
         let rows: [Row; 6] = [
             (&[Cephx], true, EntityType::MON, Some((2, vec![2, 1]))),

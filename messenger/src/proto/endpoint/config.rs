@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::fmt;
 
-use crate::proto::cephx::CryptoKey;
+use crate::proto::cephx::{CryptoKey, Keyring};
 use crate::proto::control::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
 use crate::proto::frame::FrameLimits;
 use crate::proto::policy::Policy;
@@ -278,8 +278,7 @@ impl fmt::Debug for Entropy {
     }
 }
 
-/// What a client offers (Ceph's option names in brackets); the server side is auth none
-/// only for now.
+/// What a client offers and a server allows (Ceph's option names in brackets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// `auth_client_required`: methods offered, preferred first. Cephx is offered only with
@@ -291,6 +290,18 @@ pub struct AuthConfig {
     pub client_mode: Vec<ModeName>,
     /// Our cephx key (from the `keyring`, for our name).
     pub key: Option<CryptoKey>,
+    /// `auth_service_required`: methods a server allows from clients.
+    pub service_required: Vec<AuthMethod>,
+    /// `auth_cluster_required`: methods a server allows from daemons (mon, osd, mds, mgr).
+    pub cluster_required: Vec<AuthMethod>,
+    /// Modes a server allows from clients: `ms_mon_service_mode` for a monitor,
+    /// `ms_service_mode` otherwise.
+    pub service_mode: Vec<ModeName>,
+    /// Modes a server allows from daemons: `ms_mon_cluster_mode` for a monitor,
+    /// `ms_cluster_mode` otherwise.
+    pub cluster_mode: Vec<ModeName>,
+    /// The keys of the entities a server authenticates with cephx, as a monitor does.
+    pub keyring: Option<Keyring>,
     pub entropy: Entropy,
 }
 
@@ -302,6 +313,11 @@ impl Default for AuthConfig {
             mon_client_mode: vec![ModeName::Secure, ModeName::Crc],
             client_mode: vec![ModeName::Crc, ModeName::Secure],
             key: None,
+            service_required: vec![AuthMethod::None],
+            cluster_required: vec![AuthMethod::None],
+            service_mode: vec![ModeName::Crc, ModeName::Secure],
+            cluster_mode: vec![ModeName::Crc, ModeName::Secure],
+            keyring: None,
             entropy: Entropy::default(),
         }
     }

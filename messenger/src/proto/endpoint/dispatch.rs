@@ -189,6 +189,9 @@ impl Endpoint {
                     auth_payload,
                 },
             ) => self.on_auth_request(cid, method, &preferred_modes, &auth_payload),
+            (Role::Server, ConnState::Auth, Control::AuthRequestMore { auth_payload }) => {
+                self.on_auth_request_more(cid, &auth_payload)
+            }
             (Role::Server, ConnState::AuthSign, Control::AuthSignature { sha256 }) => {
                 self.on_client_signature(cid, frame, &sha256)
             }

@@ -405,7 +405,12 @@ impl Endpoint {
         s.was_ready = true;
         s.backoff = Duration::ZERO;
         s.conn = Some(cid);
-        let peer = s.peer_name();
+        // Who the peer proved to be, when it did (cephx); else what it says it is.
+        let peer = self.conns[&cid]
+            .auth
+            .authenticated
+            .clone()
+            .unwrap_or_else(|| s.peer_name());
         let security = self.conns[&cid].auth.security.unwrap_or(Security {
             method: AuthMethod::None,
             mode: ModeName::Crc,

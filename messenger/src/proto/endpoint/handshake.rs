@@ -246,17 +246,39 @@ impl Endpoint {
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
         let reply = self.auth.server_request(
             &mut c.auth,
+            c.peer_type,
             method,
             modes,
             payload,
             &mut self.next_global_id,
         );
+        self.answer_auth(cid, reply)
+    }
+
+    /// AUTH_REQUEST_MORE: cephx's proof.
+    pub(super) fn on_auth_request_more(&mut self, cid: ConnId, payload: &[u8]) -> Flow {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let reply =
+            self.auth
+                .server_more(&mut c.auth, c.peer_type, payload, &mut self.next_global_id);
+        match reply {
+            Some(Ok(reply)) => self.answer_auth(cid, reply),
+            Some(Err(reason)) => self.fail(cid, reason),
+            None => self.unexpected(cid, Tag::AuthRequestMore),
+        }
+    }
+
+    fn answer_auth(&mut self, cid: ConnId, reply: ServerAuth) -> Flow {
         let (global_id, mode, auth_payload) = match reply {
             ServerAuth::Done {
                 global_id,
                 mode,
                 payload,
             } => (global_id, mode, payload),
+            ServerAuth::More(auth_payload) => {
+                self.send_control(cid, Control::AuthReplyMore { auth_payload });
+                return Ok(());
+            }
             ServerAuth::BadMethod(reply) => {
                 // Ceph's answer to a method it does not offer; the client may try another.
                 self.send_control(cid, reply);
@@ -266,6 +288,11 @@ impl Endpoint {
         let c = self.conns.get_mut(&cid).expect("checked");
         c.set_state(ConnState::AuthSign);
         let con_mode = c.auth.security.map_or(CON_MODE_CRC, |s| s.mode.to_wire());
+        if let (Some(name), Some(security)) = (&c.auth.authenticated, c.auth.security) {
+            c.span.in_scope(|| {
+                tracing::info!(peer = %name, %security, "authenticated");
+            });
+        }
         // AUTH_DONE is the last frame of what we sent (the client signs it); what we received
         // up to the request is what we sign.
         self.send_control(

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use crate::proto::frame::{Frame, FrameDecoder, TxQueue};
 use crate::proto::secure::GcmStream;
-use crate::proto::wire::{AddrType, EntityAddr, EntityType};
+use crate::proto::wire::{AddrType, EntityAddr, EntityName, EntityType};
 
 use super::config::{owner_of, placement_hash, Security};
 use super::conn::{Conn, ConnState, Role};
@@ -27,6 +27,7 @@ pub struct Handoff {
     /// Secure mode's receiving cipher (the sending one is in `tx`).
     rx_cipher: Option<GcmStream>,
     security: Option<Security>,
+    authenticated: Option<EntityName>,
     tx: TxQueue,
 }
 
@@ -54,6 +55,7 @@ impl Endpoint {
         // Auth was done on the first endpoint.
         conn.auth.transcript = None;
         conn.auth.security = handoff.security;
+        conn.auth.authenticated = handoff.authenticated;
         let unsent = !handoff.tx.is_empty();
         conn.tx = handoff.tx;
         self.conns.insert(cid, conn);
@@ -102,6 +104,7 @@ impl Endpoint {
             stream_offset,
             rx_cipher,
             security: c.auth.security,
+            authenticated: c.auth.authenticated.take(),
             tx,
         };
         self.migrating = Some((cid, to, handoff));
