@@ -7,8 +7,9 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ringwire::proto::cephx::client::{answer_challenge, read_auth_done};
-use ringwire::proto::cephx::{CryptoKey, Keyring};
+use ringwire::proto::cephx::client::{answer_challenge, read_auth_done, read_authorize_reply};
+use ringwire::proto::cephx::msgs::{decode_authorize_challenge, encode_authorizer};
+use ringwire::proto::cephx::{CephxError, CryptoKey, Keyring};
 use ringwire::proto::frame::{encode_frame, BANNER_LEN, SECURE_HEAD_LEN};
 use ringwire::proto::secure::{streams, SecureError};
 use ringwire::proto::{
@@ -224,43 +225,112 @@ fn secure_frames_decrypt_and_seal_again_to_cephs_bytes() {
     for n in [0, 1] {
         let x = mon_exchange("cephx-secure", n);
         let done = read_auth_done(&client_key(), &payload(&x.server[2].0)).unwrap();
-        let secret = done.connection_secret.expose();
-        let (client_tx, client_rx) = streams(secret, false).unwrap();
-        let (_, server_rx) = streams(secret, true).unwrap();
-        let key = &done.auth.session_key;
-        let mut c_dec = x.c_dec;
-        c_dec.set_cipher(server_rx);
-        let (c, c_end) = frames(&x.c2s, &mut c_dec, x.c_end, |_| false);
-        let mut s_dec = x.s_dec;
-        s_dec.set_cipher(client_rx);
-        let (s, s_end) = frames(&x.s2c, &mut s_dec, x.s_end, |_| false);
-        assert_eq!(
-            (c_end, s_end),
-            (x.c2s.len(), x.s2c.len()),
-            "stream {n}: all bytes"
+        let secret = done.connection_secret.clone();
+        let (_, s) = check_sealed(
+            x,
+            secret.expose(),
+            &done.auth.session_key,
+            &format!("mon {n}"),
         );
-        assert_eq!(sha(&c[0].0), key.hmac_sha256(&x.s2c[..x.s_end]));
-        assert_eq!(sha(&s[0].0), key.hmac_sha256(&x.c2s[..x.c_end]));
         assert!(s
             .iter()
             .any(|(f, _)| f.segments.len() > 1 && f.segments[1].len() > 48));
-        let mut tx = TxQueue::default();
-        tx.set_cipher(client_tx);
-        for (f, range) in &c {
-            let segs: Vec<Vec<Bytes>> = f.segments.iter().map(|s| vec![s.clone()]).collect();
-            let segs: Vec<(&[Bytes], u16)> = segs
-                .iter()
-                .zip(&f.preamble.segments)
-                .map(|(s, d)| (&s[..], d.align))
-                .collect();
-            encode_frame(&mut tx, f.tag(), &segs);
-            assert_eq!(
-                tx.take_all(),
-                &x.c2s[range.clone()],
-                "stream {n} frame at {}",
-                range.start
-            );
-        }
+    }
+}
+
+/// Both directions of a secure connection after auth: every frame decrypts and covers the
+/// stream; each side's AUTH_SIGNATURE signs what it received under `key`; every client frame
+/// sealed again gives Ceph's bytes. Returns the decrypted frames (client's, server's).
+fn check_sealed(x: MonExchange, secret: &[u8], key: &CryptoKey, what: &str) -> (Framed, Framed) {
+    let (client_tx, client_rx) = streams(secret, false).unwrap();
+    let (_, server_rx) = streams(secret, true).unwrap();
+    let mut c_dec = x.c_dec;
+    c_dec.set_cipher(server_rx);
+    let (c, c_end) = frames(&x.c2s, &mut c_dec, x.c_end, |_| false);
+    let mut s_dec = x.s_dec;
+    s_dec.set_cipher(client_rx);
+    let (s, s_end) = frames(&x.s2c, &mut s_dec, x.s_end, |_| false);
+    assert_eq!(
+        (c_end, s_end),
+        (x.c2s.len(), x.s2c.len()),
+        "{what}: all bytes"
+    );
+    assert_eq!(sha(&c[0].0), key.hmac_sha256(&x.s2c[..x.s_end]), "{what}");
+    assert_eq!(sha(&s[0].0), key.hmac_sha256(&x.c2s[..x.c_end]), "{what}");
+    let mut tx = TxQueue::default();
+    tx.set_cipher(client_tx);
+    for (f, range) in &c {
+        let segs: Vec<Vec<Bytes>> = f.segments.iter().map(|s| vec![s.clone()]).collect();
+        let segs: Vec<(&[Bytes], u16)> = segs
+            .iter()
+            .zip(&f.preamble.segments)
+            .map(|(s, d)| (&s[..], d.align))
+            .collect();
+        encode_frame(&mut tx, f.tag(), &segs);
+        let at = range.start;
+        assert_eq!(
+            tx.take_all(),
+            &x.c2s[range.clone()],
+            "{what}: frame at {at}"
+        );
+    }
+    (c, s)
+}
+
+type Framed = Vec<(Frame, Range<usize>)>;
+
+/// The OSD scenario in secure mode: the OSD ticket from the monitor's AUTH_DONE (crc mode),
+/// then our authorizer, its answer to the OSD's challenge, and our reading of the OSD's reply
+/// are byte for byte or value for value Ceph's; the connection secret so found opens every
+/// sealed frame, the 100 kB object's among them, and our encoder seals them identically.
+#[test]
+fn the_authorizer_and_the_osds_answers_are_cephs() {
+    for (mon, osd) in [(2, 3), (6, 7)] {
+        let m = mon_exchange("cephx-osd-secure", mon);
+        let Control::AuthDone { global_id, .. } = control(&m.server[2].0) else {
+            panic!("AUTH_DONE")
+        };
+        let done = read_auth_done(&client_key(), &payload(&m.server[2].0)).unwrap();
+        let ticket = done
+            .tickets
+            .iter()
+            .find(|t| t.service == EntityType::OSD)
+            .expect("an osd ticket");
+        let x = mon_exchange("cephx-osd-secure", osd);
+        let Control::AuthRequest { auth_payload, .. } = control(&x.client[1].0) else {
+            panic!("AUTH_REQUEST")
+        };
+        // The nonce is inside the sealed CephXAuthorize at the end (le32 32 + ciphertext).
+        let sealed = &auth_payload[auth_payload.len() - 32..];
+        let authorize = ticket.session_key.open_envelope(sealed).unwrap();
+        let nonce = u64::from_le_bytes(authorize.expose()[1..9].try_into().unwrap());
+        let first = encode_authorizer(global_id, ticket, nonce, None);
+        assert_eq!(first, auth_payload, "osd stream {osd}: AUTH_REQUEST");
+        let challenge =
+            decode_authorize_challenge(&ticket.session_key, &payload(&x.server[1].0)).unwrap();
+        let again = encode_authorizer(global_id, ticket, nonce, Some(challenge));
+        assert_eq!(
+            again,
+            payload(&x.client[2].0),
+            "osd stream {osd}: AUTH_REQUEST_MORE"
+        );
+        let secret = read_authorize_reply(ticket, nonce, &payload(&x.server[2].0)).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert_eq!(
+            read_authorize_reply(ticket, nonce + 1, &payload(&x.server[2].0)),
+            Err(CephxError::BadNonce)
+        );
+        let (c, s) = check_sealed(
+            x,
+            secret.expose(),
+            &ticket.session_key,
+            &format!("osd {osd}"),
+        );
+        let data = c.iter().chain(&s).filter_map(|(f, _)| f.segments.get(3));
+        assert!(
+            data.clone().any(|d| d.len() == 100_000),
+            "the 100 kB object"
+        );
     }
 }
 

@@ -1,13 +1,15 @@
-//! A cephx client's side of AUTH_MODE_MON (Ceph `CephxClientHandler.cc`): answering the
-//! monitor's challenge, and reading its AUTH_DONE (the auth session key, the connection
-//! secret, the service tickets). Pure functions; the endpoint keeps the state between them.
+//! A cephx client's side (Ceph `CephxClientHandler.cc`): with a monitor (AUTH_MODE_MON),
+//! answering its challenge and reading its AUTH_DONE (the auth session key, the connection
+//! secret, the service tickets); with a service, checking its answer to our authorizer.
+//! Pure functions; the endpoint keeps the state between them.
 
 use bytes::Bytes;
 
 use super::key::{CryptoKey, Secret};
 use super::msgs::{
-    decode_connection_secret, decode_response_header, decode_server_challenge, decode_ticket_reply,
-    Authenticate, Ticket, TicketBlob, CEPHX_GET_AUTH_SESSION_KEY,
+    decode_authorize_reply, decode_connection_secret, decode_response_header,
+    decode_server_challenge, decode_ticket_reply, Authenticate, Ticket, TicketBlob,
+    CEPHX_GET_AUTH_SESSION_KEY,
 };
 use super::CephxError;
 use crate::proto::wire::{EntityType, Reader};
@@ -70,4 +72,18 @@ pub fn read_auth_done(key: &CryptoKey, payload: &[u8]) -> Result<MonAuthDone, Ce
         connection_secret,
         tickets,
     })
+}
+
+/// Checks a service's AUTH_DONE to our authorizer (its `nonce + 1` proves it opened our
+/// ticket) and returns the connection secret it chose.
+pub fn read_authorize_reply(
+    ticket: &Ticket,
+    nonce: u64,
+    payload: &[u8],
+) -> Result<Secret, CephxError> {
+    let (nonce_plus_one, secret) = decode_authorize_reply(&ticket.session_key, payload)?;
+    if nonce_plus_one != nonce.wrapping_add(1) {
+        return Err(CephxError::BadNonce);
+    }
+    Ok(secret)
 }

@@ -47,6 +47,6 @@ pub enum CephxError {
     Status(i32),
     #[error("the monitor's reply holds no auth ticket")]
     NoAuthTicket,
-    #[error("connection secret of {0} bytes; secure mode needs 64")]
-    BadSecretLength(usize),
+    #[error("the service's reply to our authorizer does not carry our nonce + 1: it could not read our ticket")]
+    BadNonce,
 }

@@ -208,3 +208,59 @@ pub fn decode_connection_secret(
     let mut p = Reader::new(plain.expose());
     Ok(Secret::from_slice(p.bufferlist("connection secret")?))
 }
+
+/// A cephx authorizer (`CephXAuthorizer`), the AUTH_REQUEST(_MORE) payload to a service: our
+/// global_id and the ticket for the service, then `CephXAuthorize` sealed under the ticket's
+/// session key (`challenge`: the service's challenge to answer, once it sent one).
+pub fn encode_authorizer(
+    global_id: u64,
+    ticket: &Ticket,
+    nonce: u64,
+    challenge: Option<u64>,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(64 + ticket.blob.blob.len());
+    out.put_u8(1);
+    out.put_u64_le(global_id);
+    out.put_u32_le(ticket.service.0 as u32);
+    ticket.blob.encode(&mut out);
+    let mut msg = [0u8; 18];
+    msg[0] = 2;
+    msg[1..9].copy_from_slice(&nonce.to_le_bytes());
+    msg[9] = u8::from(challenge.is_some());
+    // Ceph's `server_challenge + 1`, a u64 that wraps.
+    let answer = challenge.map_or(0, |c| c.wrapping_add(1));
+    msg[10..].copy_from_slice(&answer.to_le_bytes());
+    ticket.session_key.seal_envelope_bl(&msg, &mut out);
+    out.freeze()
+}
+
+/// The service's AUTH_REPLY_MORE to an authorizer: `CephXAuthorizeChallenge` sealed under
+/// the ticket's session key (no length prefix inside the payload).
+pub fn decode_authorize_challenge(
+    session_key: &CryptoKey,
+    payload: &[u8],
+) -> Result<u64, CephxError> {
+    let plain = session_key.open_envelope(payload)?;
+    let mut r = Reader::new(plain.expose());
+    let _v = r.u8("CephXAuthorizeChallenge version")?;
+    Ok(r.u64("server_challenge")?)
+}
+
+/// The service's AUTH_DONE payload: `CephXAuthorizeReply` sealed under the ticket's session
+/// key, as a bufferlist: `nonce + 1`, and (v2) the connection secret.
+pub fn decode_authorize_reply(
+    session_key: &CryptoKey,
+    payload: &[u8],
+) -> Result<(u64, Secret), CephxError> {
+    let mut outer = Reader::new(payload);
+    let plain = session_key.open_envelope(outer.bufferlist("CephXAuthorizeReply")?)?;
+    let mut r = Reader::new(plain.expose());
+    let v = r.u8("CephXAuthorizeReply version")?;
+    let nonce_plus_one = r.u64("nonce_plus_one")?;
+    let secret = if v >= 2 {
+        Secret::from_slice(r.bufferlist("connection secret")?)
+    } else {
+        Secret::new(Vec::new())
+    };
+    Ok((nonce_plus_one, secret))
+}

@@ -5,8 +5,10 @@
 //! [`ConnAuth`]; it gets back the connection mode ([`ConMode`]) the exchange settled on.
 //! Sessions never see any of it.
 //!
-//! Client: auth none, or cephx to monitors (AUTH_MODE_MON: challenge, proof, session key,
-//! tickets, connection secret); crc or secure mode by the `ms_*_mode` preference lists.
+//! Client: auth none, or cephx: to monitors AUTH_MODE_MON (challenge, proof, session key,
+//! tickets, connection secret), to other daemons an authorizer with the ticket a monitor gave
+//! this endpoint (answering the service's challenge); crc or secure mode by the
+//! `ms_*_mode` preference lists.
 //! Server: auth none, or cephx as a monitor answers AUTH_MODE_MON, with the keys of a keyring
 //! (authorizers, to and from other daemons, come later); the mode is the client's most
 //! preferred one that the server allows, as Ceph picks it.
@@ -17,8 +19,10 @@ use bytes::Bytes;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::proto::cephx::client::{answer_challenge, read_auth_done};
-use crate::proto::cephx::msgs::{encode_server_challenge, Ticket};
+use crate::proto::cephx::client::{answer_challenge, read_auth_done, read_authorize_reply};
+use crate::proto::cephx::msgs::{
+    decode_authorize_challenge, encode_authorizer, encode_server_challenge, Ticket,
+};
 use crate::proto::cephx::server::{check_proof, wanted_services, Grant};
 use crate::proto::cephx::{CryptoKey, KeyType, Secret};
 use crate::proto::control::{AuthNonePayload, Control};
@@ -81,6 +85,8 @@ pub(super) struct ConnAuth {
     modes_offered: Vec<ModeName>,
     /// cephx: our proof went out, so a refusal now means the key was wrong.
     proved: bool,
+    /// cephx to a service: the ticket presented and the authorizer's nonce.
+    authorizer: Option<(Ticket, u64)>,
     session_key: Option<CryptoKey>,
     /// Recorded until auth is done (then `None`).
     pub(super) transcript: Option<Transcript>,
@@ -100,6 +106,7 @@ impl Default for ConnAuth {
             tried: Vec::new(),
             modes_offered: Vec::new(),
             proved: false,
+            authorizer: None,
             session_key: None,
             transcript: Some(Transcript::default()),
             sent: Vec::new(),
@@ -140,8 +147,10 @@ impl ConnAuth {
 pub(super) struct Auth {
     cfg: AuthConfig,
     rng: ChaCha20Rng,
-    /// Service tickets from the last monitor authentication (for authorizers, later).
+    /// Service tickets from the last monitor authentication, for authorizers.
     tickets: Vec<Ticket>,
+    /// The global_id the monitor gave us with them.
+    global_id: u64,
     /// Server: seals the blobs of the tickets we issue (only we read them back).
     ticket_secret: CryptoKey,
 }
@@ -154,12 +163,13 @@ impl Auth {
             cfg,
             rng,
             tickets: Vec::new(),
+            global_id: 0,
             ticket_secret,
         }
     }
 
     /// The methods we can use with a peer of `peer_type`, preferred first: cephx needs our
-    /// key, and (until authorizers) a monitor.
+    /// key, and for a service, a ticket for it.
     fn usable(&self, peer_type: EntityType) -> impl Iterator<Item = AuthMethod> + '_ {
         self.cfg
             .client_required
@@ -167,8 +177,15 @@ impl Auth {
             .copied()
             .filter(move |m| match m {
                 AuthMethod::None => true,
-                AuthMethod::Cephx => self.cfg.key.is_some() && peer_type == EntityType::MON,
+                AuthMethod::Cephx => {
+                    self.cfg.key.is_some()
+                        && (peer_type == EntityType::MON || self.ticket(peer_type).is_some())
+                }
             })
+    }
+
+    fn ticket(&self, service: EntityType) -> Option<&Ticket> {
+        self.tickets.iter().find(|t| t.service == service)
     }
 
     fn modes_for(&self, method: AuthMethod, peer_type: EntityType) -> Vec<ModeName> {
@@ -183,7 +200,7 @@ impl Auth {
     /// The client's AUTH_REQUEST to a peer of type `peer_type` with the first method not
     /// yet tried (and in `allowed`, when the peer said which it allows).
     pub(super) fn client_request(
-        &self,
+        &mut self,
         me: &EntityName,
         peer_type: EntityType,
         st: &mut ConnAuth,
@@ -194,6 +211,20 @@ impl Auth {
             .find(|m| !st.tried.contains(m) && allowed.is_none_or(|a| a.contains(&m.to_wire())))?;
         st.tried.push(method);
         st.modes_offered = self.modes_for(method, peer_type);
+        let preferred_modes = st.modes_offered.iter().map(|m| m.to_wire()).collect();
+        if method == AuthMethod::Cephx && peer_type != EntityType::MON {
+            let ticket = self.ticket(peer_type).cloned().expect("usable");
+            let nonce = self.rng.next_u64();
+            let auth_payload = encode_authorizer(self.global_id, &ticket, nonce, None);
+            // The authorizer proves what we hold: a refusal from here on is of our ticket.
+            st.proved = true;
+            st.authorizer = Some((ticket, nonce));
+            return Some(Control::AuthRequest {
+                method: method.to_wire(),
+                preferred_modes,
+                auth_payload,
+            });
+        }
         let name = me.clone();
         // A MonClient talks to monitors (cephx's AUTH_MODE_MON payload has the same layout);
         // everything else presents an authorizer.
@@ -208,7 +239,7 @@ impl Auth {
         };
         Some(Control::AuthRequest {
             method: method.to_wire(),
-            preferred_modes: st.modes_offered.iter().map(|m| m.to_wire()).collect(),
+            preferred_modes,
             auth_payload: p.encode(),
         })
     }
@@ -220,6 +251,17 @@ impl Auth {
         st: &mut ConnAuth,
         payload: &[u8],
     ) -> Option<Result<Bytes, FaultReason>> {
+        if let Some((ticket, nonce)) = &st.authorizer {
+            // A service's challenge: the same authorizer again, answering it. Once only.
+            if st.session_key.is_some() {
+                return None;
+            }
+            let answer = decode_authorize_challenge(&ticket.session_key, payload)
+                .map(|c| encode_authorizer(self.global_id, ticket, *nonce, Some(c)))
+                .map_err(Into::into);
+            st.session_key = Some(ticket.session_key.clone());
+            return Some(answer);
+        }
         match (st.method(), &self.cfg.key) {
             (Some(AuthMethod::Cephx), Some(key)) if !st.proved => {
                 st.proved = true;
@@ -234,6 +276,7 @@ impl Auth {
     pub(super) fn client_done(
         &mut self,
         st: &mut ConnAuth,
+        global_id: u64,
         con_mode: u32,
         payload: &[u8],
     ) -> Result<ConMode, FaultReason> {
@@ -243,25 +286,31 @@ impl Auth {
         let method = st
             .method()
             .ok_or(FaultReason::UnsupportedConMode(con_mode))?;
-        let con = match (method, &self.cfg.key) {
-            (AuthMethod::Cephx, Some(key)) => {
+        let secret = match (method, &self.cfg.key, &st.authorizer) {
+            (AuthMethod::Cephx, _, Some((ticket, nonce))) => {
+                st.session_key = Some(ticket.session_key.clone());
+                read_authorize_reply(ticket, *nonce, payload)?
+            }
+            (AuthMethod::Cephx, Some(key), None) => {
                 let done = read_auth_done(key, payload)?;
                 st.session_key = Some(done.auth.session_key);
                 self.tickets = done.tickets;
+                self.global_id = global_id;
                 tracing::debug!(
                     tickets = ?self.tickets.iter().map(|t| t.service).collect::<Vec<_>>(),
                     "cephx: authenticated with the monitor"
                 );
-                match mode {
-                    ModeName::Crc => ConMode::Crc,
-                    ModeName::Secure if done.connection_secret.len() != SECRET_LEN => {
-                        return Err(SecureError::BadSecret(done.connection_secret.len()).into())
-                    }
-                    ModeName::Secure => ConMode::Secure(done.connection_secret),
-                }
+                done.connection_secret
             }
             // Auth none offers crc only, checked above.
-            _ => ConMode::Crc,
+            _ => Secret::new(Vec::new()),
+        };
+        let con = match mode {
+            ModeName::Crc => ConMode::Crc,
+            ModeName::Secure if secret.len() != SECRET_LEN => {
+                return Err(SecureError::BadSecret(secret.len()).into())
+            }
+            ModeName::Secure => ConMode::Secure(secret),
         };
         st.security = Some(Security { method, mode });
         Ok(con)
@@ -269,7 +318,7 @@ impl Auth {
 
     /// The client's reading of AUTH_BAD_METHOD.
     pub(super) fn client_bad_method(
-        &self,
+        &mut self,
         me: &EntityName,
         peer_type: EntityType,
         st: &mut ConnAuth,
@@ -528,11 +577,13 @@ mod tests {
     #[test]
     fn auth_bad_method_is_read_as_a_retry_or_the_right_refusal() {
         use AuthMethod::*;
-        let a = auth(&[Cephx, None], true);
-        let first = |st: &mut ConnAuth| a.client_request(&me(), EntityType::MON, st, Option::None);
+        let mut a = auth(&[Cephx, None], true);
+        let first = |a: &mut Auth, st: &mut ConnAuth| {
+            a.client_request(&me(), EntityType::MON, st, Option::None)
+        };
 
         let mut st = ConnAuth::default();
-        first(&mut st);
+        first(&mut a, &mut st);
         st.proved = true;
         let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -13, &[2], &[1]);
         assert_eq!(
@@ -541,7 +592,7 @@ mod tests {
         );
 
         let mut st = ConnAuth::default();
-        first(&mut st);
+        first(&mut a, &mut st);
         let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -95, &[1], &[1]);
         assert!(
             matches!(
@@ -557,7 +608,7 @@ mod tests {
             BadMethod::Fail(FaultReason::AuthMethodRefused { allowed: vec![2] })
         );
 
-        let only_cephx = auth(&[Cephx], true);
+        let mut only_cephx = auth(&[Cephx], true);
         let mut st = ConnAuth::default();
         only_cephx.client_request(&me(), EntityType::MON, &mut st, Option::None);
         let got = only_cephx.client_bad_method(
@@ -582,7 +633,7 @@ mod tests {
         let mut st = ConnAuth::default();
         a.client_request(&me(), EntityType::MON, &mut st, Option::None);
         assert_eq!(
-            a.client_done(&mut st, 2, &[]),
+            a.client_done(&mut st, 4100, 2, &[]),
             Err(FaultReason::UnsupportedConMode(2))
         );
         let mut a = auth(&[AuthMethod::Cephx], true);

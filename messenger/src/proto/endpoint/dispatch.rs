@@ -172,11 +172,11 @@ impl Endpoint {
                 Role::Client,
                 ConnState::Auth,
                 Control::AuthDone {
+                    global_id,
                     con_mode,
                     auth_payload,
-                    ..
                 },
-            ) => self.on_auth_done(cid, con_mode, &auth_payload),
+            ) => self.on_auth_done(cid, global_id, con_mode, &auth_payload),
             (Role::Client, ConnState::AuthSign, Control::AuthSignature { sha256 }) => {
                 self.on_server_signature(cid, frame, &sha256)
             }

@@ -188,9 +188,18 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn on_auth_done(&mut self, cid: ConnId, con_mode: u32, payload: &[u8]) -> Flow {
+    pub(super) fn on_auth_done(
+        &mut self,
+        cid: ConnId,
+        global_id: u64,
+        con_mode: u32,
+        payload: &[u8],
+    ) -> Flow {
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
-        let mode = match self.auth.client_done(&mut c.auth, con_mode, payload) {
+        let mode = match self
+            .auth
+            .client_done(&mut c.auth, global_id, con_mode, payload)
+        {
             Ok(mode) => mode,
             Err(reason) => return self.refuse(cid, reason),
         };
