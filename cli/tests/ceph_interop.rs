@@ -108,6 +108,12 @@ log file = {d}/log/$name.log
 [mon]
 mon data = {d}/mon/ceph-$id
 keyring = {d}/mon/ceph-$id/keyring
+[osd]
+osd objectstore = memstore
+osd data = {d}/osd/ceph-$id
+keyring = {d}/osd/ceph-$id/keyring
+memstore device bytes = 268435456
+osd memory target = 939524096
 "
         ),
     )
@@ -243,6 +249,75 @@ impl CephMon {
     fn admin_keyring(&self) -> PathBuf {
         self.dir.join("client.admin.keyring")
     }
+
+    /// `ceph` with this cluster's conf (client.admin); its stdout, or the test fails.
+    fn ceph(&self, args: &[&str]) -> String {
+        let conf = self.dir.join("ceph.conf");
+        let out = Command::new("ceph")
+            .args(["-c", conf.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ceph {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Adds a memstore OSD (osd.0) with its own key, as `shared/recipes/start-osd.sh` does
+    /// with auth none; returns its msgr2 address once the monitor has it up.
+    fn start_osd(&self) -> EntityAddr {
+        require("ceph-osd");
+        let conf = self.dir.join("ceph.conf");
+        let c = conf.to_str().unwrap();
+        let uuid = uuid_v4();
+        let id = self.ceph(&["osd", "new", &uuid]).trim().to_string();
+        let data = self.dir.join(format!("osd/ceph-{id}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let keyring = data.join("keyring");
+        let name = format!("osd.{id}");
+        new_keyring(&keyring, &name, &[]);
+        let caps = [
+            "osd",
+            "allow *",
+            "mon",
+            "allow profile osd",
+            "mgr",
+            "allow profile osd",
+        ];
+        let mut add = vec!["auth", "add", &name];
+        add.extend_from_slice(&caps);
+        add.extend_from_slice(&["-i", keyring.to_str().unwrap()]);
+        self.ceph(&add);
+        run(&[
+            "ceph-osd",
+            "-c",
+            c,
+            "-i",
+            &id,
+            "--mkfs",
+            "--osd-uuid",
+            &uuid,
+        ]);
+        run(&["ceph-osd", "-c", c, "-i", &id]);
+        let prefix = format!("{name} up ");
+        let mut addr = None;
+        let what = format!("{name} to come up (see {}/log)", self.dir.display());
+        wait_until(Instant::now() + Duration::from_secs(90), &what, || {
+            let dump = self.ceph(&["osd", "dump"]);
+            // "osd.0 up   in  weight 1 ... [v2:127.0.0.1:6800/1234,v1:...] ..."
+            addr = dump
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .and_then(|l| l.split("[v2:").nth(1))
+                .and_then(|rest| rest.split([',', ']']).next())
+                .and_then(|a| EntityAddr::parse(&format!("v2:{a}")).ok());
+            addr.is_some()
+        });
+        addr.unwrap()
+    }
 }
 
 impl Drop for CephMon {
@@ -251,8 +326,11 @@ impl Drop for CephMon {
             let log = std::fs::read_to_string(self.dir.join("log/mon.a.log")).unwrap_or_default();
             eprintln!("{log}");
         }
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("run/mon.a.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
+        for daemon in ["osd.0", "mon.a"] {
+            let pid = self.dir.join(format!("run/{daemon}.pid"));
+            if let Ok(pid) = std::fs::read_to_string(pid) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -556,4 +634,37 @@ fn ringwire_ping_authenticates_with_cephx_in_secure_mode() {
     let (ok, _, stderr) = ping(&mon, &[]);
     assert!(!ok);
     assert!(stderr.contains("refused authentication"), "{stderr}");
+}
+
+/// Tickets end to end: a Ringwire client authenticates with a real monitor (cephx, secure),
+/// takes the OSD ticket it was given to a real OSD requiring cephx and secure mode, answers
+/// the OSD's challenge, and completes a sealed session with it (a keepalive round trip).
+#[test]
+fn ringwire_client_uses_its_osd_ticket_with_a_real_osd_in_secure_mode() {
+    init_tracing();
+    let mon = CephMon::start_with(MonAuth::CephxSecure);
+    let osd = mon.start_osd();
+    let rec = Arc::new(Recorder::default());
+    let client = Messenger::builder(name(EntityType::CLIENT, "admin"))
+        .policy(EntityType::MON, Policy::lossy_client())
+        .policy(EntityType::OSD, Policy::lossy_client())
+        .options(Options {
+            // Tickets are kept per worker: the OSD connection must live where the monitor's did.
+            workers: 1,
+            keyring: Some(mon.admin_keyring()),
+            ms_client_mode: vec![ModeName::Secure],
+            ..Options::default()
+        })
+        .start(rec.clone())
+        .unwrap();
+    let to_mon = client.connect(mon.addr(), EntityType::MON);
+    to_mon.wait_ready(Duration::from_secs(20)).unwrap();
+    let to_osd = client.connect(osd, EntityType::OSD);
+    to_osd.wait_ready(Duration::from_secs(20)).unwrap();
+    assert_eq!(to_osd.security().unwrap().to_string(), "cephx/secure");
+    assert_eq!(to_osd.peer().unwrap().ty, EntityType::OSD);
+    to_osd.keepalive();
+    rec.wait_for(Duration::from_secs(10), "the OSD's KEEPALIVE2_ACK", |s| {
+        s.iter().any(|x| matches!(x, Seen::KeepaliveAck(_)))
+    });
 }

@@ -8,7 +8,7 @@ use crate::{ebpf, exec, fuzz, provision, rxe};
 pub fn run(root: &Path) -> Result<(), String> {
     exec::run(root, "cargo", &["fmt", "--all", "--check"])?;
     // A real monitor and the ceph CLI for the interop tests (Debian 12 ships 16.2.15).
-    provision::ensure_packages(&["ceph-mon", "ceph-common"])?;
+    provision::ensure_packages(&["ceph-mon", "ceph-osd", "ceph-common"])?;
     // ringwire-trace embeds the BPF object: build it first; cargo finds it through the env.
     ebpf::build(root)?;
     exec::run(
