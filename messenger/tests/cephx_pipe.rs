@@ -14,6 +14,8 @@ use ringwire::proto::{
 /// client.admin's key of the fixtures, and another one.
 const ADMIN: &str = "AQD7eQ9rfHEnHxAAhkY81mHWFP2qDwHj8lgDLA==";
 const OTHER: &str = "AQD7eQ9rxUbIIBAAuRFL8xeNo6DyCwHeCwcODw==";
+/// The OSDs' service secret (the fixtures' osd.0 key), as the keyring entry `osd.`.
+const OSD_SECRET: &str = "AQD7eQ9rYr35HxAAmFm80tOU+9ry0arfTf3K5A==";
 
 fn mon_addr() -> EntityAddr {
     EntityAddr::msgr2("127.0.0.1:3300".parse().unwrap(), 0)
@@ -39,10 +41,30 @@ fn client(name: &str, key: Option<&str>, modes: &[ModeName]) -> EndpointConfig {
 }
 
 fn monitor(modes: &[ModeName]) -> EndpointConfig {
-    let mut c = EndpointConfig::new(
+    server(
         EntityName::new(EntityType::MON, "a"),
-        EntityAddrVec(vec![mon_addr()]),
+        modes,
+        &format!("[client.admin]\n\tkey = {ADMIN}\n[osd.]\n\tkey = {OSD_SECRET}\n"),
+    )
+}
+
+fn osd_addr() -> EntityAddr {
+    EntityAddr::msgr2("127.0.0.1:6800".parse().unwrap(), 0)
+}
+
+/// osd.0 holding `secret` as its service secret.
+fn osd(secret: &str) -> EndpointConfig {
+    let mut c = server(
+        EntityName::new(EntityType::OSD, "0"),
+        &[ModeName::Secure],
+        &format!("[osd.]\n\tkey = {secret}\n"),
     );
+    c.addrs = EntityAddrVec(vec![osd_addr()]);
+    c
+}
+
+fn server(name: EntityName, modes: &[ModeName], keyring: &str) -> EndpointConfig {
+    let mut c = EndpointConfig::new(name, EntityAddrVec(vec![mon_addr()]));
     c.default_policy = Policy::stateless_server();
     c.seed = 2;
     c.auth = AuthConfig {
@@ -50,7 +72,7 @@ fn monitor(modes: &[ModeName]) -> EndpointConfig {
         cluster_required: vec![AuthMethod::Cephx],
         service_mode: modes.to_vec(),
         cluster_mode: modes.to_vec(),
-        keyring: Some(Keyring::parse(&format!("[client.admin]\n\tkey = {ADMIN}\n")).unwrap()),
+        keyring: Some(Keyring::parse(keyring).unwrap()),
         entropy: ringwire::proto::endpoint::Entropy([9; 32]),
         ..AuthConfig::default()
     };
@@ -192,4 +214,48 @@ fn secure_sessions_carry_4_mib_payloads_both_ways() {
         p.bytes[0] > 4 << 20 && p.bytes[1] > 4 << 20,
         "each way once"
     );
+}
+
+/// Tickets between Ringwire cores: the client authenticates with the monitor, then presents
+/// its OSD ticket to an OSD holding the OSDs' service secret, which challenges it and admits
+/// it as client.admin in secure mode. An OSD with another secret cannot open the ticket and
+/// refuses it; a client without a ticket for the OSD has no cephx to offer it.
+#[test]
+fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_one() {
+    let client_cfg = client("client.admin", Some(ADMIN), &[ModeName::Secure]);
+    let mut with_osd = client_cfg.clone();
+    with_osd.auth.client_mode = vec![ModeName::Secure];
+    // Before any monitor: no ticket, so nothing to offer the OSD.
+    let mut p = Pipe::new(with_osd.clone(), osd(OSD_SECRET));
+    p.eps[CLIENT].connect(p.now, osd_addr(), EntityType::OSD);
+    assert!(p.run(1000));
+    assert_eq!(outcome(&p), Err(FaultReason::NoAuthMethod));
+
+    let mut p = Pipe::new(client_cfg, monitor(&[ModeName::Secure]));
+    p.eps[CLIENT].connect(p.now, mon_addr(), EntityType::MON);
+    assert!(p.run(1000));
+    assert_eq!(outcome(&p), Ok("cephx/secure".to_string()));
+    // The same messenger's ticket store (configs share it), a connection to the OSD.
+    for (secret, want) in [
+        (OSD_SECRET, Ok("cephx/secure".to_string())),
+        (OTHER, Err(FaultReason::AuthRejected { result: -13 })),
+    ] {
+        let mut p = Pipe::new(with_osd.clone(), osd(secret));
+        let s = p.eps[CLIENT].connect(p.now, osd_addr(), EntityType::OSD);
+        p.eps[CLIENT]
+            .send(p.now, s, Message::new(42).with_front(&b"op"[..]))
+            .unwrap();
+        assert!(p.run(1000));
+        assert_eq!(outcome(&p), want, "OSD secret {}", &secret[..8]);
+        if want.is_ok() {
+            let (_, peer, security) = accepted(&p).expect("accepted");
+            assert_eq!(
+                (peer.to_string(), security.as_str()),
+                ("client.admin".into(), "cephx/secure")
+            );
+            assert_eq!(&first_message(&p.events[SERVER]).front[..], b"op");
+        } else {
+            assert!(accepted(&p).is_none());
+        }
+    }
 }

@@ -190,7 +190,7 @@ pub mod policy {
 
 /// `ringwire_fault`'s reason codes: the messenger's `FaultReason::code()`, named.
 pub mod fault {
-    pub const NAMES: [&str; 27] = [
+    pub const NAMES: [&str; 28] = [
         "unknown",
         "socket_closed",
         "connect_failed",
@@ -218,6 +218,7 @@ pub mod fault {
         "con_mode_refused",
         "cephx",
         "secure",
+        "no_auth_method",
     ];
 
     pub fn name(code: u32) -> &'static str {

@@ -17,7 +17,7 @@ use super::worker::Worker;
 use super::{Arena, Command, Dispatcher, MessengerInterceptor, Shared, WorkerHandle};
 use crate::options::Options;
 use crate::proto::cephx::{Keyring, KeyringError};
-use crate::proto::endpoint::Entropy;
+use crate::proto::endpoint::{Entropy, TicketStore};
 use crate::proto::{
     AddrType, AuthConfig, AuthMethod, ConnId, EndpointConfig, EntityAddr, EntityAddrVec,
     EntityName, EntityType, Placement, Policy,
@@ -128,6 +128,8 @@ fn auth_config(name: &EntityName, o: &Options) -> Result<AuthConfig, Error> {
         service_mode: service_mode.clone(),
         cluster_mode: cluster_mode.clone(),
         keyring,
+        // One store for every worker: tickets got on one serve connections on all.
+        tickets: TicketStore::default(),
         entropy: Entropy::default(),
     })
 }

@@ -49,4 +49,12 @@ pub enum CephxError {
     NoAuthTicket,
     #[error("the service's reply to our authorizer does not carry our nonce + 1: it could not read our ticket")]
     BadNonce,
+    #[error("an authorizer for service {got:#x} reached a {want:#x}")]
+    WrongService { got: u8, want: u8 },
+    #[error("a ticket under secret {0}, which this service does not hold (a keyring entry TYPE. is secret -1)")]
+    NoServiceSecret(u64),
+    #[error("the authorizer's global_id is not its ticket's")]
+    GlobalIdMismatch,
+    #[error("the answer to our challenge is wrong")]
+    BadChallengeAnswer,
 }

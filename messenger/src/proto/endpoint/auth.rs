@@ -23,8 +23,11 @@ use crate::proto::cephx::client::{answer_challenge, read_auth_done, read_authori
 use crate::proto::cephx::msgs::{
     decode_authorize_challenge, encode_authorizer, encode_server_challenge, Ticket,
 };
-use crate::proto::cephx::server::{check_proof, wanted_services, Grant};
-use crate::proto::cephx::{CryptoKey, KeyType, Secret};
+use crate::proto::cephx::server::{
+    check_proof, encode_authorize_challenge, encode_authorize_reply, open_authorize, open_ticket,
+    wanted_services, AuthorizerRequest, Grant, SERVICE_KEY_SECRET_ID,
+};
+use crate::proto::cephx::{CephxError, CryptoKey, KeyType, Secret};
 use crate::proto::control::{AuthNonePayload, Control};
 use crate::proto::secure::{SecureError, SECRET_LEN};
 use crate::proto::wire::{EntityName, EntityType};
@@ -77,6 +80,15 @@ pub(super) struct Transcript {
     pub(super) tx: Vec<u8>,
 }
 
+/// A server's cephx challenge awaiting its answer, and the mode chosen meanwhile.
+#[derive(Debug)]
+enum Pending {
+    /// A client of the monitor exchange (who it claims to be).
+    Mon { name: EntityName, challenge: u64 },
+    /// An authorizer's presenter (the answer re-presents the authorizer).
+    Authorizer { challenge: u64 },
+}
+
 /// One connection's auth state.
 #[derive(Debug)]
 pub(super) struct ConnAuth {
@@ -85,8 +97,8 @@ pub(super) struct ConnAuth {
     modes_offered: Vec<ModeName>,
     /// cephx: our proof went out, so a refusal now means the key was wrong.
     proved: bool,
-    /// cephx to a service: the ticket presented and the authorizer's nonce.
-    authorizer: Option<(Ticket, u64)>,
+    /// cephx to a service: our global_id, the ticket presented and the authorizer's nonce.
+    authorizer: Option<(u64, Ticket, u64)>,
     session_key: Option<CryptoKey>,
     /// Recorded until auth is done (then `None`).
     pub(super) transcript: Option<Transcript>,
@@ -94,8 +106,8 @@ pub(super) struct ConnAuth {
     sent: Vec<u8>,
     /// Once auth is done: the method and mode it settled on.
     pub(super) security: Option<Security>,
-    /// Server: the cephx challenge sent, to whom, for which mode.
-    challenge: Option<(EntityName, u64, ModeName)>,
+    /// Server: the cephx challenge sent, and what it answers.
+    pending: Option<Pending>,
     /// Server: who proved to hold their key (cephx).
     pub(super) authenticated: Option<EntityName>,
 }
@@ -111,7 +123,7 @@ impl Default for ConnAuth {
             transcript: Some(Transcript::default()),
             sent: Vec::new(),
             security: None,
-            challenge: None,
+            pending: None,
             authenticated: None,
         }
     }
@@ -143,27 +155,26 @@ impl ConnAuth {
     }
 }
 
-/// An endpoint's authentication: what it offers, its random source, its tickets.
+/// An endpoint's authentication: what it offers, its random source (tickets are in
+/// `cfg.tickets`, shared with the messenger's other endpoints).
 pub(super) struct Auth {
     cfg: AuthConfig,
+    /// Our entity type: the service our authorizers must name.
+    me: EntityType,
     rng: ChaCha20Rng,
-    /// Service tickets from the last monitor authentication, for authorizers.
-    tickets: Vec<Ticket>,
-    /// The global_id the monitor gave us with them.
-    global_id: u64,
-    /// Server: seals the blobs of the tickets we issue (only we read them back).
+    /// Server: seals the blobs of tickets we issue for services without a secret of their
+    /// own (only we read them back).
     ticket_secret: CryptoKey,
 }
 
 impl Auth {
-    pub(super) fn new(cfg: AuthConfig) -> Auth {
+    pub(super) fn new(cfg: AuthConfig, me: EntityType) -> Auth {
         let mut rng = ChaCha20Rng::from_seed(cfg.entropy.0);
         let ticket_secret = random_key(&mut rng);
         Auth {
             cfg,
+            me,
             rng,
-            tickets: Vec::new(),
-            global_id: 0,
             ticket_secret,
         }
     }
@@ -179,13 +190,10 @@ impl Auth {
                 AuthMethod::None => true,
                 AuthMethod::Cephx => {
                     self.cfg.key.is_some()
-                        && (peer_type == EntityType::MON || self.ticket(peer_type).is_some())
+                        && (peer_type == EntityType::MON
+                            || self.cfg.tickets.get(peer_type).is_some())
                 }
             })
-    }
-
-    fn ticket(&self, service: EntityType) -> Option<&Ticket> {
-        self.tickets.iter().find(|t| t.service == service)
     }
 
     fn modes_for(&self, method: AuthMethod, peer_type: EntityType) -> Vec<ModeName> {
@@ -213,12 +221,12 @@ impl Auth {
         st.modes_offered = self.modes_for(method, peer_type);
         let preferred_modes = st.modes_offered.iter().map(|m| m.to_wire()).collect();
         if method == AuthMethod::Cephx && peer_type != EntityType::MON {
-            let ticket = self.ticket(peer_type).cloned().expect("usable");
+            let (global_id, ticket) = self.cfg.tickets.get(peer_type).expect("usable");
             let nonce = self.rng.next_u64();
-            let auth_payload = encode_authorizer(self.global_id, &ticket, nonce, None);
+            let auth_payload = encode_authorizer(global_id, &ticket, nonce, None);
             // The authorizer proves what we hold: a refusal from here on is of our ticket.
             st.proved = true;
-            st.authorizer = Some((ticket, nonce));
+            st.authorizer = Some((global_id, ticket, nonce));
             return Some(Control::AuthRequest {
                 method: method.to_wire(),
                 preferred_modes,
@@ -251,13 +259,14 @@ impl Auth {
         st: &mut ConnAuth,
         payload: &[u8],
     ) -> Option<Result<Bytes, FaultReason>> {
-        if let Some((ticket, nonce)) = &st.authorizer {
-            // A service's challenge: the same authorizer again, answering it. Once only.
+        if let Some((global_id, ticket, nonce)) = &st.authorizer {
+            // A service's challenge: the same authorizer again, answering it. Once only (the
+            // session key marks it answered).
             if st.session_key.is_some() {
                 return None;
             }
             let answer = decode_authorize_challenge(&ticket.session_key, payload)
-                .map(|c| encode_authorizer(self.global_id, ticket, *nonce, Some(c)))
+                .map(|c| encode_authorizer(*global_id, ticket, *nonce, Some(c)))
                 .map_err(Into::into);
             st.session_key = Some(ticket.session_key.clone());
             return Some(answer);
@@ -287,19 +296,18 @@ impl Auth {
             .method()
             .ok_or(FaultReason::UnsupportedConMode(con_mode))?;
         let secret = match (method, &self.cfg.key, &st.authorizer) {
-            (AuthMethod::Cephx, _, Some((ticket, nonce))) => {
+            (AuthMethod::Cephx, _, Some((_, ticket, nonce))) => {
                 st.session_key = Some(ticket.session_key.clone());
                 read_authorize_reply(ticket, *nonce, payload)?
             }
             (AuthMethod::Cephx, Some(key), None) => {
                 let done = read_auth_done(key, payload)?;
                 st.session_key = Some(done.auth.session_key);
-                self.tickets = done.tickets;
-                self.global_id = global_id;
                 tracing::debug!(
-                    tickets = ?self.tickets.iter().map(|t| t.service).collect::<Vec<_>>(),
+                    tickets = ?done.tickets.iter().map(|t| t.service).collect::<Vec<_>>(),
                     "cephx: authenticated with the monitor"
                 );
+                self.cfg.tickets.replace(global_id, done.tickets);
                 done.connection_secret
             }
             // Auth none offers crc only, checked above.
@@ -384,7 +392,7 @@ impl Auth {
         payload: &[u8],
         next_global_id: &mut u64,
     ) -> ServerAuth {
-        st.challenge = None;
+        st.pending = None;
         let (methods, cephx_modes) = self.allowed(peer_type);
         let Some(m) = methods.iter().copied().find(|m| m.to_wire() == method) else {
             return self.bad_method(peer_type, method, EOPNOTSUPP);
@@ -421,16 +429,30 @@ impl Auth {
                     payload: Bytes::new(),
                 }
             }
-            AuthMethod::Cephx => match request {
-                // A monitor's exchange; authorizers (to other daemons) are not served yet.
-                Ok(AuthNonePayload::MonClient { name, .. }) if self.cfg.keyring.is_some() => {
-                    let challenge = self.rng.next_u64();
-                    st.tried.push(AuthMethod::Cephx);
-                    st.challenge = Some((name, challenge, mode));
-                    ServerAuth::More(encode_server_challenge(challenge))
+            AuthMethod::Cephx => {
+                st.tried.push(AuthMethod::Cephx);
+                st.modes_offered = vec![mode];
+                match request {
+                    // The monitor exchange.
+                    Ok(AuthNonePayload::MonClient { name, .. }) if self.cfg.keyring.is_some() => {
+                        let challenge = self.rng.next_u64();
+                        st.pending = Some(Pending::Mon { name, challenge });
+                        ServerAuth::More(encode_server_challenge(challenge))
+                    }
+                    // An authorizer: checked, then challenged (as a Ceph OSD always does).
+                    _ => match self.open_authorizer(payload) {
+                        Ok(opened) => {
+                            let challenge = self.rng.next_u64();
+                            st.pending = Some(Pending::Authorizer { challenge });
+                            ServerAuth::More(encode_authorize_challenge(&opened.2, challenge))
+                        }
+                        Err(e) => {
+                            tracing::info!(reason = %e, "cephx: authorizer refused");
+                            self.bad_method(peer_type, method, EACCES)
+                        }
+                    },
                 }
-                _ => self.bad_method(peer_type, method, EOPNOTSUPP),
-            },
+            }
         }
     }
 
@@ -444,46 +466,65 @@ impl Auth {
         payload: &[u8],
         next_global_id: &mut u64,
     ) -> Option<Result<ServerAuth, FaultReason>> {
-        let (name, challenge, mode) = st.challenge.take()?;
-        let key = self.cfg.keyring.as_ref().and_then(|k| k.get(&name));
-        let proven = match key.map(|k| check_proof(k, challenge, payload)) {
-            Some(Ok(Some(req))) => req,
-            Some(Err(e)) => return Some(Err(e.into())),
-            // No such entity, or the wrong key: Ceph answers both the same way.
-            Some(Ok(None)) | None => {
-                tracing::info!(peer = %name, "cephx: authentication failed (unknown name or wrong key)");
-                return Some(Ok(self.bad_method(
-                    peer_type,
-                    AuthMethod::Cephx.to_wire(),
-                    EACCES,
-                )));
-            }
+        let pending = st.pending.take()?;
+        let mode = *st.modes_offered.first()?;
+        let refused = |this: &Self, why: &dyn std::fmt::Display| {
+            tracing::info!(reason = %why, "cephx: authentication failed");
+            Some(Ok(this.bad_method(
+                peer_type,
+                AuthMethod::Cephx.to_wire(),
+                EACCES,
+            )))
         };
-        let key = key.expect("proven").clone();
-        let session_key = random_key(&mut self.rng);
-        let mut secret = vec![
-            0u8;
-            if mode == ModeName::Secure {
-                SECRET_LEN
-            } else {
-                0
+        let secret = self.connection_secret(mode);
+        let (name, global_id, session_key, payload) = match pending {
+            Pending::Mon { name, challenge } => {
+                let key = self
+                    .cfg
+                    .keyring
+                    .as_ref()
+                    .and_then(|k| k.get(&name))
+                    .cloned();
+                // No such entity, or the wrong key: Ceph answers both the same way.
+                let proven = match key.as_ref().map(|k| check_proof(k, challenge, payload)) {
+                    Some(Ok(Some(req))) => req,
+                    Some(Err(e)) => return Some(Err(e.into())),
+                    Some(Ok(None)) => return refused(self, &format!("wrong key for {name}")),
+                    None => return refused(self, &format!("no key for {name}")),
+                };
+                let key = key.expect("proven");
+                let session_key = random_key(&mut self.rng);
+                let service_keys = wanted_services(proven.other_keys)
+                    .map(|t| (t, random_key(&mut self.rng)))
+                    .collect();
+                let keyring = self.cfg.keyring.as_ref().expect("proven");
+                let service_secrets = wanted_services(proven.other_keys)
+                    .filter_map(|t| Some((t, keyring.get(&EntityName::new(t, ""))?)))
+                    .collect();
+                let global_id = next_id(next_global_id);
+                let grant = Grant {
+                    name: &name,
+                    global_id,
+                    session_key: session_key.clone(),
+                    service_keys,
+                    connection_secret: secret.clone(),
+                    ticket_secret: &self.ticket_secret,
+                    service_secrets,
+                };
+                let payload = grant.auth_done_payload(&key);
+                (name, global_id, session_key, payload)
             }
-        ];
-        self.rng.fill_bytes(&mut secret);
-        let secret = Secret::new(secret);
-        let service_keys = wanted_services(proven.other_keys)
-            .map(|t| (t, random_key(&mut self.rng)))
-            .collect();
-        let global_id = next_id(next_global_id);
-        let grant = Grant {
-            name: &name,
-            global_id,
-            session_key: session_key.clone(),
-            service_keys,
-            connection_secret: secret.clone(),
-            ticket_secret: &self.ticket_secret,
+            Pending::Authorizer { challenge } => match self.open_authorizer(payload) {
+                Ok((name, global_id, session_key, nonce, Some(answer)))
+                    if answer == challenge.wrapping_add(1) =>
+                {
+                    let payload = encode_authorize_reply(&session_key, nonce, &secret);
+                    (name, global_id, session_key, payload)
+                }
+                Ok(_) => return refused(self, &CephxError::BadChallengeAnswer),
+                Err(e) => return refused(self, &e),
+            },
         };
-        let payload = grant.auth_done_payload(&key);
         st.session_key = Some(session_key);
         st.security = Some(Security {
             method: AuthMethod::Cephx,
@@ -499,6 +540,48 @@ impl Auth {
             mode,
             payload,
         }))
+    }
+
+    /// A fresh connection secret: 64 bytes for secure mode, none for crc.
+    fn connection_secret(&mut self, mode: ModeName) -> Secret {
+        let len = match mode {
+            ModeName::Secure => SECRET_LEN,
+            ModeName::Crc => 0,
+        };
+        let mut secret = vec![0u8; len];
+        self.rng.fill_bytes(&mut secret);
+        Secret::new(secret)
+    }
+
+    /// Opens an authorizer for our service with our service secret (the keyring's `TYPE.`
+    /// entry): who presents it, its global_id, the session key, its nonce and its answer to
+    /// our challenge, if any.
+    fn open_authorizer(
+        &self,
+        payload: &[u8],
+    ) -> Result<(EntityName, u64, CryptoKey, u64, Option<u64>), CephxError> {
+        let req = AuthorizerRequest::decode(payload)?;
+        if req.service != self.me {
+            return Err(CephxError::WrongService {
+                got: req.service.0,
+                want: self.me.0,
+            });
+        }
+        let secret = (req.ticket.secret_id == SERVICE_KEY_SECRET_ID)
+            .then(|| {
+                self.cfg
+                    .keyring
+                    .as_ref()?
+                    .get(&EntityName::new(self.me, ""))
+            })
+            .flatten()
+            .ok_or(CephxError::NoServiceSecret(req.ticket.secret_id))?;
+        let (name, global_id, session_key) = open_ticket(secret, &req.ticket)?;
+        if global_id != req.global_id {
+            return Err(CephxError::GlobalIdMismatch);
+        }
+        let (nonce, answer) = open_authorize(&session_key, &req.sealed)?;
+        Ok((name, global_id, session_key, nonce, answer))
     }
 }
 
@@ -524,11 +607,12 @@ mod tests {
     fn auth(methods: &[AuthMethod], key: bool) -> Auth {
         let key =
             key.then(|| CryptoKey::new(KeyType::Aes, (0, 0), Secret::new(vec![7; 16])).unwrap());
-        Auth::new(AuthConfig {
+        let cfg = AuthConfig {
             client_required: methods.to_vec(),
             key,
             ..AuthConfig::default()
-        })
+        };
+        Auth::new(cfg, EntityType::CLIENT)
     }
 
     fn me() -> EntityName {

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
+use crate::proto::cephx::msgs::Ticket;
 use crate::proto::cephx::{CryptoKey, Keyring};
 use crate::proto::control::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
 use crate::proto::frame::FrameLimits;
@@ -300,9 +302,46 @@ pub struct AuthConfig {
     /// Modes a server allows from daemons: `ms_mon_cluster_mode` for a monitor,
     /// `ms_cluster_mode` otherwise.
     pub cluster_mode: Vec<ModeName>,
-    /// The keys of the entities a server authenticates with cephx, as a monitor does.
+    /// The keys of the entities a server authenticates with cephx, as a monitor does, and
+    /// the service secrets (`TYPE.` entries) of the services whose tickets it issues or
+    /// opens.
     pub keyring: Option<Keyring>,
+    /// Tickets a monitor gave us, shared by the endpoints (workers) of one messenger.
+    pub tickets: TicketStore,
     pub entropy: Entropy,
+}
+
+/// The service tickets and global_id of the last monitor authentication, shared by the
+/// endpoints of a messenger (a ticket obtained on one worker serves connections on all).
+#[derive(Clone, Default)]
+pub struct TicketStore(Arc<Mutex<(u64, Vec<Ticket>)>>);
+
+impl TicketStore {
+    pub(super) fn replace(&self, global_id: u64, tickets: Vec<Ticket>) {
+        *self.0.lock().expect("not poisoned") = (global_id, tickets);
+    }
+
+    /// Our global_id and the ticket for `service`, if we hold one.
+    pub(super) fn get(&self, service: EntityType) -> Option<(u64, Ticket)> {
+        let held = self.0.lock().expect("not poisoned");
+        let ticket = held.1.iter().find(|t| t.service == service)?.clone();
+        Some((held.0, ticket))
+    }
+}
+
+impl PartialEq for TicketStore {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TicketStore {}
+
+impl fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map_or(0, |h| h.1.len());
+        write!(f, "TicketStore({n} tickets)")
+    }
 }
 
 impl Default for AuthConfig {
@@ -318,6 +357,7 @@ impl Default for AuthConfig {
             service_mode: vec![ModeName::Crc, ModeName::Secure],
             cluster_mode: vec![ModeName::Crc, ModeName::Secure],
             keyring: None,
+            tickets: TicketStore::default(),
             entropy: Entropy::default(),
         }
     }

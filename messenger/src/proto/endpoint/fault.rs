@@ -49,6 +49,8 @@ pub enum FaultReason {
     Cephx(#[from] CephxError),
     #[error("secure mode: {0}")]
     Secure(#[from] SecureError),
+    #[error("no auth method to offer this peer: cephx needs our key, and for a daemon a ticket from a monitor first; auth none is not in auth_client_required")]
+    NoAuthMethod,
     #[error("auth signature mismatch")]
     BadSignature,
     #[error("peer requires features {0:#x} that we do not support")]
@@ -126,6 +128,7 @@ impl FaultReason {
             FaultReason::ConModeRefused { .. } => 24,
             FaultReason::Cephx(_) => 25,
             FaultReason::Secure(_) => 26,
+            FaultReason::NoAuthMethod => 27,
         }
     }
 
@@ -304,6 +307,7 @@ mod tests {
             FaultReason::code_name(FaultReason::Secure(SecureError::OutOfNonces).code()),
             "secure"
         );
-        assert_eq!(FaultReason::code_name(27), "unknown");
+        assert_eq!(FaultReason::code_name(27), "no_auth_method");
+        assert_eq!(FaultReason::code_name(28), "unknown");
     }
 }

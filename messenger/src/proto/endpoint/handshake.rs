@@ -126,7 +126,7 @@ impl Endpoint {
                         .client_request(&self.config.name, peer_type, &mut c.auth, None);
                 let Some(request) = request else {
                     // Our only method needs what we lack (cephx without a key or ticket).
-                    return self.fail(cid, FaultReason::AuthMethodRefused { allowed: vec![] });
+                    return self.refuse(cid, FaultReason::NoAuthMethod);
                 };
                 self.send_control(cid, request);
             }

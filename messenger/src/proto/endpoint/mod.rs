@@ -35,7 +35,7 @@ mod timer;
 
 pub use config::{
     owner_of, parse_auth_methods, parse_modes, placement_hash, AuthConfig, AuthMethod,
-    EndpointConfig, Entropy, ModeName, Placement, Security, Tuning,
+    EndpointConfig, Entropy, ModeName, Placement, Security, TicketStore, Tuning,
 };
 pub use fault::FaultReason;
 pub use ids::{ConnId, IdHasher, IdMap, SessionId};
@@ -199,7 +199,7 @@ impl Endpoint {
     pub fn new(config: EndpointConfig) -> Self {
         let my_gid = config.name.id.parse::<i64>().unwrap_or(-1);
         let rng = Rng(config.seed);
-        let auth = Auth::new(config.auth.clone());
+        let auth = Auth::new(config.auth.clone(), config.name.ty);
         Endpoint {
             config,
             my_gid,
