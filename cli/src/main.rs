@@ -126,6 +126,10 @@ enum Command {
         /// RDMA: microseconds a worker polls its completion queue before sleeping.
         #[arg(long, default_value_t = 0)]
         busy_poll_us: u64,
+        /// crc, or secure: also measure ping-pong and stream with cephx and secure mode,
+        /// beside crc mode in the same run.
+        #[arg(long, default_value = "crc")]
+        mode: String,
     },
 }
 
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             metrics,
             transport,
             busy_poll_us,
+            mode,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
                 metrics,
                 transport,
                 busy_poll: Duration::from_micros(busy_poll_us),
+                mode,
             };
             if let Err(e) = args.validate() {
                 eprintln!("ringwire bench: {e}");

@@ -20,6 +20,9 @@ pub struct Round {
     /// CRC32C over the stream's payload on this CPU: msgr2's crc mode computes it over every
     /// byte on both ends, so it bounds the stream where checksumming is slow (emulated CPUs).
     pub crc32c_mbps: f64,
+    /// `--mode secure`: the ping-pong p50 and the stream of the cephx/secure messengers.
+    pub secure_p50_us: Option<f64>,
+    pub secure_stream_mbps: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -65,6 +68,8 @@ pub struct Sizes {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub policy: String,
+    /// `crc`, or `secure` (the secure figures measured beside the crc ones).
+    pub mode: String,
     pub transport: String,
     pub pinned_cpu: Option<usize>,
     /// Payload bytes of each ping-pong and rate-phase message, Ringwire and baselines alike.
@@ -82,8 +87,14 @@ pub struct Report {
     pub ratio_stream_vs_uring: f64,
     pub ratio_stream_vs_std: f64,
     pub ratio_many_vs_one_std: f64,
+    /// `--mode secure`: secure mode's p50 over crc mode's, and its stream over crc's (paired
+    /// within each round; the targets: p50 at most 1.10, stream at least 0.85).
+    pub ratio_secure_p50_vs_crc: Option<f64>,
+    pub ratio_secure_stream_vs_crc: Option<f64>,
     pub idle_connection_bytes: Option<u64>,
     pub integrity: Integrity,
+    /// `--mode secure`: the same count for the secure messengers' session.
+    pub secure_integrity: Option<Integrity>,
 }
 
 impl Round {
@@ -102,6 +113,12 @@ impl Round {
             rw_many_msgs_per_sec: col(|r| r.rw_many_msgs_per_sec),
             crc32c_mbps: col(|r| r.crc32c_mbps),
             std_one_msgs_per_sec: col(|r| r.std_one_msgs_per_sec),
+            secure_p50_us: rounds[0]
+                .secure_p50_us
+                .map(|_| col(|r| r.secure_p50_us.unwrap_or(f64::NAN))),
+            secure_stream_mbps: rounds[0]
+                .secure_stream_mbps
+                .map(|_| col(|r| r.secure_stream_mbps.unwrap_or(f64::NAN))),
         }
     }
 }
@@ -197,6 +214,25 @@ pub fn print(r: &Report) {
         "",
         r.ratio_many_vs_one_std
     );
+    if let (Some(p50), Some(stream), Some(rp), Some(rs)) = (
+        m.secure_p50_us,
+        m.secure_stream_mbps,
+        r.ratio_secure_p50_vs_crc,
+        r.ratio_secure_stream_vs_crc,
+    ) {
+        println!(
+            "{:<34} {:>9.1} us {:>38.2} x crc",
+            format!("{small} ping-pong p50, secure"),
+            p50,
+            rp
+        );
+        println!(
+            "{:<34} {:>7.0} MB/s {:>38.2} x crc",
+            format!("{large} stream, secure"),
+            stream,
+            rs
+        );
+    }
     println!(
         "{:<34} {:>6.0} MB/s",
         format!("CRC32C over {large}, one CPU"),
@@ -209,11 +245,16 @@ pub fn print(r: &Report) {
             b as f64 / 1024.0
         );
     }
-    let i = &r.integrity;
-    println!(
-        "messages: {} sent, {} received, {} lost, {} duplicated, {} reordered, {} echoes mismatched ({} injected socket failures)",
-        i.sent, i.received, i.lost, i.duplicated, i.reordered, i.echo_mismatches, i.injected_faults
-    );
+    for (what, i) in [
+        ("messages", Some(&r.integrity)),
+        ("secure", r.secure_integrity.as_ref()),
+    ] {
+        let Some(i) = i else { continue };
+        println!(
+            "{what}: {} sent, {} received, {} lost, {} duplicated, {} reordered, {} echoes mismatched ({} injected socket failures)",
+            i.sent, i.received, i.lost, i.duplicated, i.reordered, i.echo_mismatches, i.injected_faults
+        );
+    }
 }
 
 #[cfg(test)]

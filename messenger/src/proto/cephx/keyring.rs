@@ -46,6 +46,14 @@ pub fn key_from_base64(text: &str) -> Result<CryptoKey, CephxError> {
     Ok(key)
 }
 
+/// The inverse of [`key_from_base64`]: a keyring's `key =` value for `key`. The caller holds
+/// the text: it is a secret.
+pub fn key_to_base64(key: &CryptoKey) -> zeroize::Zeroizing<String> {
+    let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(28));
+    key.encode(&mut *raw);
+    zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*raw))
+}
+
 impl Keyring {
     pub fn parse(text: &str) -> Result<Keyring, KeyringError> {
         let mut entries = Vec::new();
