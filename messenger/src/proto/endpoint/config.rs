@@ -317,7 +317,7 @@ pub struct AuthConfig {
 pub struct TicketStore(Arc<Mutex<(u64, Vec<Ticket>)>>);
 
 impl TicketStore {
-    pub(super) fn replace(&self, global_id: u64, tickets: Vec<Ticket>) {
+    pub fn replace(&self, global_id: u64, tickets: Vec<Ticket>) {
         *self.0.lock().expect("not poisoned") = (global_id, tickets);
     }
 
