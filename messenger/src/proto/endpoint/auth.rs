@@ -395,6 +395,7 @@ impl Auth {
         st.pending = None;
         let (methods, cephx_modes) = self.allowed(peer_type);
         let Some(m) = methods.iter().copied().find(|m| m.to_wire() == method) else {
+            tracing::info!(%peer_type, method, ?methods, "auth method refused: not allowed");
             return self.bad_method(peer_type, method, EOPNOTSUPP);
         };
         let usable: &[ModeName] = match m {
@@ -407,6 +408,7 @@ impl Auth {
             .filter_map(|w| ModeName::from_wire(*w))
             .find(|m| usable.contains(m));
         let Some(mode) = mode else {
+            tracing::info!(%peer_type, ?modes, allowed = ?usable, "connection modes refused: none allowed");
             return self.bad_method(peer_type, method, EOPNOTSUPP);
         };
         let request = AuthNonePayload::decode(payload);
