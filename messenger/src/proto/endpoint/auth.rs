@@ -80,13 +80,24 @@ pub(super) struct Transcript {
     pub(super) tx: Vec<u8>,
 }
 
-/// A server's cephx challenge awaiting its answer, and the mode chosen meanwhile.
+/// A server's cephx challenge awaiting its answer: to whom, and the mode chosen meanwhile.
 #[derive(Debug)]
-enum Pending {
-    /// A client of the monitor exchange (who it claims to be).
-    Mon { name: EntityName, challenge: u64 },
-    /// An authorizer's presenter (the answer re-presents the authorizer).
-    Authorizer { challenge: u64 },
+struct Pending {
+    challenge: u64,
+    mode: ModeName,
+    /// The monitor exchange's client (who it claims to be); `None`: an authorizer's
+    /// presenter (its answer re-presents the authorizer).
+    mon_client: Option<EntityName>,
+}
+
+/// A client's authorizer to a service: our global_id, the ticket, the authorizer's nonce,
+/// and whether the service's challenge was answered (once only).
+#[derive(Debug)]
+struct Authorizing {
+    global_id: u64,
+    ticket: Ticket,
+    nonce: u64,
+    answered: bool,
 }
 
 /// One connection's auth state.
@@ -94,11 +105,12 @@ enum Pending {
 pub(super) struct ConnAuth {
     /// Methods tried on this connection (AUTH_BAD_METHOD lets a client try another).
     tried: Vec<AuthMethod>,
+    /// Client: the modes of our AUTH_REQUEST.
     modes_offered: Vec<ModeName>,
     /// cephx: our proof went out, so a refusal now means the key was wrong.
     proved: bool,
-    /// cephx to a service: our global_id, the ticket presented and the authorizer's nonce.
-    authorizer: Option<(u64, Ticket, u64)>,
+    /// cephx to a service.
+    authorizer: Option<Authorizing>,
     session_key: Option<CryptoKey>,
     /// Recorded until auth is done (then `None`).
     pub(super) transcript: Option<Transcript>,
@@ -226,7 +238,12 @@ impl Auth {
             let auth_payload = encode_authorizer(global_id, &ticket, nonce, None);
             // The authorizer proves what we hold: a refusal from here on is of our ticket.
             st.proved = true;
-            st.authorizer = Some((global_id, ticket, nonce));
+            st.authorizer = Some(Authorizing {
+                global_id,
+                ticket,
+                nonce,
+                answered: false,
+            });
             return Some(Control::AuthRequest {
                 method: method.to_wire(),
                 preferred_modes,
@@ -259,16 +276,15 @@ impl Auth {
         st: &mut ConnAuth,
         payload: &[u8],
     ) -> Option<Result<Bytes, FaultReason>> {
-        if let Some((global_id, ticket, nonce)) = &st.authorizer {
-            // A service's challenge: the same authorizer again, answering it. Once only (the
-            // session key marks it answered).
-            if st.session_key.is_some() {
+        if let Some(a) = st.authorizer.as_mut() {
+            // A service's challenge: the same authorizer again, answering it. Once only.
+            if a.answered {
                 return None;
             }
-            let answer = decode_authorize_challenge(&ticket.session_key, payload)
-                .map(|c| encode_authorizer(*global_id, ticket, *nonce, Some(c)))
+            a.answered = true;
+            let answer = decode_authorize_challenge(&a.ticket.session_key, payload)
+                .map(|c| encode_authorizer(a.global_id, &a.ticket, a.nonce, Some(c)))
                 .map_err(Into::into);
-            st.session_key = Some(ticket.session_key.clone());
             return Some(answer);
         }
         match (st.method(), &self.cfg.key) {
@@ -296,9 +312,9 @@ impl Auth {
             .method()
             .ok_or(FaultReason::UnsupportedConMode(con_mode))?;
         let secret = match (method, &self.cfg.key, &st.authorizer) {
-            (AuthMethod::Cephx, _, Some((_, ticket, nonce))) => {
-                st.session_key = Some(ticket.session_key.clone());
-                read_authorize_reply(ticket, *nonce, payload)?
+            (AuthMethod::Cephx, _, Some(a)) => {
+                st.session_key = Some(a.ticket.session_key.clone());
+                read_authorize_reply(&a.ticket, a.nonce, payload)?
             }
             (AuthMethod::Cephx, Some(key), None) => {
                 let done = read_auth_done(key, payload)?;
@@ -433,19 +449,26 @@ impl Auth {
             }
             AuthMethod::Cephx => {
                 st.tried.push(AuthMethod::Cephx);
-                st.modes_offered = vec![mode];
                 match request {
                     // The monitor exchange.
                     Ok(AuthNonePayload::MonClient { name, .. }) if self.cfg.keyring.is_some() => {
                         let challenge = self.rng.next_u64();
-                        st.pending = Some(Pending::Mon { name, challenge });
+                        st.pending = Some(Pending {
+                            challenge,
+                            mode,
+                            mon_client: Some(name),
+                        });
                         ServerAuth::More(encode_server_challenge(challenge))
                     }
                     // An authorizer: checked, then challenged (as a Ceph OSD always does).
                     _ => match self.open_authorizer(payload) {
                         Ok(opened) => {
                             let challenge = self.rng.next_u64();
-                            st.pending = Some(Pending::Authorizer { challenge });
+                            st.pending = Some(Pending {
+                                challenge,
+                                mode,
+                                mon_client: None,
+                            });
                             ServerAuth::More(encode_authorize_challenge(&opened.2, challenge))
                         }
                         Err(e) => {
@@ -468,8 +491,11 @@ impl Auth {
         payload: &[u8],
         next_global_id: &mut u64,
     ) -> Option<Result<ServerAuth, FaultReason>> {
-        let pending = st.pending.take()?;
-        let mode = *st.modes_offered.first()?;
+        let Pending {
+            challenge,
+            mode,
+            mon_client,
+        } = st.pending.take()?;
         let refused = |this: &Self, why: &dyn std::fmt::Display| {
             tracing::info!(reason = %why, "cephx: authentication failed");
             Some(Ok(this.bad_method(
@@ -479,8 +505,8 @@ impl Auth {
             )))
         };
         let secret = self.connection_secret(mode);
-        let (name, global_id, session_key, payload) = match pending {
-            Pending::Mon { name, challenge } => {
+        let (name, global_id, session_key, payload) = match mon_client {
+            Some(name) => {
                 let key = self
                     .cfg
                     .keyring
@@ -516,7 +542,7 @@ impl Auth {
                 let payload = grant.auth_done_payload(&key);
                 (name, global_id, session_key, payload)
             }
-            Pending::Authorizer { challenge } => match self.open_authorizer(payload) {
+            None => match self.open_authorizer(payload) {
                 Ok((name, global_id, session_key, nonce, Some(answer)))
                     if answer == challenge.wrapping_add(1) =>
                 {
