@@ -8,7 +8,7 @@ use ringwire::proto::cephx::keyring::key_from_base64;
 use ringwire::proto::cephx::Keyring;
 use ringwire::proto::{
     AuthConfig, AuthMethod, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType,
-    Event, FaultReason, Message, ModeName, Policy, SessionId,
+    Event, FaultReason, Message, ModeName, Policy, SessionId, Time,
 };
 
 /// client.admin's key of the fixtures, and another one.
@@ -219,7 +219,8 @@ fn secure_sessions_carry_4_mib_payloads_both_ways() {
 /// Tickets between Ringwire cores: the client authenticates with the monitor, then presents
 /// its OSD ticket to an OSD holding the OSDs' service secret, which challenges it and admits
 /// it as client.admin in secure mode. An OSD with another secret cannot open the ticket and
-/// refuses it; a client without a ticket for the OSD has no cephx to offer it.
+/// refuses it; a client without a ticket for the OSD, or whose ticket expired, has no cephx
+/// to offer it.
 #[test]
 fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_one() {
     let client_cfg = client("client.admin", Some(ADMIN), &[ModeName::Secure]);
@@ -258,4 +259,11 @@ fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_one() {
             assert!(accepted(&p).is_none());
         }
     }
+    // An hour on (a service ticket's validity), the ticket is not presented any more: the
+    // client says to authenticate again rather than have the OSD refuse it.
+    let mut p = Pipe::new(with_osd.clone(), osd(OSD_SECRET));
+    p.now = Time(p.now.0 + 3601 * 1_000_000_000);
+    p.eps[CLIENT].connect(p.now, osd_addr(), EntityType::OSD);
+    assert!(p.run(1000));
+    assert_eq!(outcome(&p), Err(FaultReason::NoAuthMethod));
 }

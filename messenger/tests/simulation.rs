@@ -190,7 +190,7 @@ fn secure_auth(rng: &mut Rng, names: [&EntityName; 2]) -> [AuthConfig; 2] {
             service_secrets: vec![(EntityType::OSD, &osd_secret)],
         };
         let done = read_auth_done(&keys[i], &grant.auth_done_payload(&keys[i])).unwrap();
-        tickets.replace(5000 + i as u64, done.tickets);
+        tickets.replace(5000 + i as u64, done.tickets, Time(0));
         let mut entropy = [0u8; 32];
         for c in entropy.chunks_mut(8) {
             c.copy_from_slice(&rng.next().to_le_bytes());

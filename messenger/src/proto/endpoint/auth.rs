@@ -34,6 +34,7 @@ use crate::proto::wire::{EntityName, EntityType};
 
 use super::config::{AuthConfig, AuthMethod, ModeName, Security};
 use super::fault::FaultReason;
+use super::timer::Time;
 
 /// `-EOPNOTSUPP`: Ceph's result code in AUTH_BAD_METHOD for a method it does not offer.
 const EOPNOTSUPP: i32 = -95;
@@ -63,6 +64,14 @@ pub(super) enum ServerAuth {
     /// AUTH_BAD_METHOD: not a method or mode we offer, or a failed proof; the client may
     /// try another.
     BadMethod(Control),
+}
+
+/// AUTH_BAD_METHOD as a client reads it: the peer's result code and what it allows.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Refusal<'a> {
+    pub(super) result: i32,
+    pub(super) methods: &'a [u32],
+    pub(super) modes: &'a [u32],
 }
 
 /// What a client does with AUTH_BAD_METHOD.
@@ -193,7 +202,7 @@ impl Auth {
 
     /// The methods we can use with a peer of `peer_type`, preferred first: cephx needs our
     /// key, and for a service, a ticket for it.
-    fn usable(&self, peer_type: EntityType) -> impl Iterator<Item = AuthMethod> + '_ {
+    fn usable(&self, peer_type: EntityType, now: Time) -> impl Iterator<Item = AuthMethod> + '_ {
         self.cfg
             .client_required
             .iter()
@@ -203,7 +212,7 @@ impl Auth {
                 AuthMethod::Cephx => {
                     self.cfg.key.is_some()
                         && (peer_type == EntityType::MON
-                            || self.cfg.tickets.get(peer_type).is_some())
+                            || self.cfg.tickets.get(peer_type, now).is_some())
                 }
             })
     }
@@ -224,16 +233,17 @@ impl Auth {
         me: &EntityName,
         peer_type: EntityType,
         st: &mut ConnAuth,
+        now: Time,
         allowed: Option<&[u32]>,
     ) -> Option<Control> {
         let method = self
-            .usable(peer_type)
+            .usable(peer_type, now)
             .find(|m| !st.tried.contains(m) && allowed.is_none_or(|a| a.contains(&m.to_wire())))?;
         st.tried.push(method);
         st.modes_offered = self.modes_for(method, peer_type);
         let preferred_modes = st.modes_offered.iter().map(|m| m.to_wire()).collect();
         if method == AuthMethod::Cephx && peer_type != EntityType::MON {
-            let (global_id, ticket) = self.cfg.tickets.get(peer_type).expect("usable");
+            let (global_id, ticket) = self.cfg.tickets.get(peer_type, now).expect("usable");
             let nonce = self.rng.next_u64();
             let auth_payload = encode_authorizer(global_id, &ticket, nonce, None);
             // The authorizer proves what we hold: a refusal from here on is of our ticket.
@@ -301,6 +311,7 @@ impl Auth {
     pub(super) fn client_done(
         &mut self,
         st: &mut ConnAuth,
+        now: Time,
         global_id: u64,
         con_mode: u32,
         payload: &[u8],
@@ -323,7 +334,7 @@ impl Auth {
                     tickets = ?done.tickets.iter().map(|t| t.service).collect::<Vec<_>>(),
                     "cephx: authenticated with the monitor"
                 );
-                self.cfg.tickets.replace(global_id, done.tickets);
+                self.cfg.tickets.replace(global_id, done.tickets, now);
                 done.connection_secret
             }
             // Auth none offers crc only, checked above.
@@ -346,16 +357,20 @@ impl Auth {
         me: &EntityName,
         peer_type: EntityType,
         st: &mut ConnAuth,
-        result: i32,
-        allowed_methods: &[u32],
-        allowed_modes: &[u32],
+        now: Time,
+        refusal: Refusal<'_>,
     ) -> BadMethod {
+        let Refusal {
+            result,
+            methods: allowed_methods,
+            modes: allowed_modes,
+        } = refusal;
         if st.proved {
             return BadMethod::Fail(FaultReason::AuthRejected { result });
         }
         let ours = st.method().map(|m| m.to_wire());
         let method_allowed = ours.is_some_and(|m| allowed_methods.contains(&m));
-        if let Some(retry) = self.client_request(me, peer_type, st, Some(allowed_methods)) {
+        if let Some(retry) = self.client_request(me, peer_type, st, now, Some(allowed_methods)) {
             return BadMethod::Retry(retry);
         }
         BadMethod::Fail(if method_allowed {
@@ -647,6 +662,14 @@ mod tests {
         EntityName::new(EntityType::CLIENT, "admin")
     }
 
+    fn refusal<'a>(result: i32, methods: &'a [u32], modes: &'a [u32]) -> Refusal<'a> {
+        Refusal {
+            result,
+            methods,
+            modes,
+        }
+    }
+
     /// What a client offers: cephx only with a key and (until authorizers) to a monitor;
     /// auth none with crc only; cephx with the mode list for the peer's type.
     #[test]
@@ -671,7 +694,7 @@ mod tests {
         for (methods, key, peer, want) in rows {
             let mut st = ConnAuth::default();
             let got = auth(methods, key)
-                .client_request(&me(), peer, &mut st, Option::None)
+                .client_request(&me(), peer, &mut st, Time(0), Option::None)
                 .map(|c| match c {
                     Control::AuthRequest {
                         method,
@@ -691,13 +714,19 @@ mod tests {
         use AuthMethod::*;
         let mut a = auth(&[Cephx, None], true);
         let first = |a: &mut Auth, st: &mut ConnAuth| {
-            a.client_request(&me(), EntityType::MON, st, Option::None)
+            a.client_request(&me(), EntityType::MON, st, Time(0), Option::None)
         };
 
         let mut st = ConnAuth::default();
         first(&mut a, &mut st);
         st.proved = true;
-        let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -13, &[2], &[1]);
+        let got = a.client_bad_method(
+            &me(),
+            EntityType::MON,
+            &mut st,
+            Time(0),
+            refusal(-13, &[2], &[1]),
+        );
         assert_eq!(
             got,
             BadMethod::Fail(FaultReason::AuthRejected { result: -13 })
@@ -705,7 +734,13 @@ mod tests {
 
         let mut st = ConnAuth::default();
         first(&mut a, &mut st);
-        let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -95, &[1], &[1]);
+        let got = a.client_bad_method(
+            &me(),
+            EntityType::MON,
+            &mut st,
+            Time(0),
+            refusal(-95, &[1], &[1]),
+        );
         assert!(
             matches!(
                 got,
@@ -714,7 +749,13 @@ mod tests {
             "{got:?}"
         );
         // Auth none refused as well: nothing left.
-        let got = a.client_bad_method(&me(), EntityType::MON, &mut st, -95, &[2], &[2]);
+        let got = a.client_bad_method(
+            &me(),
+            EntityType::MON,
+            &mut st,
+            Time(0),
+            refusal(-95, &[2], &[2]),
+        );
         assert_eq!(
             got,
             BadMethod::Fail(FaultReason::AuthMethodRefused { allowed: vec![2] })
@@ -722,14 +763,13 @@ mod tests {
 
         let mut only_cephx = auth(&[Cephx], true);
         let mut st = ConnAuth::default();
-        only_cephx.client_request(&me(), EntityType::MON, &mut st, Option::None);
+        only_cephx.client_request(&me(), EntityType::MON, &mut st, Time(0), Option::None);
         let got = only_cephx.client_bad_method(
             &me(),
             EntityType::MON,
             &mut st,
-            -95,
-            &[AUTH_METHOD_CEPHX],
-            &[3],
+            Time(0),
+            refusal(-95, &[AUTH_METHOD_CEPHX], &[3]),
         );
         assert_eq!(
             got,
@@ -743,14 +783,14 @@ mod tests {
     fn a_mode_not_offered_and_a_second_challenge_are_refused() {
         let mut a = auth(&[AuthMethod::None], false);
         let mut st = ConnAuth::default();
-        a.client_request(&me(), EntityType::MON, &mut st, Option::None);
+        a.client_request(&me(), EntityType::MON, &mut st, Time(0), Option::None);
         assert_eq!(
-            a.client_done(&mut st, 4100, 2, &[]),
+            a.client_done(&mut st, Time(0), 4100, 2, &[]),
             Err(FaultReason::UnsupportedConMode(2))
         );
         let mut a = auth(&[AuthMethod::Cephx], true);
         let mut st = ConnAuth::default();
-        a.client_request(&me(), EntityType::MON, &mut st, Option::None);
+        a.client_request(&me(), EntityType::MON, &mut st, Time(0), Option::None);
         let challenge = [1, 1, 2, 3, 4, 5, 6, 7, 8];
         assert!(matches!(a.client_more(&mut st, &challenge), Some(Ok(_))));
         assert!(a.client_more(&mut st, &challenge).is_none());

@@ -14,6 +14,8 @@ use crate::proto::frame::FrameLimits;
 use crate::proto::policy::Policy;
 use crate::proto::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType};
 
+use super::timer::Time;
+
 /// Configuration of one endpoint; Ceph's option names in brackets.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
@@ -312,20 +314,43 @@ pub struct AuthConfig {
 }
 
 /// The service tickets and global_id of the last monitor authentication, shared by the
-/// endpoints of a messenger (a ticket obtained on one worker serves connections on all).
+/// endpoints of a messenger (a ticket obtained on one worker serves connections on all;
+/// they share the runtime's clock), each with the time it expires.
 #[derive(Clone, Default)]
-pub struct TicketStore(Arc<Mutex<(u64, Vec<Ticket>)>>);
+pub struct TicketStore(Arc<Mutex<HeldTickets>>);
+
+#[derive(Default)]
+struct HeldTickets {
+    global_id: u64,
+    /// Each ticket with the time it expires.
+    tickets: Vec<(Ticket, Time)>,
+}
 
 impl TicketStore {
-    pub fn replace(&self, global_id: u64, tickets: Vec<Ticket>) {
-        *self.0.lock().expect("not poisoned") = (global_id, tickets);
+    /// Tickets got at `now`: each expires after its validity.
+    pub fn replace(&self, global_id: u64, tickets: Vec<Ticket>, now: Time) {
+        let timed = tickets
+            .into_iter()
+            .map(|t| {
+                let expires = now.after(t.validity);
+                (t, expires)
+            })
+            .collect();
+        *self.0.lock().expect("not poisoned") = HeldTickets {
+            global_id,
+            tickets: timed,
+        };
     }
 
-    /// Our global_id and the ticket for `service`, if we hold one.
-    pub(super) fn get(&self, service: EntityType) -> Option<(u64, Ticket)> {
+    /// Our global_id and the ticket for `service`, if we hold one that has not expired at
+    /// `now` (Ceph's services refuse expired tickets; a new monitor authentication renews).
+    pub(super) fn get(&self, service: EntityType, now: Time) -> Option<(u64, Ticket)> {
         let held = self.0.lock().expect("not poisoned");
-        let ticket = held.1.iter().find(|t| t.service == service)?.clone();
-        Some((held.0, ticket))
+        let (ticket, _) = held
+            .tickets
+            .iter()
+            .find(|(t, expires)| t.service == service && now < *expires)?;
+        Some((held.global_id, ticket.clone()))
     }
 }
 
@@ -339,7 +364,7 @@ impl Eq for TicketStore {}
 
 impl fmt::Debug for TicketStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.lock().map_or(0, |h| h.1.len());
+        let n = self.0.lock().map_or(0, |h| h.tickets.len());
         write!(f, "TicketStore({n} tickets)")
     }
 }

@@ -49,7 +49,7 @@ pub enum FaultReason {
     Cephx(#[from] CephxError),
     #[error("secure mode: {0}")]
     Secure(#[from] SecureError),
-    #[error("no auth method to offer this peer: cephx needs our key, and for a daemon a ticket from a monitor first; auth none is not in auth_client_required")]
+    #[error("no auth method to offer this peer: cephx needs our key, and for a daemon an unexpired ticket from a monitor (authenticate with one first, again once tickets expire); auth none is not in auth_client_required")]
     NoAuthMethod,
     #[error("auth signature mismatch")]
     BadSignature,

@@ -9,7 +9,7 @@ use crate::proto::intercept::Step;
 use crate::proto::secure::streams;
 use crate::proto::wire::{AddrType, EntityAddr, EntityType};
 
-use super::auth::{BadMethod, ConMode, ServerAuth};
+use super::auth::{BadMethod, ConMode, Refusal, ServerAuth};
 use super::conn::{ConnState, Role, Trigger};
 use super::fault::FaultReason;
 use super::ids::ConnId;
@@ -121,9 +121,13 @@ impl Endpoint {
                 c.set_state(ConnState::Auth);
                 self.intercept(cid, Step::SendAuthRequest, || None)?;
                 let c = self.conns.get_mut(&cid).expect("checked");
-                let request =
-                    self.auth
-                        .client_request(&self.config.name, peer_type, &mut c.auth, None);
+                let request = self.auth.client_request(
+                    &self.config.name,
+                    peer_type,
+                    &mut c.auth,
+                    self.now,
+                    None,
+                );
                 let Some(request) = request else {
                     // Our only method needs what we lack (cephx without a key or ticket).
                     return self.refuse(cid, FaultReason::NoAuthMethod);
@@ -147,13 +151,17 @@ impl Endpoint {
         allowed_modes: &[u32],
     ) -> Flow {
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let refusal = Refusal {
+            result,
+            methods: allowed_methods,
+            modes: allowed_modes,
+        };
         let answer = self.auth.client_bad_method(
             &self.config.name,
             c.peer_type,
             &mut c.auth,
-            result,
-            allowed_methods,
-            allowed_modes,
+            self.now,
+            refusal,
         );
         match answer {
             BadMethod::Retry(request) => {
@@ -198,7 +206,7 @@ impl Endpoint {
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
         let mode = match self
             .auth
-            .client_done(&mut c.auth, global_id, con_mode, payload)
+            .client_done(&mut c.auth, self.now, global_id, con_mode, payload)
         {
             Ok(mode) => mode,
             Err(reason) => return self.refuse(cid, reason),
