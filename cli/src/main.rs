@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, required = true, value_parser = cmd::parse_addr)]
         bind: Vec<EntityAddr>,
         /// Our entity name.
-        #[arg(long, default_value = "osd.0", value_parser = cmd::parse_entity_name)]
+        #[arg(short = 'n', long, default_value = "osd.0", value_parser = cmd::parse_entity_name)]
         name: EntityName,
         /// Worker threads (default: one per CPU).
         #[arg(long)]
@@ -51,6 +51,10 @@ enum Command {
         /// Address nonce; clients must name it (v2:IP:PORT/NONCE) unless it is 0.
         #[arg(long, default_value_t = 0)]
         nonce: u32,
+        /// Keyring of the clients admitted with cephx (`keyring`), as a monitor's database:
+        /// with it, cephx is required (`auth_service_required`, `auth_cluster_required`).
+        #[arg(short = 'k', long)]
+        keyring: Option<std::path::PathBuf>,
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
@@ -63,8 +67,11 @@ enum Command {
         /// What the peer must be (mon, osd, mgr, mds, client); default: any.
         #[arg(long, default_value = "any", value_parser = cmd::parse_entity_type)]
         peer_type: EntityType,
-        #[arg(long, default_value = "client.admin", value_parser = cmd::parse_entity_name)]
+        /// Our entity name, whose key the keyring holds.
+        #[arg(short = 'n', long, default_value = "client.admin", value_parser = cmd::parse_entity_name)]
         name: EntityName,
+        #[command(flatten)]
+        auth: cmd::AuthArgs,
         #[arg(long, default_value_t = 10)]
         count: usize,
         /// Milliseconds between pings.
@@ -138,6 +145,10 @@ enum Command {
         /// point (a few minutes).
         #[arg(long)]
         scale: bool,
+        /// crc, or secure: also measure ping-pong and stream with cephx and secure mode,
+        /// beside crc mode in the same run.
+        #[arg(long, default_value = "crc")]
+        mode: String,
     },
 }
 
@@ -174,6 +185,7 @@ fn main() -> ExitCode {
             no_ceph,
             report: html,
             scale,
+            mode,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -204,6 +216,7 @@ fn main() -> ExitCode {
                     rados_peer.or_else(cmd::bench::default_rados_peer)
                 },
                 ceph: !no_ceph,
+                mode,
             };
             if let Err(e) = args.validate() {
                 eprintln!("ringwire bench: {e}");
@@ -241,12 +254,16 @@ fn main() -> ExitCode {
             name,
             workers,
             nonce,
+            keyring,
             metrics,
-        } => report(cmd::serve::run(name, bind, workers, nonce, metrics)),
+        } => report(cmd::serve::run(
+            name, bind, workers, nonce, keyring, metrics,
+        )),
         Command::Ping {
             addr,
             peer_type,
             name,
+            auth,
             count,
             interval_ms,
             timeout,
@@ -254,6 +271,7 @@ fn main() -> ExitCode {
             addr,
             peer_type,
             name,
+            auth,
             count,
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_secs(timeout),

@@ -192,3 +192,47 @@ fn size_below_the_sequence_number_is_rejected() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// `--mode secure` measures cephx/secure messengers beside the crc ones: both sets of
+/// figures and their ratios are in the report, the secure session's integrity count is
+/// clean, and the keyring made for the run is gone.
+#[test]
+fn secure_mode_reports_its_figures_beside_crc_mode() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringwire"))
+        .args([
+            "bench", "--mode", "secure", "--rounds", "1", "--iters", "200",
+        ])
+        .args(["--no-rados", "--no-ceph"])
+        .args([
+            "--duration",
+            "0.2",
+            "--connections",
+            "4",
+            "--large",
+            "100000",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ringwire");
+    let keyring = std::env::temp_dir().join(format!("ringwire-bench-{}.keyring", child.id()));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(v["mode"], "secure");
+    let m = &v["median"];
+    for figure in ["secure_p50_us", "secure_stream_mbps"] {
+        assert!(m[figure].as_f64().is_some_and(|x| x > 0.0), "{figure}: {m}");
+    }
+    for ratio in ["ratio_secure_p50_vs_crc", "ratio_secure_stream_vs_crc"] {
+        assert!(v[ratio].as_f64().is_some_and(|x| x > 0.0), "{ratio}: {v}");
+    }
+    let i = &v["secure_integrity"];
+    assert!(i["received"].as_u64().unwrap() > 0, "{i}");
+    for bad in ["lost", "duplicated", "reordered", "echo_mismatches"] {
+        assert_eq!(i[bad], 0, "{bad}: {i}");
+    }
+    assert!(!keyring.exists(), "the run's keyring must be removed");
+}

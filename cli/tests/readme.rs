@@ -118,7 +118,7 @@ fn readme_serve_ping_and_library_example_work_together() {
         "ping failed: {stdout}{}",
         String::from_utf8_lossy(&ping.stderr)
     );
-    assert!(stdout.contains("(osd.0)"), "{stdout}");
+    assert!(stdout.contains("(osd.0, none/crc)"), "{stdout}");
     assert!(stdout.contains("10 sent, 10 received"), "{stdout}");
 
     let started = Instant::now();

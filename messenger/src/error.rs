@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::proto::cephx::KeyringError;
 use crate::proto::EntityAddr;
 
 /// Why a messenger could not start.
@@ -23,4 +24,12 @@ pub enum Error {
     NoSocketAddr(EntityAddr),
     #[error("RDMA is unavailable: {0}")]
     Rdma(String),
+    #[error("{0}")]
+    Keyring(#[from] KeyringError),
+    #[error("auth_client_required = cephx needs our key: set Options::keyring (-k) to a keyring holding {0}")]
+    NoKey(crate::proto::EntityName),
+    #[error("auth_service_required / auth_cluster_required = cephx needs the keys of the peers to admit: set Options::keyring (-k)")]
+    NoKeyring,
+    #[error("no randomness for cephx keys: getrandom failed: {0}")]
+    Random(std::io::Error),
 }

@@ -1,8 +1,9 @@
 //! The messenger's options, with Ceph's option names where there is one (docs/options.md).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::proto::Tuning;
+use crate::proto::{AuthMethod, ModeName, Tuning};
 
 /// Options, with Ceph's option names where there is one.
 #[derive(Debug, Clone)]
@@ -38,6 +39,31 @@ pub struct Options {
     pub nonce: Option<u32>,
     /// The RDMA transport (addresses `rdma:IP:PORT`); see docs/rdma.md.
     pub rdma: RdmaOptions,
+    /// `keyring`: the keyring file holding our key (for the messenger's name), for cephx.
+    pub keyring: Option<PathBuf>,
+    /// `auth_client_required`: auth methods offered, preferred first. Default (`None`):
+    /// cephx alone when a keyring is set (no silent fall-back to none), else none.
+    pub auth_client_required: Option<Vec<AuthMethod>>,
+    /// `ms_mon_client_mode`: connection modes offered to monitors, preferred first
+    /// (Ceph's default: secure, crc).
+    pub ms_mon_client_mode: Vec<ModeName>,
+    /// `ms_client_mode`: connection modes offered to other daemons, preferred first
+    /// (Ceph's default: crc, secure).
+    pub ms_client_mode: Vec<ModeName>,
+    /// `auth_service_required`: auth methods a server allows from clients. Default (`None`):
+    /// cephx alone when a keyring is set (its entries are the clients we admit), else none.
+    pub auth_service_required: Option<Vec<AuthMethod>>,
+    /// `auth_cluster_required`: auth methods a server allows from daemons; default as
+    /// `auth_service_required`.
+    pub auth_cluster_required: Option<Vec<AuthMethod>>,
+    /// `ms_service_mode` / `ms_cluster_mode`: connection modes a (non-monitor) server allows
+    /// from clients / daemons (Ceph's default: crc, secure).
+    pub ms_service_mode: Vec<ModeName>,
+    pub ms_cluster_mode: Vec<ModeName>,
+    /// `ms_mon_service_mode` / `ms_mon_cluster_mode`: the same for a monitor (a messenger
+    /// named `mon.*`; Ceph's default: secure, crc).
+    pub ms_mon_service_mode: Vec<ModeName>,
+    pub ms_mon_cluster_mode: Vec<ModeName>,
 }
 
 /// Options of the RDMA transport. Each worker opens the device when it first needs it and
@@ -101,6 +127,16 @@ impl Default for Options {
             arena_size: 64 << 20,
             nonce: None,
             rdma: RdmaOptions::default(),
+            keyring: None,
+            auth_client_required: None,
+            ms_mon_client_mode: vec![ModeName::Secure, ModeName::Crc],
+            ms_client_mode: vec![ModeName::Crc, ModeName::Secure],
+            auth_service_required: None,
+            auth_cluster_required: None,
+            ms_service_mode: vec![ModeName::Crc, ModeName::Secure],
+            ms_cluster_mode: vec![ModeName::Crc, ModeName::Secure],
+            ms_mon_service_mode: vec![ModeName::Secure, ModeName::Crc],
+            ms_mon_cluster_mode: vec![ModeName::Secure, ModeName::Crc],
         }
     }
 }

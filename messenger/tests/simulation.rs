@@ -21,9 +21,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringwire::proto::cephx::client::read_auth_done;
+use ringwire::proto::cephx::keyring::key_to_base64;
+use ringwire::proto::cephx::server::Grant;
+use ringwire::proto::cephx::{CryptoKey, KeyType, Keyring, Secret};
+use ringwire::proto::endpoint::{Entropy, TicketStore};
 use ringwire::proto::{
-    Action, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType,
-    Event, FrameCounts, Interceptor, Io, Message, Policy, SessionId, Step, Tag, Time,
+    Action, AuthConfig, AuthMethod, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec,
+    EntityName, EntityType, Event, FrameCounts, Interceptor, Io, Message, ModeName, Policy,
+    SessionId, Step, Tag, Time,
 };
 
 const SEEDS: u64 = 1000;
@@ -134,6 +140,8 @@ struct Stats {
     delivered: u64,
     resets: u64,
     ready: u64,
+    /// Of `ready`: connections that settled on cephx and secure mode.
+    ready_secure: u64,
     max_time_ms: u64,
     frames: FrameCounts,
 }
@@ -154,6 +162,56 @@ struct Sim {
     log: Vec<String>,
 }
 
+fn key(rng: &mut Rng) -> CryptoKey {
+    let bytes = (0..2).flat_map(|_| rng.next().to_le_bytes()).collect();
+    CryptoKey::new(KeyType::Aes, (0, 0), Secret::new(bytes)).unwrap()
+}
+
+/// cephx and secure mode for the two nodes, every key from the seeded `rng`: each node's own
+/// key and the OSDs' service secret in one keyring, and for each node an OSD ticket as a
+/// monitor would have issued it (so each can present an authorizer to the other).
+fn secure_auth(rng: &mut Rng, names: [&EntityName; 2]) -> [AuthConfig; 2] {
+    let osd_secret = key(rng);
+    let keys = [key(rng), key(rng)];
+    let mut text = format!("[osd.]\n\tkey = {}\n", *key_to_base64(&osd_secret));
+    for (name, k) in names.iter().zip(&keys) {
+        text.push_str(&format!("[{name}]\n\tkey = {}\n", *key_to_base64(k)));
+    }
+    let keyring = Keyring::parse(&text).unwrap();
+    let mint = |rng: &mut Rng, i: usize| {
+        let tickets = TicketStore::default();
+        let grant = Grant {
+            name: names[i],
+            global_id: 5000 + i as u64,
+            session_key: key(rng),
+            service_keys: vec![(EntityType::OSD, key(rng))],
+            connection_secret: Secret::new(Vec::new()),
+            ticket_secret: &key(rng),
+            service_secrets: vec![(EntityType::OSD, &osd_secret)],
+        };
+        let done = read_auth_done(&keys[i], &grant.auth_done_payload(&keys[i])).unwrap();
+        tickets.replace(5000 + i as u64, done.tickets, Time(0));
+        let mut entropy = [0u8; 32];
+        for c in entropy.chunks_mut(8) {
+            c.copy_from_slice(&rng.next().to_le_bytes());
+        }
+        AuthConfig {
+            client_required: vec![AuthMethod::Cephx],
+            client_mode: vec![ModeName::Secure],
+            key: Some(keys[i].clone()),
+            service_required: vec![AuthMethod::Cephx],
+            cluster_required: vec![AuthMethod::Cephx],
+            service_mode: vec![ModeName::Secure],
+            cluster_mode: vec![ModeName::Secure],
+            keyring: Some(keyring.clone()),
+            tickets,
+            entropy: Entropy(entropy),
+            ..AuthConfig::default()
+        }
+    };
+    [mint(rng, 0), mint(rng, 1)]
+}
+
 fn node_addr(i: usize) -> EntityAddr {
     EntityAddr::msgr2(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 6800 + i as u16),
@@ -162,11 +220,11 @@ fn node_addr(i: usize) -> EntityAddr {
 }
 
 impl Sim {
-    fn new(seed: u64, scenario: Scenario) -> Sim {
+    fn new(seed: u64, scenario: Scenario, secure: bool) -> Sim {
         let salt = match scenario {
             Scenario::ClientServer { lossy } => 1 + lossy as u64,
             Scenario::Peers { reuse } => 3 + reuse as u64,
-        };
+        } + 8 * secure as u64;
         let mut rng =
             Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ salt.wrapping_mul(0xdead_beef));
         let (p0, p1, t0, t1) = match scenario {
@@ -196,6 +254,8 @@ impl Sim {
         } else {
             0
         };
+        let names = [EntityName::new(t0, "0"), EntityName::new(t1, "1")];
+        let mut auth = secure.then(|| secure_auth(&mut rng, [&names[0], &names[1]]));
         let mut nodes = Vec::new();
         for (i, (ty, policy, peer_ty)) in [(t0, p0, t1), (t1, p1, t0)].into_iter().enumerate() {
             let addr = node_addr(i);
@@ -223,6 +283,9 @@ impl Sim {
                 cfg.tuning.keepalive_interval = Some(Duration::from_millis(300));
             }
             cfg.seed = rng.next();
+            if let Some(a) = auth.as_mut() {
+                cfg.auth = a[i].clone();
+            }
             let mut ep = Endpoint::new(cfg);
             if rng.chance(30) {
                 ep.set_interceptor(Some(Box::new(FailAt {
@@ -602,7 +665,12 @@ impl Sim {
                 self.nodes[node].resets.insert(session);
                 self.stats.resets += 1;
             }
-            Event::Connected { .. } | Event::Accepted { .. } => self.stats.ready += 1,
+            Event::Connected { security, .. } | Event::Accepted { security, .. } => {
+                self.stats.ready += 1;
+                if security.to_string() == "cephx/secure" {
+                    self.stats.ready_secure += 1;
+                }
+            }
             Event::Fault { reason, conn, .. } => {
                 self.stats.faults += 1;
                 self.log.push(format!(
@@ -767,10 +835,15 @@ fn parse(m: &Message) -> (usize, u32) {
 }
 
 fn run_seeds(scenario: Scenario) -> Stats {
+    run_seeds_with(scenario, false)
+}
+
+/// `secure`: cephx (authorizers both ways) and secure mode on every connection.
+fn run_seeds_with(scenario: Scenario, secure: bool) -> Stats {
     let mut total = Stats::default();
     let mut failures = Vec::new();
     for seed in 0..SEEDS {
-        let mut sim = Sim::new(seed, scenario);
+        let mut sim = Sim::new(seed, scenario, secure);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
         let st = &sim.stats;
         total.runs += 1;
@@ -780,6 +853,7 @@ fn run_seeds(scenario: Scenario) -> Stats {
         total.delivered += st.delivered;
         total.resets += st.resets;
         total.ready += st.ready;
+        total.ready_secure += st.ready_secure;
         total.max_time_ms = total.max_time_ms.max(st.max_time_ms);
         for n in &sim.nodes {
             total.frames.add(n.ep.frame_counts());
@@ -798,7 +872,7 @@ fn run_seeds(scenario: Scenario) -> Stats {
     }
     assert!(
         failures.is_empty(),
-        "{scenario:?}: {} of {SEEDS} seeds failed; first:\n{}",
+        "{scenario:?} (secure: {secure}): {} of {SEEDS} seeds failed; first:\n{}",
         failures.len(),
         failures
             .iter()
@@ -840,6 +914,9 @@ fn run_seeds(scenario: Scenario) -> Stats {
             f.received(t)
         );
     }
+    // Every connection ready in the mode the run is about.
+    let want_secure = if secure { total.ready } else { 0 };
+    assert_eq!(total.ready_secure, want_secure, "{total:?}");
     // The faults must really have happened, or the run proves nothing.
     assert!(total.kills > SEEDS && total.faults > SEEDS, "{total:?}");
     assert!(total.connects > total.runs * 2, "{total:?}");
@@ -897,6 +974,23 @@ fn lossless_peer_both_ways() {
 #[test]
 fn lossless_peer_reuse_both_ways() {
     let st = run_seeds(Scenario::Peers { reuse: true });
+    assert_eq!(st.delivered, SEEDS * 2 * MESSAGES as u64);
+    assert_race_paths(&st.frames);
+}
+
+/// The lossless client/server scenario with cephx and secure mode on every connection
+/// (authorizers with tickets from the seeded keys): the same guarantees, every frame sealed.
+#[test]
+fn lossless_client_stateful_server_in_cephx_secure_mode() {
+    let st = run_seeds_with(Scenario::ClientServer { lossy: false }, true);
+    assert_eq!(st.delivered, SEEDS * 2 * MESSAGES as u64);
+    assert!(st.frames.received(Tag::SessionReconnectOk) > SEEDS / 2);
+}
+
+/// Peers connecting at once, each presenting its ticket to the other, in secure mode.
+#[test]
+fn lossless_peers_both_ways_in_cephx_secure_mode() {
+    let st = run_seeds_with(Scenario::Peers { reuse: false }, true);
     assert_eq!(st.delivered, SEEDS * 2 * MESSAGES as u64);
     assert_race_paths(&st.frames);
 }

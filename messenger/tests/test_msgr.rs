@@ -1,7 +1,9 @@
 //! Ports of Ceph's src/test/msgr/test_msgr.cc scenarios (msgr2.md §2) over real loopback
 //! sockets, with the interceptor counting, failing and pausing protocol steps. With
 //! `RINGWIRE_TEST_FABRIC=rdma` every scenario runs over RDMA queue pairs instead (inside the
-//! soft-RoCE guest of `cargo xtask rxe-test`).
+//! soft-RoCE guest of `cargo xtask rxe-test`). With `RINGWIRE_TEST_SECURE=1` every messenger
+//! authenticates with cephx (keys made for the run, a monitor started once for the binary)
+//! and every connection runs in secure mode (`cargo xtask ci` runs both).
 //!
 //! One file on purpose (over 800 lines): it mirrors test_msgr.cc scenario by scenario, so a
 //! scenario is found where Ceph has it, and `rxe-test` runs it as one binary.
@@ -9,13 +11,18 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringwire::proto::cephx::keyring::key_to_base64;
+use ringwire::proto::cephx::{CryptoKey, KeyType, Secret};
 use ringwire::proto::policy::{FEATURES_PACIFIC, FEATURE_MSG_ADDR2};
-use ringwire::proto::{Action, ConnId, EntityType, Message, Policy, Step, Tuning};
+use ringwire::proto::{
+    Action, ConnId, EntityAddr, EntityType, Message, ModeName, Policy, Step, Tuning,
+};
 use ringwire::{Connection, Dispatcher, Incoming, Messenger, MessengerInterceptor, Options};
 
 const T: Duration = Duration::from_secs(20);
@@ -63,6 +70,103 @@ struct Node {
     steps: Arc<Steps>,
 }
 
+/// The keys and monitor of a secure run (`RINGWIRE_TEST_SECURE=1`).
+struct SecureRun {
+    keyring: PathBuf,
+    monitor: Messenger,
+}
+
+/// Keys for every name the scenarios use (client.0-31, osd.0-31) and the OSDs' service
+/// secret, in a keyring the monitor and every node read; `None` unless the run is secure.
+fn secure_run() -> Option<&'static SecureRun> {
+    static RUN: OnceLock<Option<SecureRun>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        std::env::var_os("RINGWIRE_TEST_SECURE")?;
+        let mut seed = std::process::id() as u64 | 1;
+        let mut text = String::new();
+        let names = (0..32).flat_map(|i| [format!("client.{i}"), format!("osd.{i}")]);
+        for name in names.chain(["osd.".to_string()]) {
+            let bytes: Vec<u8> = (0..16)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let key = CryptoKey::new(KeyType::Aes, (0, 0), Secret::new(bytes)).unwrap();
+            text.push_str(&format!("[{name}]\n\tkey = {}\n", *key_to_base64(&key)));
+        }
+        let keyring =
+            std::env::temp_dir().join(format!("ringwire-test-msgr-{}.keyring", std::process::id()));
+        std::fs::write(&keyring, text).unwrap();
+        let monitor = Messenger::builder(name(EntityType::MON, "a"))
+            .bind(loopback())
+            .default_policy(Policy::stateless_server())
+            .options(Options {
+                workers: 1,
+                keyring: Some(keyring.clone()),
+                ..Options::default()
+            })
+            .start(Arc::new(Recorder::default()))
+            .unwrap();
+        Some(SecureRun { keyring, monitor })
+    })
+    .as_ref()
+}
+
+/// How every connection of this run is protected.
+fn run_security() -> &'static str {
+    match secure_run() {
+        Some(_) => "cephx/secure",
+        None => "none/crc",
+    }
+}
+
+/// In a secure run: the node's keyring and secure mode on every connection.
+fn secured(mut o: Options) -> Options {
+    if let Some(run) = secure_run() {
+        o.keyring = Some(run.keyring.clone());
+        o.ms_client_mode = vec![ModeName::Secure];
+        o.ms_mon_client_mode = vec![ModeName::Secure];
+        o.ms_service_mode = vec![ModeName::Secure];
+        o.ms_cluster_mode = vec![ModeName::Secure];
+    }
+    o
+}
+
+/// In a secure run, `m` gets its tickets from the monitor before the scenario starts.
+/// Injected socket failures may fail an attempt: it tries again. Returns whether it did.
+fn get_tickets(m: &Messenger) -> bool {
+    let Some(run) = secure_run() else {
+        return false;
+    };
+    let mon: EntityAddr = run.monitor.addrs().0[0];
+    let ready = (0..50).find_map(|_| {
+        let c = m.connect_anon(mon, EntityType::MON);
+        let ok = c.wait_ready(T).is_ok();
+        let security = c.security();
+        c.mark_down();
+        ok.then_some(security)
+    });
+    let security = ready.expect("the test monitor authenticates us").unwrap();
+    assert_eq!(security.to_string(), "cephx/secure");
+    true
+}
+
+/// [`get_tickets`] for a node, whose step counts and recorded events then start from
+/// nothing again.
+fn authenticate(n: &Node) {
+    if !get_tickets(&n.m) {
+        return;
+    }
+    n.rec.wait_for(T, "the monitor's connect event", |s| {
+        s.iter().any(|x| matches!(x, Seen::Connect(_)))
+    });
+    n.rec.seen.lock().unwrap().clear();
+    n.steps.counts.lock().unwrap().clear();
+}
+
 fn node(
     ty: EntityType,
     id: &str,
@@ -75,22 +179,25 @@ fn node(
     let steps = Arc::new(Steps::default());
     let mut b = Messenger::builder(name(ty, id))
         .options(options)
-        .interceptor(steps.clone());
+        .interceptor(steps.clone())
+        .policy(EntityType::MON, Policy::lossy_client());
     if bind {
         b = b.bind(loopback());
     }
     for (t, p) in policies {
         b = b.policy(*t, *p);
     }
-    Node {
+    let n = Node {
         m: b.start(rec.clone()).unwrap(),
         rec,
         steps,
-    }
+    };
+    authenticate(&n);
+    n
 }
 
 fn opts() -> Options {
-    small_rdma(Options {
+    secured(small_rdma(Options {
         workers: 1,
         tuning: Tuning {
             initial_backoff: Duration::from_millis(20),
@@ -98,7 +205,7 @@ fn opts() -> Options {
             ..Tuning::default()
         },
         ..Options::default()
-    })
+    }))
 }
 
 fn ping(i: u32) -> Message {
@@ -175,11 +282,14 @@ fn simple_test() {
     conn.send(ping(1)).unwrap();
     c.rec.wait_for(T, "echo", |s| count_msgs(s) == 1);
     assert!(conn.is_connected());
+    assert_eq!(conn.security().unwrap().to_string(), run_security());
     assert_eq!(
         server.rec.count(|s| matches!(s, Seen::Accept(_))),
         1,
         "one session"
     );
+    let accepted = server.rec.conns.lock().unwrap()[0].clone();
+    assert_eq!(accepted.security().unwrap().to_string(), run_security());
     conn.mark_down();
     assert!(!conn.is_connected());
     // A new connection, then the server goes away: the lossy connection ends, sends fail.
@@ -677,9 +787,11 @@ fn client_side_markdown_test() {
     let d = Arc::new(MarkOther::default());
     let c = Messenger::builder(name(EntityType::CLIENT, "1"))
         .policy(EntityType::OSD, Policy::lossy_client())
+        .policy(EntityType::MON, Policy::lossy_client())
         .options(opts())
         .start(d.clone())
         .unwrap();
+    get_tickets(&c);
     const ROUNDS: u32 = 200;
     // The round of each connection, by id.
     let mut round_of: HashMap<u64, u32> = HashMap::new();
@@ -798,6 +910,11 @@ fn synthetic_inject_test() {
         .map(|n| n.m.stats().injected_faults)
         .sum();
     assert!(injected > 0, "failures were injected");
+    for s in &servers {
+        for c in s.rec.conns.lock().unwrap().iter() {
+            assert_eq!(c.security().unwrap().to_string(), run_security());
+        }
+    }
     for (si, s) in servers.iter().enumerate() {
         let got = s.rec.contents();
         for ci in 0..N {

@@ -8,7 +8,7 @@ use crate::{ebpf, exec, fuzz, provision, rxe};
 pub fn run(root: &Path) -> Result<(), String> {
     exec::run(root, "cargo", &["fmt", "--all", "--check"])?;
     // A real monitor and the ceph CLI for the interop tests (Debian 12 ships 16.2.15).
-    provision::ensure_packages(&["ceph-mon", "ceph-common"])?;
+    provision::ensure_packages(&["ceph-mon", "ceph-osd", "ceph-common"])?;
     // Headless Chromium renders `ringwire bench --report` in cli/tests/bench_report.rs.
     provision::ensure_packages(&["chromium"])?;
     // ringwire-trace embeds the BPF object: build it first; cargo finds it through the env.
@@ -34,7 +34,25 @@ pub fn run(root: &Path) -> Result<(), String> {
     let (mut passed, mut failed) = run_tests(
         root,
         &["test", "--workspace", "--locked", "--profile", "ci"],
+        &[],
     )?;
+    // The test_msgr ports again, every messenger with cephx and every connection sealed.
+    let (secure_passed, secure_failed) = run_tests(
+        root,
+        &[
+            "test",
+            "--locked",
+            "--profile",
+            "ci",
+            "-p",
+            "ringwire",
+            "--test",
+            "test_msgr",
+        ],
+        &[("RINGWIRE_TEST_SECURE", "1")],
+    )?;
+    passed += secure_passed;
+    failed += secure_failed;
     let (rxe_passed, rxe_failed) = rxe::test(root)?;
     passed += rxe_passed;
     failed += rxe_failed;
@@ -44,9 +62,9 @@ pub fn run(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `cargo test`, echoing its output, and adds up its "test result" lines.
-fn run_tests(dir: &Path, args: &[&str]) -> Result<(u64, u64), String> {
+/// Runs `cargo test` with `env` set, echoing its output, and adds up its "test result" lines.
+fn run_tests(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(u64, u64), String> {
     let mut cmd = Command::new("cargo");
-    cmd.args(args).current_dir(dir);
+    cmd.args(args).envs(env.iter().copied()).current_dir(dir);
     exec::count_test_results(cmd, &format!("cargo {}", args.join(" ")))
 }

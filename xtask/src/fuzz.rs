@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::{exec, provision};
 
-const FUZZ_TARGETS: &[&str] = &["frame_decoder", "handshake"];
+const FUZZ_TARGETS: &[&str] = &["frame_decoder", "handshake", "cephx"];
 
 pub fn run(root: &Path, secs: &str) -> Result<(), String> {
     provision::ensure_cargo_fuzz()?;

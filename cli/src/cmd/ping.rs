@@ -22,6 +22,7 @@ pub struct PingArgs {
     /// `EntityType::ANY` accepts whatever the peer is.
     pub peer_type: EntityType,
     pub name: EntityName,
+    pub auth: super::AuthArgs,
     pub count: usize,
     pub interval: Duration,
     pub timeout: Duration,
@@ -56,8 +57,19 @@ fn explain(addr: &EntityAddr, why: &NotReady) -> String {
         }
         Some(FaultReason::AuthMethodRefused { allowed }) => format!(
             "{addr} refused authentication: it allows auth methods {allowed:?} \
-             (Ringwire speaks auth none only)"
+             (1 = none, 2 = cephx: cephx needs -k KEYRING)"
         ),
+        Some(FaultReason::AuthRejected { result }) => format!(
+            "authentication with {addr} failed: it rejected our key (error {result}, permission \
+             denied); check that the keyring's key for our name (-n) is the cluster's"
+        ),
+        Some(FaultReason::ConModeRefused { allowed }) => format!(
+            "{addr} refused our connection modes: it allows {allowed:?} (1 = crc, 2 = secure); \
+             see --ms-mon-client-mode / --ms-client-mode"
+        ),
+        Some(reason @ FaultReason::Cephx(_)) => {
+            format!("authentication with {addr} failed: {reason}")
+        }
         Some(FaultReason::HandshakeTimeout) => format!(
             "handshake with {addr} timed out: the port accepted a connection but did not speak \
              msgr2 in time (a msgr1-only port, or an overloaded peer?)"
@@ -83,12 +95,14 @@ fn learn_peer_addr(m: &Messenger, addr: &EntityAddr, timeout: Duration) -> Optio
 
 pub fn run(a: PingArgs) -> Result<(), String> {
     let (tx, rx) = channel();
+    let mut options = Options {
+        workers: 1,
+        ..Options::default()
+    };
+    a.auth.apply(&mut options);
     let m = Messenger::builder(a.name)
         .default_policy(Policy::lossy_client())
-        .options(Options {
-            workers: 1,
-            ..Options::default()
-        })
+        .options(options)
         .start(Arc::new(Pinger(Mutex::new(tx))))
         .map_err(|e| e.to_string())?;
     let conn = m.connect(a.addr, a.peer_type);
@@ -113,7 +127,11 @@ pub fn run(a: PingArgs) -> Result<(), String> {
         return Err(msg);
     }
     let peer = conn.peer().map(|p| p.to_string()).unwrap_or_default();
-    println!("PING {} ({peer}): KEEPALIVE2 round trips", a.addr);
+    let security = conn.security().map(|s| s.to_string()).unwrap_or_default();
+    println!(
+        "PING {} ({peer}, {security}): KEEPALIVE2 round trips",
+        a.addr
+    );
     let mut rtts = Vec::with_capacity(a.count);
     for seq in 1..=a.count {
         conn.keepalive();
@@ -160,7 +178,7 @@ mod tests {
         let closed = |f: FaultReason| NotReady::Closed {
             last_fault: Some(f),
         };
-        let cases: [(NotReady, &str); 6] = [
+        let cases: [(NotReady, &str); 8] = [
             (
                 closed(FaultReason::ConnectFailed {
                     errno: Some(libc::ECONNREFUSED),
@@ -177,6 +195,14 @@ mod tests {
             (
                 closed(FaultReason::AuthMethodRefused { allowed: vec![2] }),
                 "refused authentication: it allows auth methods [2]",
+            ),
+            (
+                closed(FaultReason::AuthRejected { result: -13 }),
+                "authentication with v2:127.0.0.1:3300/0 failed: it rejected our key",
+            ),
+            (
+                closed(FaultReason::ConModeRefused { allowed: vec![2] }),
+                "refused our connection modes: it allows [2]",
             ),
             (closed(FaultReason::HandshakeTimeout), "handshake with"),
             (closed(FaultReason::IdentRefused), "nonce"),

@@ -13,8 +13,10 @@ impl Dispatcher for Echo {
         let _ = conn.send(msg);
     }
     fn on_accept(&self, conn: &Connection) {
-        if let (Some(peer), Some(addrs)) = (conn.peer(), conn.peer_addrs()) {
-            tracing::info!(%peer, %addrs, "session accepted (auth none, crc mode)");
+        if let (Some(peer), Some(addrs), Some(security)) =
+            (conn.peer(), conn.peer_addrs(), conn.security())
+        {
+            tracing::info!(%peer, %addrs, auth = security.method.name(), mode = security.mode.name(), "session accepted");
         }
     }
 }
@@ -24,10 +26,12 @@ pub fn run(
     bind: Vec<EntityAddr>,
     workers: Option<usize>,
     nonce: u32,
+    keyring: Option<std::path::PathBuf>,
     metrics: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     let mut options = Options {
         nonce: Some(nonce),
+        keyring,
         ..Options::default()
     };
     if let Some(w) = workers {

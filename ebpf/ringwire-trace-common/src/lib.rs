@@ -190,7 +190,7 @@ pub mod policy {
 
 /// `ringwire_fault`'s reason codes: the messenger's `FaultReason::code()`, named.
 pub mod fault {
-    pub const NAMES: [&str; 24] = [
+    pub const NAMES: [&str; 29] = [
         "unknown",
         "socket_closed",
         "connect_failed",
@@ -215,6 +215,11 @@ pub mod fault {
         "replaced",
         "seq_overflow",
         "standby_timeout",
+        "auth_rejected",
+        "con_mode_refused",
+        "cephx",
+        "secure",
+        "no_auth_method",
     ];
 
     pub fn name(code: u32) -> &'static str {

@@ -1,17 +1,17 @@
 //! A peer that says anything: the input picks our role, then is a list of control frames
-//! (tag, length, payload) that the harness frames with valid CRCs (so the fuzzer reaches the
-//! handshake logic), with occasional raw bytes. The endpoint must never panic.
+//! (`peer_frames.rs`), with occasional raw bytes. The endpoint must never panic.
 #![no_main]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use ringwire::proto::frame::{encode_control_frame, Banner};
 use ringwire::proto::{
-    EntityAddr, EntityAddrVec, EntityName, EntityType, Endpoint, EndpointConfig, Io, Policy, Tag,
-    Time, TxQueue,
+    EntityAddr, EntityAddrVec, EntityName, EntityType, Endpoint, EndpointConfig, Io, Policy, Time,
 };
+
+#[path = "peer_frames.rs"]
+mod peer_frames;
 
 fn endpoint(client: bool, policy_pick: u8) -> Endpoint {
     let me: SocketAddr = "127.0.0.1:6800".parse().unwrap();
@@ -46,21 +46,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         ep.accept(now, peer)
     };
-    let mut wire = TxQueue::default();
-    wire.push_small(&Banner::RINGWIRE.encode());
-    let mut input = rest;
-    while let [tag, len, tail @ ..] = input {
-        let len = (*len as usize).min(tail.len());
-        let (payload, tail) = tail.split_at(len);
-        match Tag::from_u8(*tag) {
-            Some(t) => {
-                encode_control_frame(&mut wire, t, payload);
-            }
-            None => wire.push_small(payload),
-        }
-        input = tail;
-    }
-    let bytes = wire.take_all();
+    let bytes = peer_frames::peer_bytes(rest);
     for chunk in bytes.chunks(1 + (*role as usize >> 1)) {
         ep.on_input(now, conn, chunk);
         while ep.poll_io().is_some() {}

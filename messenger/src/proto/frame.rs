@@ -14,10 +14,13 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 
 use super::crc::{ceph_crc32c, PREAMBLE_SEED, SEGMENT_SEED};
+use super::secure::{GcmStream, SecureError};
 
 mod decoder;
+mod secure;
 
 pub use decoder::{FrameDecoder, ReadHint};
+pub use secure::SECURE_HEAD_LEN;
 
 pub const BANNER_PREFIX: &[u8; 8] = b"ceph v2\n";
 const MSGR1_BANNER_PREFIX: &[u8; 8] = b"ceph v02";
@@ -174,6 +177,8 @@ pub enum FrameError {
     FrameTooLarge { len: u64, max: u64 },
     #[error("bad late_status {0:#04x} in the epilogue")]
     BadLateStatus(u8),
+    #[error("secure mode: {0}")]
+    Secure(#[from] SecureError),
     #[error("stream ended inside a {unit} ({have} of {need} bytes)")]
     Truncated {
         unit: &'static str,
@@ -453,11 +458,19 @@ impl Frame {
 
 /// Outgoing bytes as a queue of chunks: small pieces are coalesced into one buffer, payloads
 /// above [`TxQueue::COPY_THRESHOLD`] are kept as the caller's `Bytes` (no copy).
+///
+/// In secure mode the queue holds the connection's sending cipher and frames are sealed
+/// into the coalescing buffer as they are queued (payloads included: a sealed copy is the
+/// only copy). The buffer is reused once the transport has dropped what it wrote, so a
+/// steady stream of frames allocates nothing.
 #[derive(Debug, Default)]
 pub struct TxQueue {
     chunks: VecDeque<Bytes>,
     small: BytesMut,
     len: usize,
+    cipher: Option<Box<GcmStream>>,
+    /// Why a frame could not be sealed (nothing of it was queued); the owner faults.
+    failed: Option<SecureError>,
 }
 
 impl TxQueue {
@@ -469,6 +482,20 @@ impl TxQueue {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Seals every frame queued from now on (after AUTH_DONE, secure mode).
+    pub fn set_cipher(&mut self, cipher: GcmStream) {
+        self.cipher = Some(Box::new(cipher));
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// Why the last frames could not be sealed, once.
+    pub fn take_error(&mut self) -> Option<SecureError> {
+        self.failed.take()
     }
 
     pub fn push_small(&mut self, data: &[u8]) {
@@ -563,6 +590,27 @@ fn encode_frame_parts(
     while num > 1 && segments[num - 1 - off].0.iter().all(|c| c.is_empty()) {
         num -= 1;
     }
+    if tx.is_secure() {
+        let mut srcs = [secure::Src::Flat(&[]); MAX_SEGMENTS];
+        for (i, src) in srcs.iter_mut().enumerate().take(num) {
+            *src = match (i, head) {
+                (0, Some((bytes, _))) => secure::Src::Flat(bytes),
+                _ => secure::Src::Chunks(segments[i - off].0),
+            };
+        }
+        let aligns = |i: usize| match (i, head) {
+            (0, Some((_, align))) => align,
+            _ => segments[i - off].1,
+        };
+        let mut descs = [SegmentDesc::default(); MAX_SEGMENTS];
+        for (i, d) in descs.iter_mut().enumerate().take(num) {
+            *d = SegmentDesc {
+                len: srcs[i].len() as u32,
+                align: aligns(i),
+            };
+        }
+        return secure::seal_frame(tx, tag, &descs[..num], &srcs[..num]);
+    }
     let mut descs = [SegmentDesc::default(); MAX_SEGMENTS];
     let mut crcs = [0u32; MAX_SEGMENTS];
     if let Some((bytes, align)) = head {
@@ -617,6 +665,9 @@ pub fn encode_control_frame(tx: &mut TxQueue, tag: Tag, payload: &[u8]) -> usize
         len: payload.len() as u32,
         align: ALIGN_DEFAULT,
     };
+    if tx.is_secure() {
+        return secure::seal_frame(tx, tag, &[desc], &[secure::Src::Flat(payload)]);
+    }
     tx.push_small(&Preamble::encode(tag, &[desc]));
     if !payload.is_empty() {
         tx.push_small(payload);
@@ -628,6 +679,24 @@ pub fn encode_control_frame(tx: &mut TxQueue, tag: Tag, payload: &[u8]) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::secure::streams;
+
+    /// With one GCM operation left, a one-operation frame goes out; the next frame is not
+    /// queued at all and the queue reports why.
+    #[test]
+    fn a_sending_stream_out_of_nonces_queues_nothing_and_says_so() {
+        let (tx_stream, _) = streams(&[9u8; 64], false).unwrap();
+        let mut tx = TxQueue::default();
+        tx.set_cipher(tx_stream.with_ops_left(1));
+        assert_eq!(
+            encode_control_frame(&mut tx, Tag::Keepalive2, &[0; 8]),
+            SECURE_HEAD_LEN
+        );
+        assert_eq!(tx.take_error(), None);
+        assert_eq!(encode_control_frame(&mut tx, Tag::Keepalive2, &[0; 8]), 0);
+        assert_eq!(tx.take_error(), Some(SecureError::OutOfNonces));
+        assert_eq!(tx.len(), SECURE_HEAD_LEN);
+    }
 
     /// A first segment given as plain bytes goes on the wire exactly as the same bytes in a
     /// `Bytes`, whichever later segments are empty or long.

@@ -46,9 +46,10 @@ pub(super) fn deliver(
             session,
             peer,
             addrs,
+            security,
         } => {
-            tracing::debug!(worker, ?session, %peer, %addrs, "connected");
-            handles.set_peer(session, peer, addrs);
+            tracing::debug!(worker, ?session, %peer, %addrs, %security, "connected");
+            handles.set_peer(session, peer, addrs, security);
             handles.set_state(session, STATE_READY);
             if let Some(c) = handles.connection(session) {
                 d.on_connect(&c);
@@ -58,10 +59,11 @@ pub(super) fn deliver(
             session,
             peer,
             addrs,
+            security,
         } => {
-            tracing::debug!(worker, ?session, %peer, %addrs, "accepted");
+            tracing::debug!(worker, ?session, %peer, %addrs, %security, "accepted");
             let c = handles.accepted(session, &addrs);
-            handles.set_peer(session, peer, addrs);
+            handles.set_peer(session, peer, addrs, security);
             handles.set_state(session, STATE_READY);
             d.on_accept(&c);
         }

@@ -10,7 +10,7 @@ use super::throttle::{NoRoom, Permit, SendWindow};
 use super::{Command, Shared};
 use crate::proto::{
     owner_of, Action, ConnId, EntityAddr, EntityAddrVec, EntityName, EntityType, FaultReason,
-    Message, Step,
+    Message, Security, Step,
 };
 
 /// Receives messages and connection events. Called on the worker thread that owns the
@@ -157,7 +157,7 @@ pub(crate) struct ConnShared {
     /// The state the worker counts this session under in the gauges (only the worker touches
     /// it; `state` may change first, e.g. on `mark_down`).
     pub counted: AtomicU8,
-    pub peer: Mutex<Option<(EntityName, EntityAddrVec)>>,
+    pub peer: Mutex<Option<(EntityName, EntityAddrVec, Security)>>,
     /// Why the last connection attempt or connection failed; `changed` wakes
     /// [`Connection::wait_ready`] callers when it or `state` changes.
     last_fault: Mutex<Option<FaultReason>>,
@@ -406,6 +406,17 @@ impl Connection {
             .expect("not poisoned")
             .as_ref()
             .map(|p| p.0.clone())
+    }
+
+    /// How the connection is protected (auth method and connection mode), once a handshake
+    /// completed.
+    pub fn security(&self) -> Option<Security> {
+        self.inner
+            .peer
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|p| p.2)
     }
 
     /// The peer's addresses, once known.

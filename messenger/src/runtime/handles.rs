@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{ConnShared, Connection, Shared, STATE_CLOSED, STATE_CONNECTING, STATE_READY};
 use crate::proto::endpoint::IdMap;
-use crate::proto::{EntityAddrVec, EntityName, FaultReason, SessionId};
+use crate::proto::{EntityAddrVec, EntityName, FaultReason, Security, SessionId};
 
 pub(super) struct HandleTable {
     shared: Arc<Shared>,
@@ -147,9 +147,15 @@ impl HandleTable {
         }
     }
 
-    pub fn set_peer(&self, sid: SessionId, peer: EntityName, addrs: EntityAddrVec) {
+    pub fn set_peer(
+        &self,
+        sid: SessionId,
+        peer: EntityName,
+        addrs: EntityAddrVec,
+        security: Security,
+    ) {
         for h in self.by_session.get(&sid).into_iter().flatten() {
-            *h.peer.lock().expect("not poisoned") = Some((peer.clone(), addrs.clone()));
+            *h.peer.lock().expect("not poisoned") = Some((peer.clone(), addrs.clone(), security));
         }
     }
 }

@@ -16,9 +16,11 @@ use socket2::{Domain, Socket, Type};
 use super::worker::Worker;
 use super::{Arena, Command, Dispatcher, MessengerInterceptor, Shared, WorkerHandle};
 use crate::options::Options;
+use crate::proto::cephx::{Keyring, KeyringError};
+use crate::proto::endpoint::{Entropy, TicketStore};
 use crate::proto::{
-    AddrType, ConnId, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType, Placement,
-    Policy,
+    AddrType, AuthConfig, AuthMethod, ConnId, EndpointConfig, EntityAddr, EntityAddrVec,
+    EntityName, EntityType, Placement, Policy,
 };
 use crate::Error;
 
@@ -62,6 +64,76 @@ pub(super) fn build_ring(entries: u32) -> Result<IoUring, Error> {
     }
 }
 
+/// 32 bytes from getrandom for the endpoint's key generator: no fallback, unlike cookies.
+fn entropy() -> Result<Entropy, Error> {
+    let mut e = [0u8; 32];
+    // SAFETY: getrandom writes at most 32 bytes into e.
+    let n = unsafe { libc::getrandom(e.as_mut_ptr() as *mut libc::c_void, 32, 0) };
+    if n != 32 {
+        return Err(Error::Random(io::Error::last_os_error()));
+    }
+    Ok(Entropy(e))
+}
+
+/// The endpoints' auth configuration from the options: our key and the keys of the peers a
+/// server admits, from the keyring; the methods (cephx alone by default when there is a
+/// keyring) and modes (a monitor's own lists when we are one).
+fn auth_config(name: &EntityName, o: &Options) -> Result<AuthConfig, Error> {
+    let keyring = match &o.keyring {
+        Some(path) => Some(Keyring::load(path)?),
+        None => None,
+    };
+    let key = keyring.as_ref().and_then(|k| k.get(name)).cloned();
+    let client_required = match (&o.auth_client_required, &key) {
+        (Some(list), _) => list.clone(),
+        (None, Some(_)) => vec![AuthMethod::Cephx],
+        (None, None) => vec![AuthMethod::None],
+    };
+    if key.is_none() && !client_required.contains(&AuthMethod::None) {
+        return Err(match &o.keyring {
+            Some(path) => KeyringError::NoEntry {
+                entity: name.to_string(),
+                path: path.display().to_string(),
+            }
+            .into(),
+            None => Error::NoKey(name.clone()),
+        });
+    }
+    let server_default = match keyring {
+        Some(_) => vec![AuthMethod::Cephx],
+        None => vec![AuthMethod::None],
+    };
+    let service_required = o
+        .auth_service_required
+        .clone()
+        .unwrap_or(server_default.clone());
+    let cluster_required = o.auth_cluster_required.clone().unwrap_or(server_default);
+    let cephx_served = service_required.contains(&AuthMethod::Cephx)
+        || cluster_required.contains(&AuthMethod::Cephx);
+    if cephx_served && keyring.is_none() {
+        return Err(Error::NoKeyring);
+    }
+    let (service_mode, cluster_mode) = if name.ty == EntityType::MON {
+        (&o.ms_mon_service_mode, &o.ms_mon_cluster_mode)
+    } else {
+        (&o.ms_service_mode, &o.ms_cluster_mode)
+    };
+    Ok(AuthConfig {
+        client_required,
+        mon_client_mode: o.ms_mon_client_mode.clone(),
+        client_mode: o.ms_client_mode.clone(),
+        key,
+        service_required,
+        cluster_required,
+        service_mode: service_mode.clone(),
+        cluster_mode: cluster_mode.clone(),
+        keyring,
+        // One store for every worker: tickets got on one serve connections on all.
+        tickets: TicketStore::default(),
+        entropy: Entropy::default(),
+    })
+}
+
 pub(super) fn random_u64() -> u64 {
     let mut v = 0u64;
     // SAFETY: getrandom writes at most 8 bytes into v.
@@ -91,6 +163,9 @@ pub(crate) fn start(
     dispatcher: Arc<dyn Dispatcher>,
 ) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), Error> {
     let n = b.options.workers.max(1);
+    let auth = auth_config(&b.name, &b.options)?;
+    // Before any worker starts, so that a failure leaves nothing running.
+    let entropies = (0..n).map(|_| entropy()).collect::<Result<Vec<_>, _>>()?;
     // Numbers messengers in this process, so that probe ids of two messengers never collide.
     static MESSENGERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
     let messenger = MESSENGERS.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +271,10 @@ pub(crate) fn start(
         cfg.default_policy = b.default_policy;
         cfg.tuning = b.options.tuning;
         cfg.seed = random_u64();
+        cfg.auth = AuthConfig {
+            entropy: entropies[index],
+            ..auth.clone()
+        };
         cfg.placement = Placement {
             index,
             count: n,

@@ -29,7 +29,7 @@ use ringwire_bench as baseline;
 
 pub use html::page as html_page;
 use keepalive::Keepalive;
-use peers::Pair;
+use peers::{wait_connected, Pair};
 pub use rados::default_path as default_rados_peer;
 use rados::{Pattern, RadosPeer};
 use report::{median_of, KeepaliveRound, Peer, Peers, RadosRound, Ratios, Round, Samples};
@@ -56,6 +56,10 @@ pub struct BenchArgs {
     pub rados_peer: Option<std::path::PathBuf>,
     /// Whether to measure ceph-mon (`--no-ceph` not to).
     pub ceph: bool,
+    /// `crc`, or `secure`: then a second set of messengers authenticates with cephx (its own
+    /// monitor, keys made for the run) and runs the ping-pong and the stream in secure mode
+    /// too, each round right after the crc ones.
+    pub mode: String,
 }
 
 impl BenchArgs {
@@ -73,6 +77,9 @@ impl BenchArgs {
         }
         if self.connections == 0 {
             return Err("--connections 0: the rate phase needs at least 1 connection".into());
+        }
+        if !matches!(self.mode.as_str(), "crc" | "secure") {
+            return Err(format!("--mode {}: crc or secure", self.mode));
         }
         Ok(())
     }
@@ -207,7 +214,16 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
             2 * args.connections + 64
         ));
     }
-    let p = Pair::start(&args)?;
+    let p = Pair::start(&args, false)?;
+    let secure = match args.mode.as_str() {
+        "secure" => {
+            let s = Pair::start(&args, true)?;
+            let main = s.connect();
+            wait_connected(std::slice::from_ref(&main), Duration::from_secs(10))?;
+            Some((s, main))
+        }
+        _ => None,
+    };
     if let Some(addr) = args.metrics {
         let at = p
             .serve_metrics(addr)
@@ -223,11 +239,14 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
     let stream_count = ((512 << 20) / args.large.max(1)).clamp(8, 4096) as u64;
     let mut progress = Progress {
         tty: std::io::stderr().is_terminal(),
-        total: args.rounds * 10 + 1,
+        total: args.rounds * (10 + 2 * usize::from(secure.is_some())) + 1,
         done: 0,
     };
     progress.step("warm-up");
     phases::pingpong(p.client(), &main, 500)?;
+    if let Some((s, main)) = &secure {
+        phases::pingpong(s.client(), main, 500)?;
+    }
     let mut rounds = Vec::new();
     let mut samples = Samples::default();
     for r in 0..args.rounds {
@@ -251,6 +270,14 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         samples.add("io_uring", &uring_rtts);
         let rw_bps = phases::stream(p.client(), &main, stream_count, args.large)?;
         progress.step(&format!("{round}: ringwire stream"));
+        let mut secure_figures = None;
+        if let Some((s, main)) = &secure {
+            let rtts = phases::pingpong(s.client(), main, args.iters)?;
+            progress.step(&format!("{round}: ringwire secure ping-pong"));
+            let bps = phases::stream(s.client(), main, stream_count, args.large)?;
+            progress.step(&format!("{round}: ringwire secure stream"));
+            secure_figures = Some((us(baseline::percentile(&rtts, 0.5)), bps / 1e6));
+        }
         let uring_bps = baseline::uring_stream(args.large, stream_count as usize);
         let std_bps = baseline::std_stream(args.large, stream_count as usize);
         progress.step(&format!("{round}: baseline streams"));
@@ -287,6 +314,8 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
             crc32c_mbps: phases::crc32c_rate(p.client().payload()),
             rados: rados_figures,
             keepalive: keepalive_figures,
+            secure_p50_us: secure_figures.map(|f| f.0),
+            secure_stream_mbps: secure_figures.map(|f| f.1),
         });
     }
     progress.finish();
@@ -294,6 +323,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
     // Quiesce, then account for every message the client sent.
     std::thread::sleep(Duration::from_millis(200));
     let integrity = p.integrity();
+    let secure_integrity = secure.as_ref().map(|(s, _)| s.integrity());
     let rados_sizes = match &mut rados {
         Ok(peer) => Some(peer.sizes()?),
         Err(_) => None,
@@ -336,6 +366,7 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
     let ratio = |f: fn(&Round) -> f64| median_of(&rounds, f);
     Ok(Report {
         policy: args.policy.clone(),
+        mode: args.mode.clone(),
         transport: args.transport.clone(),
         pinned_cpu: args.cpu,
         small_bytes: args.small,
@@ -349,12 +380,19 @@ pub fn run(args: BenchArgs) -> Result<Report, String> {
         ratio_many_vs_one_std: ratio(|r| r.rw_many_msgs_per_sec / r.std_one_msgs_per_sec),
         ratios: Ratios::of(&rounds),
         peers,
+        ratio_secure_p50_vs_crc: secure
+            .as_ref()
+            .map(|_| ratio(|r| r.secure_p50_us.unwrap_or(f64::NAN) / r.rw_p50_us)),
+        ratio_secure_stream_vs_crc: secure
+            .as_ref()
+            .map(|_| ratio(|r| r.secure_stream_mbps.unwrap_or(f64::NAN) / r.rw_stream_mbps)),
         rounds,
         median: med,
         idle_connection_bytes,
         integrity,
         latency_cdf: samples.cdfs(),
         scale: None,
+        secure_integrity,
     })
 }
 

@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ringwire::proto::{EntityAddr, EntityName, EntityType, Message, Policy, Tuning, TxQueue};
+use ringwire::proto::cephx::keyring::key_to_base64;
+use ringwire::proto::cephx::{CryptoKey, KeyType, Secret};
+use ringwire::proto::{
+    EntityAddr, EntityName, EntityType, Message, ModeName, Policy, Tuning, TxQueue,
+};
 use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger, Options};
 
 use ringwire_bench::wire::{
@@ -287,10 +291,93 @@ pub(super) struct Pair {
     server_checker: Arc<Checker>,
     client_side: Arc<Client>,
     target: EntityAddr,
+    /// The secure run's keys and monitor (kept while the messengers run).
+    _keys: Option<Keys>,
+}
+
+/// The keys of a secure run, made for it and never shown: a keyring file (removed on drop)
+/// holding the clients' keys and the OSDs' service secret, and the monitor that hands out
+/// the tickets.
+struct Keys {
+    path: std::path::PathBuf,
+    monitor: Messenger,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Keys {
+    fn start() -> Result<Keys, String> {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        for entity in ["client.1", "osd.1", "mgr.many", "osd."] {
+            let mut secret = vec![0u8; 16];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
+                .map_err(|e| format!("no randomness for keys: {e}"))?;
+            let key = CryptoKey::new(KeyType::Aes, (0, 0), Secret::new(secret))
+                .map_err(|e| e.to_string())?;
+            text.push_str(&format!("[{entity}]\n\tkey = {}\n", *key_to_base64(&key)));
+        }
+        let path =
+            std::env::temp_dir().join(format!("ringwire-bench-{}.keyring", std::process::id()));
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        let monitor = Messenger::builder(EntityName::new(EntityType::MON, "bench"))
+            .bind(EntityAddr::parse("v2:127.0.0.1:0").expect("valid"))
+            .default_policy(Policy::stateless_server())
+            .options(Options {
+                workers: 1,
+                arena_size: 0,
+                keyring: Some(path.clone()),
+                ..Options::default()
+            })
+            .start(Arc::new(NoDispatch))
+            .map_err(|e| e.to_string())?;
+        Ok(Keys { path, monitor })
+    }
+
+    /// Gets `m` its tickets from the monitor, in secure mode.
+    fn authenticate(&self, m: &Messenger) -> Result<(), String> {
+        let c = m.connect(self.monitor.addrs().0[0], EntityType::MON);
+        c.wait_ready(Duration::from_secs(10))
+            .map_err(|e| format!("bench monitor: {e}"))?;
+        c.mark_down();
+        Ok(())
+    }
+
+    /// `options` for a messenger of the secure run: our keyring, secure mode only.
+    fn apply(&self, options: &mut Options) {
+        options.keyring = Some(self.path.clone());
+        options.ms_client_mode = vec![ModeName::Secure];
+        options.ms_mon_client_mode = vec![ModeName::Secure];
+        options.ms_service_mode = vec![ModeName::Secure];
+        options.ms_cluster_mode = vec![ModeName::Secure];
+    }
+}
+
+/// The bench monitor's dispatcher: it only authenticates.
+struct NoDispatch;
+
+impl Dispatcher for NoDispatch {
+    fn dispatch(&self, _conn: &Connection, _msg: Incoming) {}
 }
 
 impl Pair {
-    pub(super) fn start(args: &BenchArgs) -> Result<Pair, String> {
+    /// The messengers of one mode: crc, or (`secure`) cephx with keys made for the run and
+    /// secure mode on every connection.
+    pub(super) fn start(args: &BenchArgs, secure: bool) -> Result<Pair, String> {
         let (cp, sp) = policies(&args.policy)?;
         let prefix = match args.transport.as_str() {
             "tcp" => "v2",
@@ -312,6 +399,10 @@ impl Pair {
         // Room for the stream's messages in flight, however large `--large` makes them.
         let stream_bytes = super::phases::STREAM_IN_FLIGHT * args.large as u64;
         options.send_throttle_bytes = options.send_throttle_bytes.max(stream_bytes);
+        let keys = secure.then(Keys::start).transpose()?;
+        if let Some(k) = &keys {
+            k.apply(&mut options);
+        }
         let server_checker = Arc::new(Checker::default());
         let seen = Arc::new(Seen::default());
         let server = Messenger::builder(EntityName {
@@ -349,11 +440,15 @@ impl Pair {
             id: "1".into(),
         })
         .policy(EntityType::OSD, cp)
+        .policy(EntityType::MON, Policy::lossy_client())
         .options(options);
         if args.policy == "peer" {
             cb = cb.bind(listen);
         }
         let client = cb.start(client_side.clone()).map_err(|e| e.to_string())?;
+        if let Some(k) = &keys {
+            k.authenticate(&client)?;
+        }
         let data = match client.alloc_payload(args.large) {
             Some(mut buf) if args.transport == "rdma" => {
                 buf.fill(0x5a);
@@ -362,18 +457,26 @@ impl Pair {
             _ => Bytes::from(wire::stream_payload(args.large)),
         };
         let _ = client_side.data.set(data);
+        let mut many_options = Options {
+            workers: 1,
+            arena_size: 0,
+            ..Options::default()
+        };
+        if let Some(k) = &keys {
+            k.apply(&mut many_options);
+        }
         let many_client = Messenger::builder(EntityName {
             ty: EntityType::MGR,
             id: "many".into(),
         })
         .policy(EntityType::OSD, Policy::lossy_client())
-        .options(Options {
-            workers: 1,
-            arena_size: 0,
-            ..Options::default()
-        })
+        .policy(EntityType::MON, Policy::lossy_client())
+        .options(many_options)
         .start(client_side.clone())
         .map_err(|e| e.to_string())?;
+        if let Some(k) = &keys {
+            k.authenticate(&many_client)?;
+        }
         let target = server.addrs().0[0];
         Ok(Pair {
             server,
@@ -382,6 +485,7 @@ impl Pair {
             server_checker,
             client_side,
             target,
+            _keys: keys,
         })
     }
 

@@ -36,6 +36,9 @@ pub struct Round {
     pub rados: Option<RadosRound>,
     /// KEEPALIVE2 round trips from one Ringwire client, when ceph-mon was measured.
     pub keepalive: Option<KeepaliveRound>,
+    /// `--mode secure`: the ping-pong p50 and the stream of the cephx/secure messengers.
+    pub secure_p50_us: Option<f64>,
+    pub secure_stream_mbps: Option<f64>,
 }
 
 /// rados-rs client against rados-rs server, the same workloads and bytes as Ringwire's.
@@ -111,6 +114,8 @@ pub struct Sizes {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub policy: String,
+    /// `crc`, or `secure` (the secure figures measured beside the crc ones).
+    pub mode: String,
     pub transport: String,
     pub pinned_cpu: Option<usize>,
     /// Payload bytes of each ping-pong and rate-phase message, Ringwire and baselines alike.
@@ -128,12 +133,18 @@ pub struct Report {
     pub ratio_stream_vs_uring: f64,
     pub ratio_stream_vs_std: f64,
     pub ratio_many_vs_one_std: f64,
+    /// `--mode secure`: secure mode's p50 over crc mode's, and its stream over crc's (paired
+    /// within each round; the targets: p50 at most 1.10, stream at least 0.85).
+    pub ratio_secure_p50_vs_crc: Option<f64>,
+    pub ratio_secure_stream_vs_crc: Option<f64>,
+    pub idle_connection_bytes: Option<u64>,
+    pub integrity: Integrity,
+    /// `--mode secure`: the same count for the secure messengers' session.
+    pub secure_integrity: Option<Integrity>,
     /// Every Ringwire figure as a ratio to each baseline and peer.
     pub ratios: Ratios,
     /// Which peers were measured, how, or why not.
     pub peers: Peers,
-    pub idle_connection_bytes: Option<u64>,
-    pub integrity: Integrity,
     /// Each ping-pong's round trips over all rounds, as quantiles (for `--report`'s CDF).
     pub latency_cdf: Vec<Cdf>,
     /// With `--scale`: the figures over message sizes and connection counts.
@@ -314,6 +325,8 @@ impl Round {
                     ceph_mon_p99_us: col(|k| k.ceph_mon_p99_us),
                 }
             }),
+            secure_p50_us: median_where(rounds, |r| r.secure_p50_us),
+            secure_stream_mbps: median_where(rounds, |r| r.secure_stream_mbps),
         }
     }
 }
@@ -516,6 +529,25 @@ pub fn print(r: &Report) {
             us_cell(ka.map(|k| k.ceph_mon_p99_us)),
         ],
     );
+    if let (Some(p50), Some(stream), Some(rp), Some(rs)) = (
+        m.secure_p50_us,
+        m.secure_stream_mbps,
+        r.ratio_secure_p50_vs_crc,
+        r.ratio_secure_stream_vs_crc,
+    ) {
+        println!(
+            "{:<34} {:>9.1} us {:>38.2} x crc",
+            format!("{small} ping-pong p50, secure"),
+            p50,
+            rp
+        );
+        println!(
+            "{:<34} {:>7.0} MB/s {:>38.2} x crc",
+            format!("{large} stream, secure"),
+            stream,
+            rs
+        );
+    }
     println!(
         "{:<36} {:>6.0} MB/s",
         format!("CRC32C over {large}, one CPU"),
@@ -576,11 +608,16 @@ pub fn print(r: &Report) {
         "KEEPALIVE2 p50, Ringwire server",
         [None, None, None, None, q.keepalive_p50_ringwire_vs_ceph_mon],
     );
-    let i = &r.integrity;
-    println!(
-        "messages: {} sent, {} received, {} lost, {} duplicated, {} reordered, {} echoes mismatched ({} injected socket failures)",
-        i.sent, i.received, i.lost, i.duplicated, i.reordered, i.echo_mismatches, i.injected_faults
-    );
+    for (what, i) in [
+        ("messages", Some(&r.integrity)),
+        ("secure", r.secure_integrity.as_ref()),
+    ] {
+        let Some(i) = i else { continue };
+        println!(
+            "{what}: {} sent, {} received, {} lost, {} duplicated, {} reordered, {} echoes mismatched ({} injected socket failures)",
+            i.sent, i.received, i.lost, i.duplicated, i.reordered, i.echo_mismatches, i.injected_faults
+        );
+    }
     if let Some(scale) = &r.scale {
         super::scale::print(scale);
     }

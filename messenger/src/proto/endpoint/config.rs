@@ -4,9 +4,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::proto::cephx::msgs::Ticket;
+use crate::proto::cephx::{CryptoKey, Keyring};
+use crate::proto::control::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
 use crate::proto::frame::FrameLimits;
 use crate::proto::policy::Policy;
 use crate::proto::wire::{EntityAddr, EntityAddrVec, EntityName, EntityType};
+
+use super::timer::Time;
 
 /// Configuration of one endpoint; Ceph's option names in brackets.
 #[derive(Debug, Clone)]
@@ -23,6 +31,8 @@ pub struct EndpointConfig {
     pub tuning: Tuning,
     /// Seeds the cookies and the failure injector (the runtime passes real randomness).
     pub seed: u64,
+    /// Authentication methods, connection modes and our key.
+    pub auth: AuthConfig,
     /// Which of several endpoints (one per worker) this is. Sessions are owned by the endpoint
     /// [`owner_of`] their peer's address names; an incoming connection whose peer belongs to
     /// another endpoint is handed over ([`Io::Migrate`](super::Io::Migrate)) when its ident
@@ -129,6 +139,7 @@ impl EndpointConfig {
             default_policy: Policy::lossy_client(),
             tuning: Tuning::default(),
             seed: 0x5eed,
+            auth: AuthConfig::default(),
             placement: Placement {
                 index: 0,
                 count: 1,
@@ -164,5 +175,255 @@ impl EndpointConfig {
     /// The address races are decided by (the lower one wins).
     pub(super) fn race_addr(&self) -> Option<&EntityAddr> {
         self.addrs.primary()
+    }
+}
+
+/// An auth method (`auth_*_required` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    None,
+    Cephx,
+}
+
+impl AuthMethod {
+    pub fn to_wire(self) -> u32 {
+        match self {
+            AuthMethod::None => AUTH_METHOD_NONE,
+            AuthMethod::Cephx => AUTH_METHOD_CEPHX,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::Cephx => "cephx",
+        }
+    }
+}
+
+/// A connection mode (`ms_*_mode` lists them, preferred first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModeName {
+    /// CRC-32C only: integrity against accidents, not against an attacker.
+    Crc,
+    /// AES-128-GCM on every frame after auth.
+    Secure,
+}
+
+impl ModeName {
+    pub fn to_wire(self) -> u32 {
+        match self {
+            ModeName::Crc => CON_MODE_CRC,
+            ModeName::Secure => CON_MODE_SECURE,
+        }
+    }
+    pub fn from_wire(v: u32) -> Option<ModeName> {
+        match v {
+            CON_MODE_CRC => Some(ModeName::Crc),
+            CON_MODE_SECURE => Some(ModeName::Secure),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeName::Crc => "crc",
+            ModeName::Secure => "secure",
+        }
+    }
+}
+
+/// How a connection ended up protected: the auth method and connection mode its handshake
+/// settled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    pub method: AuthMethod,
+    pub mode: ModeName,
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.method.name(), self.mode.name())
+    }
+}
+
+/// Splits a Ceph list option (`"cephx, none"`, `"secure crc"`): commas, semicolons and
+/// spaces separate; empty items are skipped.
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split([',', ';', ' ', '\t']).filter(|x| !x.is_empty())
+}
+
+/// Parses a list option whose items are the `names` given; `what` names an item.
+fn parse_list<T: Copy>(s: &str, what: &str, names: &[(&str, T)]) -> Result<Vec<T>, String> {
+    let all = || names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    let v: Vec<T> = split_list(s)
+        .map(|item| {
+            names
+                .iter()
+                .find(|(n, _)| *n == item)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| format!("unknown {what} {item:?} ({})", all()))
+        })
+        .collect::<Result<_, _>>()?;
+    if v.is_empty() {
+        return Err(format!("no {what} given ({})", all()));
+    }
+    Ok(v)
+}
+
+/// Parses `auth_*_required`: `cephx`, `none`, or both in preference order.
+pub fn parse_auth_methods(s: &str) -> Result<Vec<AuthMethod>, String> {
+    let names = [("cephx", AuthMethod::Cephx), ("none", AuthMethod::None)];
+    parse_list(s, "auth method", &names)
+}
+
+/// Parses `ms_*_mode`: `crc`, `secure`, or both in preference order.
+pub fn parse_modes(s: &str) -> Result<Vec<ModeName>, String> {
+    let names = [("crc", ModeName::Crc), ("secure", ModeName::Secure)];
+    parse_list(s, "connection mode", &names)
+}
+
+/// 32 bytes seeding the generator of cephx challenges and secrets: the runtime fills them
+/// from getrandom, a simulation from its seed. Never printed.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entropy(pub [u8; 32]);
+
+impl fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Entropy(..)")
+    }
+}
+
+/// What a client offers and a server allows (Ceph's option names in brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `auth_client_required`: methods offered, preferred first. Cephx is offered only with
+    /// a `key`.
+    pub client_required: Vec<AuthMethod>,
+    /// `ms_mon_client_mode`: modes offered to monitors, preferred first.
+    pub mon_client_mode: Vec<ModeName>,
+    /// `ms_client_mode`: modes offered to other daemons, preferred first.
+    pub client_mode: Vec<ModeName>,
+    /// Our cephx key (from the `keyring`, for our name).
+    pub key: Option<CryptoKey>,
+    /// `auth_service_required`: methods a server allows from clients.
+    pub service_required: Vec<AuthMethod>,
+    /// `auth_cluster_required`: methods a server allows from daemons (mon, osd, mds, mgr).
+    pub cluster_required: Vec<AuthMethod>,
+    /// Modes a server allows from clients: `ms_mon_service_mode` for a monitor,
+    /// `ms_service_mode` otherwise.
+    pub service_mode: Vec<ModeName>,
+    /// Modes a server allows from daemons: `ms_mon_cluster_mode` for a monitor,
+    /// `ms_cluster_mode` otherwise.
+    pub cluster_mode: Vec<ModeName>,
+    /// The keys of the entities a server authenticates with cephx, as a monitor does, and
+    /// the service secrets (`TYPE.` entries) of the services whose tickets it issues or
+    /// opens.
+    pub keyring: Option<Keyring>,
+    /// Tickets a monitor gave us, shared by the endpoints (workers) of one messenger.
+    pub tickets: TicketStore,
+    pub entropy: Entropy,
+}
+
+/// The service tickets and global_id of the last monitor authentication, shared by the
+/// endpoints of a messenger (a ticket obtained on one worker serves connections on all;
+/// they share the runtime's clock), each with the time it expires.
+#[derive(Clone, Default)]
+pub struct TicketStore(Arc<Mutex<HeldTickets>>);
+
+#[derive(Default)]
+struct HeldTickets {
+    global_id: u64,
+    /// Each ticket with the time it expires.
+    tickets: Vec<(Ticket, Time)>,
+}
+
+impl TicketStore {
+    /// Tickets got at `now`: each expires after its validity.
+    pub fn replace(&self, global_id: u64, tickets: Vec<Ticket>, now: Time) {
+        let timed = tickets
+            .into_iter()
+            .map(|t| {
+                let expires = now.after(t.validity);
+                (t, expires)
+            })
+            .collect();
+        *self.0.lock().expect("not poisoned") = HeldTickets {
+            global_id,
+            tickets: timed,
+        };
+    }
+
+    /// Our global_id and the ticket for `service`, if we hold one that has not expired at
+    /// `now` (Ceph's services refuse expired tickets; a new monitor authentication renews).
+    pub(super) fn get(&self, service: EntityType, now: Time) -> Option<(u64, Ticket)> {
+        let held = self.0.lock().expect("not poisoned");
+        let (ticket, _) = held
+            .tickets
+            .iter()
+            .find(|(t, expires)| t.service == service && now < *expires)?;
+        Some((held.global_id, ticket.clone()))
+    }
+}
+
+impl PartialEq for TicketStore {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TicketStore {}
+
+impl fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map_or(0, |h| h.tickets.len());
+        write!(f, "TicketStore({n} tickets)")
+    }
+}
+
+impl Default for AuthConfig {
+    /// Auth none, and Ceph's default mode preferences.
+    fn default() -> Self {
+        AuthConfig {
+            client_required: vec![AuthMethod::None],
+            mon_client_mode: vec![ModeName::Secure, ModeName::Crc],
+            client_mode: vec![ModeName::Crc, ModeName::Secure],
+            key: None,
+            service_required: vec![AuthMethod::None],
+            cluster_required: vec![AuthMethod::None],
+            service_mode: vec![ModeName::Crc, ModeName::Secure],
+            cluster_mode: vec![ModeName::Crc, ModeName::Secure],
+            keyring: None,
+            tickets: TicketStore::default(),
+            entropy: Entropy::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceph_style_lists_parse_in_order_and_nonsense_is_refused() {
+        use AuthMethod::*;
+        use ModeName::*;
+        let methods: [(&str, Result<Vec<AuthMethod>, ()>); 5] = [
+            ("cephx", Ok(vec![Cephx])),
+            ("cephx, none", Ok(vec![Cephx, None])),
+            ("none;cephx", Ok(vec![None, Cephx])),
+            ("", Err(())),
+            ("kerberos", Err(())),
+        ];
+        for (s, want) in methods {
+            assert_eq!(parse_auth_methods(s).map_err(|_| ()), want, "{s:?}");
+        }
+        let modes: [(&str, Result<Vec<ModeName>, ()>); 4] = [
+            ("secure crc", Ok(vec![Secure, Crc])),
+            ("crc", Ok(vec![Crc])),
+            (" , ", Err(())),
+            ("fast", Err(())),
+        ];
+        for (s, want) in modes {
+            assert_eq!(parse_modes(s).map_err(|_| ()), want, "{s:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::proto::hooks;
 use crate::proto::intercept::Step;
 use crate::proto::wire::{EntityAddr, EntityType};
 
+use super::auth::ConnAuth;
 use super::ids::{ConnId, SessionId};
 use super::timer::Time;
 
@@ -83,6 +84,8 @@ pub(super) struct Conn {
     pub(super) last_input: Time,
     pub(super) next_keepalive: Option<Time>,
     pub(super) closed: bool,
+    /// Auth state, and the pre-auth bytes AUTH_SIGNATURE covers.
+    pub(super) auth: ConnAuth,
 }
 
 impl Conn {
@@ -122,6 +125,7 @@ impl Conn {
             last_input: now,
             next_keepalive: None,
             closed: false,
+            auth: ConnAuth::default(),
         }
     }
 

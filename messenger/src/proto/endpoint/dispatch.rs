@@ -64,6 +64,9 @@ impl Endpoint {
                     Ok(None) => continue,
                     Ok(Some(banner)) => {
                         let consumed = c.banner_buf.len() as u64;
+                        if let Some(t) = c.auth.transcript.as_mut() {
+                            t.rx.extend_from_slice(&c.banner_buf);
+                        }
                         c.decoder = Some(FrameDecoder::new(self.config.tuning.limits, consumed));
                         if self.on_peer_banner(cid, banner).is_err() {
                             self.stash_rest(cid, data);
@@ -75,7 +78,12 @@ impl Endpoint {
                 continue;
             }
             let d = c.decoder.as_mut().expect("checked");
-            match d.feed(&mut data) {
+            let before = data;
+            let fed = d.feed(&mut data);
+            if let Some(t) = c.auth.transcript.as_mut() {
+                t.rx.extend_from_slice(&before[..before.len() - data.len()]);
+            }
+            match fed {
                 Ok(Some(frame)) => {
                     if self.on_frame(cid, frame).is_err() {
                         self.stash_rest(cid, data);
@@ -155,9 +163,12 @@ impl Endpoint {
                 Role::Client,
                 ConnState::Auth,
                 Control::AuthBadMethod {
-                    allowed_methods, ..
+                    result,
+                    allowed_methods,
+                    allowed_modes,
+                    ..
                 },
-            ) => self.on_auth_bad_method(cid, allowed_methods),
+            ) => self.on_auth_bad_method(cid, result, &allowed_methods, &allowed_modes),
             (Role::Client, ConnState::Auth, Control::AuthReplyMore { auth_payload }) => {
                 self.on_auth_reply_more(cid, &auth_payload)
             }
@@ -165,11 +176,11 @@ impl Endpoint {
                 Role::Client,
                 ConnState::Auth,
                 Control::AuthDone {
+                    global_id,
                     con_mode,
                     auth_payload,
-                    ..
                 },
-            ) => self.on_auth_done(cid, con_mode, &auth_payload),
+            ) => self.on_auth_done(cid, global_id, con_mode, &auth_payload),
             (Role::Client, ConnState::AuthSign, Control::AuthSignature { sha256 }) => {
                 self.on_server_signature(cid, frame, &sha256)
             }
@@ -182,6 +193,9 @@ impl Endpoint {
                     auth_payload,
                 },
             ) => self.on_auth_request(cid, method, &preferred_modes, &auth_payload),
+            (Role::Server, ConnState::Auth, Control::AuthRequestMore { auth_payload }) => {
+                self.on_auth_request_more(cid, &auth_payload)
+            }
             (Role::Server, ConnState::AuthSign, Control::AuthSignature { sha256 }) => {
                 self.on_client_signature(cid, frame, &sha256)
             }
@@ -243,7 +257,12 @@ impl Endpoint {
         let written = s.write_queued(sid, &mut c.tx, self.now, sample, &mut self.released);
         let n = &mut self.counts.sent[Tag::Message as usize];
         *n = n.wrapping_add(written);
-        if was_empty && !c.tx.is_empty() {
+        let sealing_failed = c.tx.take_error();
+        let queued = was_empty && !c.tx.is_empty();
+        if let Some(e) = sealing_failed {
+            return self.fault(cid, e.into());
+        }
+        if queued {
             self.io.push_back(Io::Transmit { conn: cid });
         }
     }

@@ -13,6 +13,7 @@ use crate::proto::intercept::Step;
 use crate::proto::policy::Policy;
 use crate::proto::wire::{AddrType, EntityAddr, EntityAddrVec};
 
+use super::config::{AuthMethod, ModeName, Security};
 use super::conn::{ConnState, Role, Trigger};
 use super::fault::FaultReason;
 use super::ident::{
@@ -408,17 +409,28 @@ impl Endpoint {
         s.was_ready = true;
         s.backoff = Duration::ZERO;
         s.conn = Some(cid);
-        let peer = s.peer_name();
+        // Who the peer proved to be, when it did (cephx); else what it says it is.
+        let peer = self.conns[&cid]
+            .auth
+            .authenticated
+            .clone()
+            .unwrap_or_else(|| s.peer_name());
+        let security = self.conns[&cid].auth.security.unwrap_or(Security {
+            method: AuthMethod::None,
+            mode: ModeName::Crc,
+        });
         self.events.push_back(match role {
             Role::Client => Event::Connected {
                 session: sid,
                 peer,
                 addrs: s.announced_addrs.clone(),
+                security,
             },
             Role::Server => Event::Accepted {
                 session: sid,
                 peer,
                 addrs: s.peer_addrs.clone(),
+                security,
             },
         });
         self.flush_session(sid);

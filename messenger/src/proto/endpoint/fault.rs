@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use crate::proto::cephx::CephxError;
 use crate::proto::control::ControlError;
 use crate::proto::frame::{FrameError, Tag};
 use crate::proto::intercept::Step;
 use crate::proto::policy::Policy;
+use crate::proto::secure::SecureError;
 use crate::proto::wire::{EntityType, WireError};
 
 use super::config::Tuning;
@@ -32,10 +34,23 @@ pub enum FaultReason {
         expected: EntityType,
         got: EntityType,
     },
-    #[error("peer refused auth method none; it allows methods {allowed:?} (Ringwire supports none only; cephx is not implemented yet)")]
+    #[error("peer refused our auth methods; it allows methods {allowed:?} (1 = none, 2 = cephx; cephx needs a keyring with our key)")]
     AuthMethodRefused { allowed: Vec<u32> },
-    #[error("peer chose connection mode {0}; Ringwire supports crc mode only")]
+    #[error("peer chose connection mode {0}, which we did not offer")]
     UnsupportedConMode(u32),
+    /// The peer refused our cephx proof (Ceph answers AUTH_BAD_METHOD, result -13).
+    #[error("authentication failed: the peer rejected our key (result {result}, permission denied); is the keyring's key the one the cluster holds for our name?")]
+    AuthRejected { result: i32 },
+    #[error(
+        "peer refused our connection modes; it allows modes {allowed:?} (1 = crc, 2 = secure)"
+    )]
+    ConModeRefused { allowed: Vec<u32> },
+    #[error("authentication failed: cephx: {0}")]
+    Cephx(#[from] CephxError),
+    #[error("secure mode: {0}")]
+    Secure(#[from] SecureError),
+    #[error("no auth method to offer this peer: cephx needs our key, and for a daemon an unexpired ticket from a monitor (authenticate with one first, again once tickets expire); auth none is not in auth_client_required")]
+    NoAuthMethod,
     #[error("auth signature mismatch")]
     BadSignature,
     #[error("peer requires features {0:#x} that we do not support")]
@@ -114,6 +129,11 @@ impl FaultReason {
             FaultReason::Replaced => 21,
             FaultReason::SeqOverflow { .. } => 22,
             FaultReason::StandbyTimeout => 23,
+            FaultReason::AuthRejected { .. } => 24,
+            FaultReason::ConModeRefused { .. } => 25,
+            FaultReason::Cephx(_) => 26,
+            FaultReason::Secure(_) => 27,
+            FaultReason::NoAuthMethod => 28,
         }
     }
 
@@ -308,6 +328,16 @@ mod tests {
         for (reason, name) in cases {
             assert_eq!(FaultReason::code_name(reason.code()), name, "{reason:?}");
         }
-        assert_eq!(FaultReason::code_name(24), "unknown");
+        assert_eq!(
+            FaultReason::code_name(FaultReason::AuthRejected { result: -13 }.code()),
+            "auth_rejected"
+        );
+        assert_eq!(
+            FaultReason::code_name(FaultReason::Secure(SecureError::OutOfNonces).code()),
+            "secure"
+        );
+        assert_eq!(FaultReason::code_name(28), "no_auth_method");
+        assert_eq!(FaultReason::code_name(23), "standby_timeout");
+        assert_eq!(FaultReason::code_name(29), "unknown");
     }
 }

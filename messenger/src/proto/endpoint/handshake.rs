@@ -3,12 +3,13 @@
 //! queues what goes out; what auth means is [`Auth`](super::auth::Auth)'s business. The session
 //! phase (CLIENT_IDENT, SESSION_RECONNECT and their answers) is in `establish.rs`.
 
-use crate::proto::control::Control;
+use crate::proto::control::{Control, CON_MODE_CRC};
 use crate::proto::frame::{Banner, Frame, Tag};
 use crate::proto::intercept::Step;
+use crate::proto::secure::streams;
 use crate::proto::wire::{AddrType, EntityAddr, EntityType};
 
-use super::auth::{ConMode, ServerAuth};
+use super::auth::{BadMethod, ConMode, Refusal, ServerAuth};
 use super::conn::{ConnState, Role, Trigger};
 use super::fault::FaultReason;
 use super::ids::ConnId;
@@ -26,6 +27,13 @@ impl Endpoint {
         };
         self.intercept(cid, start, || Some(Trigger::Start))?;
         let banner = Banner::RINGWIRE.encode();
+        if let Some(t) = self
+            .conns
+            .get_mut(&cid)
+            .and_then(|c| c.auth.transcript.as_mut())
+        {
+            t.tx.extend_from_slice(&banner);
+        }
         self.queue_tx(cid, |tx| tx.push_small(&banner));
         self.intercept(cid, sent, || None)
     }
@@ -112,7 +120,18 @@ impl Endpoint {
                 c.learned_addr = Some(peer_addr);
                 c.set_state(ConnState::Auth);
                 self.intercept(cid, Step::SendAuthRequest, || None)?;
-                let request = self.auth.client_request(&self.config.name, peer_type);
+                let c = self.conns.get_mut(&cid).expect("checked");
+                let request = self.auth.client_request(
+                    &self.config.name,
+                    peer_type,
+                    &mut c.auth,
+                    self.now,
+                    None,
+                );
+                let Some(request) = request else {
+                    // Our only method needs what we lack (cephx without a key or ticket).
+                    return self.refuse(cid, FaultReason::NoAuthMethod);
+                };
                 self.send_control(cid, request);
             }
             Role::Server => c.set_state(ConnState::Auth),
@@ -122,9 +141,40 @@ impl Endpoint {
 
     // ---------------------------------------------------------------- client: auth replies
 
-    /// AUTH_BAD_METHOD: the peer offers none of our methods. We have no other to try.
-    pub(super) fn on_auth_bad_method(&mut self, cid: ConnId, allowed: Vec<u32>) -> Flow {
-        let reason = FaultReason::AuthMethodRefused { allowed };
+    /// AUTH_BAD_METHOD: our method or modes are refused, or (after our cephx proof) our
+    /// key. Another method both sides allow is tried on the same connection.
+    pub(super) fn on_auth_bad_method(
+        &mut self,
+        cid: ConnId,
+        result: i32,
+        allowed_methods: &[u32],
+        allowed_modes: &[u32],
+    ) -> Flow {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let refusal = Refusal {
+            result,
+            methods: allowed_methods,
+            modes: allowed_modes,
+        };
+        let answer = self.auth.client_bad_method(
+            &self.config.name,
+            c.peer_type,
+            &mut c.auth,
+            self.now,
+            refusal,
+        );
+        match answer {
+            BadMethod::Retry(request) => {
+                self.send_control(cid, request);
+                Ok(())
+            }
+            BadMethod::Fail(reason) => self.refuse(cid, reason),
+        }
+    }
+
+    /// The peer refused us (or we it) during auth: the session hears why, then the
+    /// connection fails.
+    fn refuse(&mut self, cid: ConnId, reason: FaultReason) -> Flow {
         if let Some(session) = self.conns.get(&cid).and_then(|c| c.session) {
             self.events.push_back(Event::Refused {
                 session,
@@ -135,27 +185,55 @@ impl Endpoint {
     }
 
     pub(super) fn on_auth_reply_more(&mut self, cid: ConnId, payload: &[u8]) -> Flow {
-        match self.auth.client_more(payload) {
-            Some(auth_payload) => {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        match self.auth.client_more(&mut c.auth, payload) {
+            Some(Ok(auth_payload)) => {
                 self.send_control(cid, Control::AuthRequestMore { auth_payload });
                 Ok(())
             }
+            Some(Err(reason)) => self.fail(cid, reason),
             None => self.unexpected(cid, Tag::AuthReplyMore),
         }
     }
 
-    pub(super) fn on_auth_done(&mut self, cid: ConnId, con_mode: u32, payload: &[u8]) -> Flow {
-        match self.auth.client_done(con_mode, payload) {
-            // crc mode needs nothing installed; secure mode would install its cipher here.
-            Ok(ConMode::Crc) => {}
-            Err(reason) => return self.fail(cid, reason),
+    pub(super) fn on_auth_done(
+        &mut self,
+        cid: ConnId,
+        global_id: u64,
+        con_mode: u32,
+        payload: &[u8],
+    ) -> Flow {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let mode = match self
+            .auth
+            .client_done(&mut c.auth, self.now, global_id, con_mode, payload)
+        {
+            Ok(mode) => mode,
+            Err(reason) => return self.refuse(cid, reason),
+        };
+        c.set_state(ConnState::AuthSign);
+        // What we received, AUTH_DONE included, is signed; then the mode switches, and our
+        // AUTH_SIGNATURE is the first frame under it.
+        let sha256 = c.auth.finish_transcript();
+        if let Err(reason) = self.switch_mode(cid, mode) {
+            return self.fail(cid, reason);
         }
-        self.conns
-            .get_mut(&cid)
-            .expect("checked")
-            .set_state(ConnState::AuthSign);
-        let sha256 = self.auth.signature();
         self.send_control(cid, Control::AuthSignature { sha256 });
+        Ok(())
+    }
+
+    /// Installs secure mode's ciphers on both directions (crc mode needs nothing).
+    fn switch_mode(&mut self, cid: ConnId, mode: ConMode) -> Result<(), FaultReason> {
+        let ConMode::Secure(secret) = mode else {
+            return Ok(());
+        };
+        let c = self.conns.get_mut(&cid).expect("checked");
+        let (tx, rx) = streams(secret.expose(), c.role == Role::Server)?;
+        c.tx.set_cipher(tx);
+        c.decoder
+            .as_mut()
+            .expect("frames arrive through the decoder")
+            .set_cipher(rx);
         Ok(())
     }
 
@@ -166,7 +244,8 @@ impl Endpoint {
         frame: Frame,
         sha256: &[u8; 32],
     ) -> Flow {
-        if !self.auth.signature_ok(sha256) {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        if !c.auth.signature_ok(sha256) {
             return self.fail(cid, FaultReason::BadSignature);
         }
         self.send_client_ident(cid, frame)
@@ -181,35 +260,71 @@ impl Endpoint {
         modes: &[u32],
         payload: &[u8],
     ) -> Flow {
-        let reply = self
-            .auth
-            .server_request(method, modes, payload, &mut self.next_global_id);
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let reply = self.auth.server_request(
+            &mut c.auth,
+            c.peer_type,
+            method,
+            modes,
+            payload,
+            &mut self.next_global_id,
+        );
+        self.answer_auth(cid, reply)
+    }
+
+    /// AUTH_REQUEST_MORE: cephx's proof.
+    pub(super) fn on_auth_request_more(&mut self, cid: ConnId, payload: &[u8]) -> Flow {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let reply =
+            self.auth
+                .server_more(&mut c.auth, c.peer_type, payload, &mut self.next_global_id);
+        match reply {
+            Some(Ok(reply)) => self.answer_auth(cid, reply),
+            Some(Err(reason)) => self.fail(cid, reason),
+            None => self.unexpected(cid, Tag::AuthRequestMore),
+        }
+    }
+
+    fn answer_auth(&mut self, cid: ConnId, reply: ServerAuth) -> Flow {
         let (global_id, mode, auth_payload) = match reply {
             ServerAuth::Done {
                 global_id,
                 mode,
                 payload,
             } => (global_id, mode, payload),
+            ServerAuth::More(auth_payload) => {
+                self.send_control(cid, Control::AuthReplyMore { auth_payload });
+                return Ok(());
+            }
             ServerAuth::BadMethod(reply) => {
                 // Ceph's answer to a method it does not offer; the client may try another.
                 self.send_control(cid, reply);
                 return Ok(());
             }
         };
-        self.conns
-            .get_mut(&cid)
-            .expect("checked")
-            .set_state(ConnState::AuthSign);
+        let c = self.conns.get_mut(&cid).expect("checked");
+        c.set_state(ConnState::AuthSign);
+        let con_mode = c.auth.security.map_or(CON_MODE_CRC, |s| s.mode.to_wire());
+        if let (Some(name), Some(security)) = (&c.auth.authenticated, c.auth.security) {
+            c.span.in_scope(|| {
+                tracing::info!(peer = %name, %security, "authenticated");
+            });
+        }
+        // AUTH_DONE is the last frame of what we sent (the client signs it); what we received
+        // up to the request is what we sign.
         self.send_control(
             cid,
             Control::AuthDone {
                 global_id,
-                con_mode: mode.to_wire(),
+                con_mode,
                 auth_payload,
             },
         );
-        // crc mode needs nothing installed; secure mode would install its cipher here.
-        let sha256 = self.auth.signature();
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        let sha256 = c.auth.finish_transcript();
+        if let Err(reason) = self.switch_mode(cid, mode) {
+            return self.fail(cid, reason);
+        }
         self.send_control(cid, Control::AuthSignature { sha256 });
         Ok(())
     }
@@ -224,13 +339,11 @@ impl Endpoint {
         self.intercept(cid, Step::HandleAuthRequestAcceptingSign, || {
             Some(Trigger::Frame(frame))
         })?;
-        if !self.auth.signature_ok(sha256) {
+        let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
+        if !c.auth.signature_ok(sha256) {
             return self.fail(cid, FaultReason::BadSignature);
         }
-        self.conns
-            .get_mut(&cid)
-            .expect("checked")
-            .set_state(ConnState::Session);
+        c.set_state(ConnState::Session);
         Ok(())
     }
 }

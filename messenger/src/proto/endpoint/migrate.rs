@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 
 use crate::proto::frame::{Frame, FrameDecoder, TxQueue};
-use crate::proto::wire::{AddrType, EntityAddr, EntityType};
+use crate::proto::secure::GcmStream;
+use crate::proto::wire::{AddrType, EntityAddr, EntityName, EntityType};
 
-use super::config::{owner_of, placement_hash};
+use super::config::{owner_of, placement_hash, Security};
 use super::conn::{Conn, ConnState, Role};
 use super::ids::ConnId;
 use super::timer::Time;
@@ -23,6 +24,10 @@ pub struct Handoff {
     frame: Frame,
     rest: Vec<u8>,
     stream_offset: u64,
+    /// Secure mode's receiving cipher (the sending one is in `tx`).
+    rx_cipher: Option<GcmStream>,
+    security: Option<Security>,
+    authenticated: Option<EntityName>,
     tx: TxQueue,
 }
 
@@ -42,10 +47,15 @@ impl Endpoint {
         let mut conn = Conn::new(cid, Role::Server, None, handoff.peer_socket, self.now);
         conn.set_state(ConnState::Session);
         conn.peer_type = handoff.peer_type;
-        conn.decoder = Some(FrameDecoder::new(
-            self.config.tuning.limits,
-            handoff.stream_offset,
-        ));
+        let mut decoder = FrameDecoder::new(self.config.tuning.limits, handoff.stream_offset);
+        if let Some(rx) = handoff.rx_cipher {
+            decoder.set_cipher(rx);
+        }
+        conn.decoder = Some(decoder);
+        // Auth was done on the first endpoint.
+        conn.auth.transcript = None;
+        conn.auth.security = handoff.security;
+        conn.auth.authenticated = handoff.authenticated;
         let unsent = !handoff.tx.is_empty();
         conn.tx = handoff.tx;
         self.conns.insert(cid, conn);
@@ -81,9 +91,10 @@ impl Endpoint {
     }
 
     pub(super) fn migrate(&mut self, cid: ConnId, key: EntityAddr, frame: Frame) -> Flow {
-        let c = self.conns.remove(&cid).ok_or(Halt::Closed)?;
+        let mut c = self.conns.remove(&cid).ok_or(Halt::Closed)?;
         self.sweep_timers();
         let stream_offset = c.decoder.as_ref().map_or(0, |d| d.frame_offset());
+        let rx_cipher = c.decoder.as_mut().and_then(|d| d.take_cipher());
         let tx = c.tx;
         let to = self.owner(&key);
         let handoff = Handoff {
@@ -92,6 +103,9 @@ impl Endpoint {
             frame,
             rest: Vec::new(),
             stream_offset,
+            rx_cipher,
+            security: c.auth.security,
+            authenticated: c.auth.authenticated.take(),
             tx,
         };
         self.migrating = Some((cid, to, handoff));

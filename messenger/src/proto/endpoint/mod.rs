@@ -33,7 +33,10 @@ mod seq;
 mod session;
 mod timer;
 
-pub use config::{owner_of, placement_hash, EndpointConfig, Placement, Tuning};
+pub use config::{
+    owner_of, parse_auth_methods, parse_modes, placement_hash, AuthConfig, AuthMethod,
+    EndpointConfig, Entropy, ModeName, Placement, Security, TicketStore, Tuning,
+};
 pub use fault::FaultReason;
 pub use ids::{ConnId, IdHasher, IdMap, SessionId};
 pub use migrate::Handoff;
@@ -112,12 +115,14 @@ pub enum Event {
         session: SessionId,
         peer: EntityName,
         addrs: EntityAddrVec,
+        security: Security,
     },
     /// A peer's connection became ready on our side (`ms_handle_accept`).
     Accepted {
         session: SessionId,
         peer: EntityName,
         addrs: EntityAddrVec,
+        security: Security,
     },
     Message {
         session: SessionId,
@@ -186,7 +191,7 @@ pub struct Endpoint {
     global_seq: u64,
     next_global_id: u64,
     rng: Rng,
-    /// How connections authenticate (auth none for now).
+    /// How connections authenticate.
     auth: Auth,
     timers: TimerTable,
     io: VecDeque<Io>,
@@ -210,6 +215,7 @@ impl Endpoint {
     pub fn new(config: EndpointConfig) -> Self {
         let my_gid = config.name.id.parse::<i64>().unwrap_or(-1);
         let rng = Rng(config.seed);
+        let auth = Auth::new(config.auth.clone(), config.name.ty);
         Endpoint {
             config,
             my_gid,
@@ -220,7 +226,7 @@ impl Endpoint {
             global_seq: 0,
             next_global_id: 4096,
             rng,
-            auth: Auth::None,
+            auth,
             timers: TimerTable::default(),
             io: VecDeque::new(),
             events: VecDeque::new(),
@@ -488,7 +494,8 @@ impl Endpoint {
     /// [`FrameDecoder::lend_segment`]: crate::proto::FrameDecoder::lend_segment
     pub fn lend_segment(&mut self, conn: ConnId) -> Option<(BytesMut, usize)> {
         let c = self.conns.get_mut(&conn)?;
-        if c.paused.is_some() {
+        // Before auth is done every byte goes through `on_input`, which records it.
+        if c.paused.is_some() || c.auth.transcript.is_some() {
             return None;
         }
         c.decoder.as_mut()?.lend_segment()
@@ -675,6 +682,9 @@ impl Endpoint {
         };
         let was_empty = c.tx.is_empty();
         f(&mut c.tx);
+        if let Some(e) = c.tx.take_error() {
+            return self.fault(cid, e.into());
+        }
         if was_empty && !c.tx.is_empty() {
             self.io.push_back(Io::Transmit { conn: cid });
         }
@@ -683,6 +693,17 @@ impl Endpoint {
     fn send_control(&mut self, cid: ConnId, control: Control) {
         let n = &mut self.counts.sent[control.tag() as usize];
         *n = n.wrapping_add(1);
+        if let Some(t) = self
+            .conns
+            .get_mut(&cid)
+            .and_then(|c| c.auth.transcript.as_mut())
+        {
+            // Before auth is done frames are plain and encoding is deterministic: the same
+            // bytes as those queued.
+            let mut copy = TxQueue::default();
+            control.encode_frame(&mut copy);
+            t.tx.extend_from_slice(&copy.take_all());
+        }
         // The payload is built in a buffer kept for it (ACKs and keepalives go out on the
         // data path) and copied into the send queue.
         let mut payload = std::mem::take(&mut self.control_payload);

@@ -1,13 +1,17 @@
 //! The incremental frame decoder: preamble, segments with their CRCs, epilogue, one unit at
-//! a time, whatever the chunks the transport reads in (see the parent module).
+//! a time, whatever the chunks the transport reads in (see the parent module). In secure
+//! mode the units are the GCM operations of `secure.rs`, each decrypted in place once
+//! complete.
 
 use bytes::{Bytes, BytesMut};
 
+use super::secure::{pad16, rest_len, tail_len, INLINE_LEN, SECURE_HEAD_LEN};
 use super::{
     Frame, FrameError, FrameLimits, FrameTrailer, Preamble, Segments, CRC_LEN, EPILOGUE_LEN,
     LATE_STATUS_ABORTED, LATE_STATUS_COMPLETE, MAX_SEGMENTS, PREAMBLE_LEN,
 };
 use crate::proto::crc::{ceph_crc32c, SEGMENT_SEED};
+use crate::proto::secure::{GcmStream, TAG_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unit {
@@ -15,6 +19,12 @@ enum Unit {
     Segment(usize),
     Seg0Crc,
     Epilogue,
+    /// Secure mode: preamble and the start of segment 0, sealed together.
+    SecureHead,
+    /// Secure mode: the rest of segment 0.
+    SecureRest,
+    /// Secure mode: the other segments and the epilogue.
+    SecureTail,
 }
 
 impl Unit {
@@ -24,7 +34,15 @@ impl Unit {
             Unit::Segment(_) => "segment",
             Unit::Seg0Crc => "segment 0 CRC",
             Unit::Epilogue => "epilogue",
+            Unit::SecureHead => "encrypted preamble",
+            Unit::SecureRest => "encrypted segment 0",
+            Unit::SecureTail => "encrypted segments and epilogue",
         }
+    }
+
+    /// Units received into the segment buffer (and lent out when large).
+    fn is_buffered(self) -> bool {
+        matches!(self, Unit::Segment(_) | Unit::SecureRest | Unit::SecureTail)
     }
 }
 
@@ -41,10 +59,15 @@ pub enum ReadHint {
 pub struct FrameDecoder {
     limits: FrameLimits,
     unit: Unit,
-    scratch: [u8; PREAMBLE_LEN],
+    scratch: [u8; SECURE_HEAD_LEN],
     seg: BytesMut,
     /// Length of the segment being received (kept apart from `seg`, which may be lent out).
     seg_len: usize,
+    /// Bytes in `seg` before the unit being received (secure mode's inline start of
+    /// segment 0).
+    seg_base: usize,
+    /// Secure mode's receiving cipher; frames start with [`Unit::SecureHead`] once set.
+    cipher: Option<Box<GcmStream>>,
     lent: bool,
     filled: usize,
     seg_crc: u32,
@@ -77,9 +100,11 @@ impl FrameDecoder {
         FrameDecoder {
             limits,
             unit: Unit::Preamble,
-            scratch: [0; PREAMBLE_LEN],
+            scratch: [0; SECURE_HEAD_LEN],
             seg: BytesMut::new(),
             seg_len: 0,
+            seg_base: 0,
+            cipher: None,
             lent: false,
             filled: 0,
             seg_crc: SEGMENT_SEED,
@@ -101,15 +126,40 @@ impl FrameDecoder {
 
     /// Whether the decoder is between frames (a clean place for the stream to end).
     pub fn at_frame_boundary(&self) -> bool {
-        self.unit == Unit::Preamble && self.filled == 0
+        self.unit == self.first_unit() && self.filled == 0
+    }
+
+    fn first_unit(&self) -> Unit {
+        match self.cipher {
+            Some(_) => Unit::SecureHead,
+            None => Unit::Preamble,
+        }
+    }
+
+    /// Decrypts every frame from the next one on (secure mode, after AUTH_DONE). Call at a
+    /// frame boundary.
+    pub fn set_cipher(&mut self, cipher: GcmStream) {
+        assert!(
+            self.at_frame_boundary(),
+            "a cipher starts at a frame boundary"
+        );
+        self.cipher = Some(Box::new(cipher));
+        self.unit = Unit::SecureHead;
+    }
+
+    /// The receiving cipher, for a connection handed to another endpoint (at a frame
+    /// boundary, which a hand-over is).
+    pub fn take_cipher(&mut self) -> Option<GcmStream> {
+        self.cipher.take().map(|c| *c)
     }
 
     fn unit_len(&self) -> usize {
         match self.unit {
             Unit::Preamble => PREAMBLE_LEN,
-            Unit::Segment(_) => self.seg_len,
+            Unit::Segment(_) | Unit::SecureRest | Unit::SecureTail => self.seg_len,
             Unit::Seg0Crc => CRC_LEN,
             Unit::Epilogue => EPILOGUE_LEN,
+            Unit::SecureHead => SECURE_HEAD_LEN,
         }
     }
 
@@ -120,7 +170,9 @@ impl FrameDecoder {
 
     pub fn read_hint(&self) -> ReadHint {
         match self.unit {
-            Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN => ReadHint::Segment(self.want()),
+            u if u.is_buffered() && self.seg_len >= DIRECT_READ_MIN => {
+                ReadHint::Segment(self.want())
+            }
             _ => ReadHint::Small(self.want()),
         }
     }
@@ -139,6 +191,7 @@ impl FrameDecoder {
             // CRC while the bytes are still hot in cache.
             self.seg_crc = ceph_crc32c(self.seg_crc, &self.seg[self.filled..self.filled + n]);
         }
+        // (Secure units are decrypted whole, once complete: GCM checks its tag at the end.)
         self.filled += n;
         self.consumed += n as u64;
         if self.filled < self.unit_len() {
@@ -154,7 +207,7 @@ impl FrameDecoder {
     /// into its spare capacity, then give it back with [`return_segment`](Self::return_segment).
     pub fn lend_segment(&mut self) -> Option<(BytesMut, usize)> {
         match self.unit {
-            Unit::Segment(_) if self.seg_len >= DIRECT_READ_MIN && !self.lent => {
+            u if u.is_buffered() && self.seg_len >= DIRECT_READ_MIN && !self.lent => {
                 self.lent = true;
                 Some((std::mem::take(&mut self.seg), self.want()))
             }
@@ -165,7 +218,7 @@ impl FrameDecoder {
     /// Returns a lent segment buffer whose length grew by the `n` bytes received into it.
     pub fn return_segment(&mut self, buf: BytesMut, n: usize) -> Result<Option<Frame>, FrameError> {
         assert!(
-            self.lent && buf.len() == self.filled + n && n <= self.want(),
+            self.lent && buf.len() == self.seg_base + self.filled + n && n <= self.want(),
             "not the lent segment, or more bytes than it wanted"
         );
         self.lent = false;
@@ -179,9 +232,10 @@ impl FrameDecoder {
         assert!(!self.lent, "the segment buffer is lent out");
         while !input.is_empty() {
             let n = self.want().min(input.len());
-            match self.unit {
-                Unit::Segment(_) => self.seg.extend_from_slice(&input[..n]),
-                _ => self.scratch_buf()[..n].copy_from_slice(&input[..n]),
+            if self.unit.is_buffered() {
+                self.seg.extend_from_slice(&input[..n]);
+            } else {
+                self.scratch_buf()[..n].copy_from_slice(&input[..n]);
             }
             *input = &input[n..];
             if let Some(frame) = self.advance(n)? {
@@ -209,6 +263,7 @@ impl FrameDecoder {
         let len = p.segments[index].len as usize;
         self.unit = Unit::Segment(index);
         self.seg_len = len;
+        self.seg_base = 0;
         self.seg_crc = SEGMENT_SEED;
         if len == 0 {
             self.seg = BytesMut::new();
@@ -254,7 +309,9 @@ impl FrameDecoder {
     fn complete_unit(&mut self) -> Result<Option<Frame>, FrameError> {
         match self.unit {
             Unit::Preamble => {
-                let p = Preamble::decode(&self.scratch, &self.limits)?;
+                let mut pre = [0u8; PREAMBLE_LEN];
+                pre.copy_from_slice(&self.scratch[..PREAMBLE_LEN]);
+                let p = Preamble::decode(&pre, &self.limits)?;
                 self.make_room_for_small_segments(&p);
                 self.preamble = Some(p);
                 self.segments = Segments::default();
@@ -331,7 +388,79 @@ impl FrameDecoder {
                 }
                 self.finish_frame(Some((late, crcs)), aborted)
             }
+            Unit::SecureHead => self.open_head(),
+            Unit::SecureRest => {
+                let l0 = self.preamble.as_ref().expect("preamble").segments[0].len as usize;
+                let cipher = self.cipher.as_mut().expect("secure unit");
+                cipher.open(&mut self.seg[INLINE_LEN..], Unit::SecureRest.name())?;
+                self.seg.truncate(l0);
+                self.segments.push(std::mem::take(&mut self.seg).freeze());
+                self.secure_tail()
+            }
+            Unit::SecureTail => self.open_tail(),
         }
+    }
+
+    /// The first operation of a secure frame: the preamble, then segment 0 whole (short) or
+    /// its start (the rest follows).
+    fn open_head(&mut self) -> Result<Option<Frame>, FrameError> {
+        let cipher = self.cipher.as_mut().expect("secure unit");
+        cipher.open_first(&mut self.scratch, Unit::SecureHead.name())?;
+        let mut pre = [0u8; PREAMBLE_LEN];
+        pre.copy_from_slice(&self.scratch[..PREAMBLE_LEN]);
+        let p = Preamble::decode(&pre, &self.limits)?;
+        self.preamble = Some(p);
+        self.segments = Segments::default();
+        let l0 = p.segments[0].len as usize;
+        let inline = &self.scratch[PREAMBLE_LEN..PREAMBLE_LEN + INLINE_LEN];
+        let rest = rest_len(l0);
+        if rest == 0 {
+            self.segments.push(Bytes::copy_from_slice(&inline[..l0]));
+            return self.secure_tail();
+        }
+        // Sized by the peer after the preamble's limits check.
+        let mut seg = BytesMut::with_capacity(INLINE_LEN + rest);
+        seg.extend_from_slice(inline);
+        self.seg = seg;
+        self.seg_base = INLINE_LEN;
+        self.seg_len = rest;
+        self.unit = Unit::SecureRest;
+        Ok(None)
+    }
+
+    /// After segment 0 of a secure frame: the tail operation, or the end of the frame.
+    fn secure_tail(&mut self) -> Result<Option<Frame>, FrameError> {
+        let p = self.preamble.as_ref().expect("preamble");
+        let len = tail_len(&p.segments[..p.num_segments as usize]);
+        if len == 0 {
+            return self.finish_frame(None, false);
+        }
+        self.seg = BytesMut::with_capacity(len);
+        self.seg_base = 0;
+        self.seg_len = len;
+        self.unit = Unit::SecureTail;
+        Ok(None)
+    }
+
+    /// The tail operation: decrypted in place, then cut into the segments (no copy).
+    fn open_tail(&mut self) -> Result<Option<Frame>, FrameError> {
+        let cipher = self.cipher.as_mut().expect("secure unit");
+        cipher.open(&mut self.seg, Unit::SecureTail.name())?;
+        let p = *self.preamble.as_ref().expect("preamble");
+        let mut plain = std::mem::take(&mut self.seg);
+        plain.truncate(self.seg_len - TAG_LEN);
+        for d in &p.segments[1..p.num_segments as usize] {
+            let mut s = plain.split_to(pad16(d.len as usize));
+            s.truncate(d.len as usize);
+            self.segments.push(s.freeze());
+        }
+        let late = plain[0];
+        let aborted = match late & 0x0f {
+            LATE_STATUS_COMPLETE => false,
+            LATE_STATUS_ABORTED => true,
+            _ => return Err(FrameError::BadLateStatus(late)),
+        };
+        self.finish_frame(Some((late, [0; 3])), aborted)
     }
 
     fn next_after_segment(&mut self, i: usize) -> Result<Option<Frame>, FrameError> {
@@ -351,7 +480,7 @@ impl FrameDecoder {
         epilogue: Option<(u8, [u32; 3])>,
         aborted: bool,
     ) -> Result<Option<Frame>, FrameError> {
-        self.unit = Unit::Preamble;
+        self.unit = self.first_unit();
         self.frame_start = self.consumed;
         let preamble = self.preamble.take().expect("preamble");
         let segments = std::mem::take(&mut self.segments);
