@@ -10,13 +10,16 @@
 //! Every thread is counted (workers, the test thread), so the tests in this file run one at
 //! a time under a lock.
 
+mod common;
+
+use common::{echo_server, one_worker};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger, Options};
+use ringwire::proto::{EntityType, Message, Policy};
+use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger};
 
 /// `System`, counting every allocation and reallocation.
 struct Counting;
@@ -56,14 +59,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn ping() -> Message {
     Message::new(TY).with_front(&FRONT[..])
-}
-
-struct Echo;
-
-impl Dispatcher for Echo {
-    fn dispatch(&self, conn: &Connection, msg: Incoming) {
-        let _ = conn.send(msg);
-    }
 }
 
 /// The client side: counts echoes and, while `to_send` lasts, answers each with the next ping
@@ -110,14 +105,6 @@ impl Pinger {
     }
 }
 
-fn options() -> Options {
-    Options {
-        workers: 1,
-        arena_size: 0,
-        ..Options::default()
-    }
-}
-
 /// A server that echoes and a client connected to it, ready.
 /// The policies a client and its server run: lossy (nothing kept for resending), or
 /// lossless (each message kept until acknowledged, ACKs flowing both ways).
@@ -129,16 +116,11 @@ const POLICIES: [PolicyPair; 2] = [
 ];
 
 fn pair(client: Policy, server_policy: Policy) -> (Messenger, Messenger, Arc<Pinger>, Connection) {
-    let server = Messenger::builder("osd.0".parse().unwrap())
-        .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-        .default_policy(server_policy)
-        .options(options())
-        .start(Arc::new(Echo))
-        .expect("io_uring available");
+    let server = echo_server(server_policy);
     let pinger = Arc::new(Pinger::default());
     let client = Messenger::builder("client.0".parse().unwrap())
         .default_policy(client)
-        .options(options())
+        .options(one_worker())
         .start(pinger.clone())
         .expect("io_uring available");
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);

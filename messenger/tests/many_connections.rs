@@ -6,6 +6,9 @@
 //! counted by a counting global allocator (allocated minus freed) in each process, and the
 //! resident set is reported beside them.
 
+mod common;
+
+use common::{echo_server, one_worker};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger};
 
 /// `System`, keeping the number of heap bytes in use.
 struct Counting;
@@ -48,14 +51,6 @@ const CONNECTIONS: usize = 10_000;
 const IDLE_END_BYTES: i64 = 8 * 1024;
 const TY: u16 = 0x4244;
 
-struct Echo;
-
-impl Dispatcher for Echo {
-    fn dispatch(&self, conn: &Connection, msg: Incoming) {
-        let _ = conn.send(msg);
-    }
-}
-
 /// Counts echoes.
 #[derive(Default)]
 struct Count(AtomicU64);
@@ -64,14 +59,6 @@ impl Dispatcher for Count {
     fn dispatch(&self, _conn: &Connection, msg: Incoming) {
         assert_eq!(msg.ty, TY);
         self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn options() -> Options {
-    Options {
-        workers: 1,
-        arena_size: 0,
-        ..Options::default()
     }
 }
 
@@ -137,16 +124,11 @@ const SERVER_ENV: &str = "RINGWIRE_MANY_CONNECTIONS_SERVER";
 #[test]
 fn ten_thousand_connections_are_all_served_and_an_idle_end_keeps_under_8_kib() {
     need_descriptors();
-    let server = Messenger::builder("osd.0".parse().unwrap())
-        .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-        .default_policy(Policy::stateless_server())
-        .options(options())
-        .start(Arc::new(Echo))
-        .expect("io_uring available");
+    let server = echo_server(Policy::stateless_server());
     // Warm up what every connection shares (rings, buffer pools, tables' first growth).
     let warm_client = Messenger::builder("client.1".parse().unwrap())
         .default_policy(Policy::lossy_client())
-        .options(options())
+        .options(one_worker())
         .start(Arc::new(Count::default()))
         .expect("io_uring available");
     let warm: Vec<Connection> = (0..100)
@@ -214,7 +196,7 @@ fn client_process() {
     let echoes = Arc::new(Count::default());
     let client = Messenger::builder("client.0".parse().unwrap())
         .default_policy(Policy::lossy_client())
-        .options(options())
+        .options(one_worker())
         .start(echoes.clone())
         .expect("io_uring available");
     let addr = EntityAddr::parse(&addr).unwrap();

@@ -1,24 +1,19 @@
 //! Application tasks on a worker (`Connection::spawn`) and the `Mailbox` that hands them
 //! replies: a real server and client `Messenger` on loopback, one worker each.
 
+mod common;
+
+use common::{echo_server, one_worker};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use ringwire::proto::{EntityAddr, EntityType, Message, Policy};
-use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger, Options};
+use ringwire::proto::{EntityType, Message, Policy};
+use ringwire::{Connection, Dispatcher, Incoming, Mailbox, Messenger};
 
 const TY: u16 = 0x4243;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Echo;
-
-impl Dispatcher for Echo {
-    fn dispatch(&self, conn: &Connection, msg: Incoming) {
-        let _ = conn.send(msg);
-    }
-}
 
 /// Hands every reply to a mailbox and records the thread dispatch ran on.
 struct Replies {
@@ -33,27 +28,15 @@ impl Dispatcher for Replies {
     }
 }
 
-fn options() -> Options {
-    Options {
-        workers: 1,
-        ..Options::default()
-    }
-}
-
 fn pair() -> (Messenger, Messenger, Arc<Replies>, Connection) {
-    let server = Messenger::builder("osd.0".parse().unwrap())
-        .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
-        .default_policy(Policy::stateless_server())
-        .options(options())
-        .start(Arc::new(Echo))
-        .expect("io_uring available");
+    let server = echo_server(Policy::stateless_server());
     let replies = Arc::new(Replies {
         mailbox: Arc::new(Mailbox::new()),
         thread: Mutex::new(None),
     });
     let client = Messenger::builder("client.0".parse().unwrap())
         .default_policy(Policy::lossy_client())
-        .options(options())
+        .options(one_worker())
         .start(replies.clone())
         .expect("io_uring available");
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);

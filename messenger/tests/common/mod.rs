@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use wait::*;
 
-use ringwire::proto::{EntityAddr, EntityName, EntityType, FaultReason, Message};
-use ringwire::{Connection, Dispatcher, Incoming};
+use ringwire::proto::{EntityAddr, EntityName, EntityType, FaultReason, Message, Policy};
+use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
@@ -223,4 +223,33 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// Echoes every message on the connection it came on, keeping nothing (so it allocates
+/// nothing itself: the allocation tests count every allocation in the process).
+pub struct Echo;
+
+impl Dispatcher for Echo {
+    fn dispatch(&self, conn: &Connection, msg: Incoming) {
+        let _ = conn.send(msg);
+    }
+}
+
+/// One worker, no registered arena: what the tests of one connection's costs run on.
+pub fn one_worker() -> Options {
+    Options {
+        workers: 1,
+        arena_size: 0,
+        ..Options::default()
+    }
+}
+
+/// An echoing server (`osd.0`, one worker) on a free loopback port, with `policy`.
+pub fn echo_server(policy: Policy) -> Messenger {
+    Messenger::builder(name(EntityType::OSD, "0"))
+        .bind(EntityAddr::parse("v2:127.0.0.1:0").unwrap())
+        .default_policy(policy)
+        .options(one_worker())
+        .start(Arc::new(Echo))
+        .expect("io_uring available")
 }
