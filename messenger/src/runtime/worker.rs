@@ -198,6 +198,13 @@ impl Worker {
                 (None, true) => Some(self.next_announce),
                 (t, false) => t,
             };
+            let wake = self
+                .transports
+                .all()
+                .into_iter()
+                .filter_map(|t| t.next_deadline())
+                .chain(wake)
+                .min();
             let mut wait = wake.map(|t| t.0.saturating_sub(now.0));
             if wait != Some(0) && self.transports.rdma.busy_poll(&mut cx!(self)) {
                 wait = Some(0);
