@@ -197,6 +197,59 @@ impl Net {
         self.ip_in(&self.bridge_ns(), &["link", "set", &port(node), state]);
     }
 
+    /// A slow lane on the bridge's port toward `node`: the packets whose IP ID ends in two
+    /// zero bits (a quarter of them; Linux numbers a TCP socket's packets in sequence) go
+    /// through an HTB class limited to `rate`, the rest pass at once. Those packets queue
+    /// behind each other (delay, varying with the load: jitter) while the packets sent after
+    /// them overtake them (reordering). Real qdiscs, for kernels without `sch_netem`.
+    pub fn slow_lane(&self, node: usize, rate: &str) -> Result<(), String> {
+        let dev = port(node);
+        let steps: [&[&str]; 4] = [
+            &[
+                "qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb", "default", "10",
+            ],
+            &[
+                "class", "add", "dev", &dev, "parent", "1:", "classid", "1:10", "htb", "rate",
+                "10gbit",
+            ],
+            &[
+                "class", "add", "dev", &dev, "parent", "1:", "classid", "1:20", "htb", "rate",
+                rate, "ceil", rate,
+            ],
+            &[
+                "filter", "add", "dev", &dev, "parent", "1:", "protocol", "ip", "u32", "match",
+                "u16", "0", "0x0003", "at", "4", "flowid", "1:20",
+            ],
+        ];
+        steps.iter().try_for_each(|args| self.tc(args))
+    }
+
+    /// Segments that arrived out of order at the nodes' TCP stacks (`TCPOFOQueue`), summed.
+    pub fn out_of_order_segments(&self) -> u64 {
+        (0..self.nodes)
+            .map(|i| {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &self.ns(i), "cat", "/proc/net/netstat"])
+                    .output()
+                    .expect("ip netns exec runs");
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let lines: Vec<&str> = text.lines().collect();
+                lines
+                    .chunks(2)
+                    .filter(|pair| pair.len() == 2 && pair[0].starts_with("TcpExt:"))
+                    .find_map(|pair| {
+                        let names = pair[0].split_whitespace();
+                        let values = pair[1].split_whitespace();
+                        names
+                            .zip(values)
+                            .find(|(n, _)| *n == "TCPOFOQueue")
+                            .and_then(|(_, v)| v.parse::<u64>().ok())
+                    })
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// `tc ARGS` in the bridge namespace.
     pub fn tc(&self, args: &[&str]) -> Result<(), String> {
         let br = self.bridge_ns();
