@@ -305,6 +305,11 @@ impl Worker {
                     return;
                 };
                 if self.ep.send_tagged(now, sid, msg, handle).is_err() {
+                    // The session has ended, and its Reset may still wait in the endpoint's
+                    // events (a fault found by the timers just before): deliver it first, or
+                    // closing the handle here would leave `on_reset` without a connection
+                    // to report, and the application would never hear of it.
+                    self.endpoint_output();
                     self.handles.close(sid);
                 }
             }
