@@ -9,6 +9,8 @@ pub fn run(root: &Path) -> Result<(), String> {
     exec::run(root, "cargo", &["fmt", "--all", "--check"])?;
     // A real monitor and the ceph CLI for the interop tests (Debian 12 ships 16.2.15).
     provision::ensure_packages(&["ceph-mon", "ceph-osd", "ceph-common"])?;
+    // messenger/tests/netns_cluster.rs builds its network with `ip` and its faults with `nft`.
+    provision::ensure_packages(&["iproute2", "nftables"])?;
     // Headless Chromium renders `ringwire bench --report` in cli/tests/bench_report.rs.
     provision::ensure_packages(&["chromium"])?;
     // ringwire-trace embeds the BPF object: build it first; cargo finds it through the env.

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types};
@@ -15,7 +16,7 @@ use super::bufring::BufRing;
 use super::transport::{user_data, Cx, Gate, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::{io_uring_error, Command};
 use crate::proto::endpoint::IdMap;
-use crate::proto::{ConnId, Endpoint, Handoff};
+use crate::proto::{ConnId, Endpoint, Handoff, Time};
 use crate::Error;
 
 const KIND_ACCEPT: u64 = 1;
@@ -56,6 +57,34 @@ struct SendOp {
 /// allocates no chunk list, iovec array or msghdr.
 const SPARE_SENDS: usize = 64;
 
+/// How long a closing socket may spend writing its last words (and the send in flight) before
+/// it is shut down regardless. A peer that stopped reading, or one behind a blackhole, would
+/// otherwise hold the socket, and `Messenger::shutdown`, until TCP gives up on it (a quarter
+/// of an hour), or forever while the peer answers zero-window probes.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Resets a connection (RST) and drops what its send queue holds: `connect(AF_UNSPEC)`, the
+/// kernel's disconnect. A shutdown would not do: the send in flight keeps waiting for room,
+/// and zero-copy sends complete only when the peer acknowledges their bytes.
+fn abort(fd: &OwnedFd) {
+    // SAFETY: an AF_UNSPEC sockaddr of the size connect expects; a descriptor we own.
+    let rc = unsafe {
+        let mut sa: libc::sockaddr = std::mem::zeroed();
+        sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd.as_raw_fd(),
+            &sa,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "aborting a lingering socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 struct Sock {
     fd: OwnedFd,
     recv: RecvState,
@@ -65,6 +94,9 @@ struct Sock {
     ops: u32,
     /// Closing: these bytes still go out first, then the socket is shut down.
     closing: Option<Vec<Bytes>>,
+    /// Closing: when it is aborted even if the bytes have not gone out (`CLOSE_LINGER`).
+    linger_until: Option<Time>,
+    aborted: bool,
     shut: bool,
     migrate: Option<(usize, Box<Handoff>)>,
     dirty: bool,
@@ -84,6 +116,8 @@ impl Sock {
             connect_addr: None,
             ops: 0,
             closing: None,
+            linger_until: None,
+            aborted: false,
             shut: false,
             migrate: None,
             dirty: true,
@@ -114,6 +148,8 @@ pub(crate) struct Tcp {
     fixed_arena: bool,
     /// Emptied send operations (no chunks), their allocations kept for the next sends.
     spare_sends: Vec<SendOp>,
+    /// Closing sockets and when their linger ends: they are armed again then.
+    lingering: Vec<(Time, u64)>,
 }
 
 impl Tcp {
@@ -149,6 +185,7 @@ impl Tcp {
             listeners: Listeners::new(cx, listeners, KIND_ACCEPT, index),
             held_back: Vec::new(),
             spare_sends: Vec::new(),
+            lingering: Vec::new(),
             fixed_arena,
         };
         Ok(tcp)
@@ -215,6 +252,15 @@ impl Tcp {
             return;
         };
         if let Some(remaining) = s.closing.as_mut() {
+            let until = *s.linger_until.get_or_insert_with(|| {
+                let until = cx.now.after(CLOSE_LINGER);
+                self.lingering.push((until, key));
+                until
+            });
+            let overdue = cx.now >= until;
+            if overdue {
+                remaining.clear();
+            }
             if s.send.is_none() && !remaining.is_empty() && !s.shut {
                 let chunks = std::mem::take(remaining);
                 let op = SendOp {
@@ -225,6 +271,10 @@ impl Tcp {
                 return;
             }
             let s = self.socks.get_mut(&key).expect("present");
+            if overdue && !s.aborted {
+                s.aborted = true;
+                abort(&s.fd);
+            }
             if s.send.is_none() && !s.shut {
                 s.shut = true;
                 // Completes the receive in flight (with 0); the fd closes when ops reach 0.
@@ -591,9 +641,22 @@ impl Transport for Tcp {
     }
 
     fn progress(&mut self, cx: &mut Cx<'_>) -> bool {
+        let mut i = 0;
+        while i < self.lingering.len() {
+            if self.lingering[i].0 <= cx.now {
+                let (_, key) = self.lingering.swap_remove(i);
+                self.mark_dirty(key);
+            } else {
+                i += 1;
+            }
+        }
         // Input reaches the endpoint in `complete`, never here.
         self.arm_dirty(cx);
         false
+    }
+
+    fn next_deadline(&self) -> Option<Time> {
+        self.lingering.iter().map(|(t, _)| *t).min()
     }
 
     fn complete(&mut self, cx: &mut Cx<'_>, user_data: u64, res: i32, flags: u32) {

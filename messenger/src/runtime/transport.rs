@@ -93,6 +93,10 @@ pub(crate) trait Transport {
     /// Reports every established connection to the `ringwire_conn_socket` probe (called once
     /// a second, so a tracer attached late learns them); false when there was none.
     fn announce(&self, ep: &Endpoint) -> bool;
+    /// When `progress` has timed work to do (the worker wakes by then).
+    fn next_deadline(&self) -> Option<Time> {
+        None
+    }
     /// Polls for completions for a bounded time before the worker sleeps; true if any came.
     fn busy_poll(&mut self, _cx: &mut Cx<'_>) -> bool {
         false

@@ -198,6 +198,13 @@ impl Worker {
                 (None, true) => Some(self.next_announce),
                 (t, false) => t,
             };
+            let wake = self
+                .transports
+                .all()
+                .into_iter()
+                .filter_map(|t| t.next_deadline())
+                .chain(wake)
+                .min();
             let mut wait = wake.map(|t| t.0.saturating_sub(now.0));
             if wait != Some(0) && self.transports.rdma.busy_poll(&mut cx!(self)) {
                 wait = Some(0);
@@ -303,6 +310,11 @@ impl Worker {
                     return;
                 };
                 if self.ep.send_tagged(now, sid, msg, handle).is_err() {
+                    // The session has ended, and its Reset may still wait in the endpoint's
+                    // events (a fault found by the timers just before): deliver it first, or
+                    // closing the handle here would leave `on_reset` without a connection
+                    // to report, and the application would never hear of it.
+                    self.endpoint_output();
                     self.handles.close(sid);
                 }
             }
