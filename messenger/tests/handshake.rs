@@ -277,3 +277,53 @@ fn interceptor_pause_holds_the_step_until_resumed() {
         .iter()
         .any(|e| matches!(e, Event::Message { msg, .. } if &msg.front[..] == b"held")));
 }
+
+/// The server's queued bytes, fed to the client as one input (its events stay queued).
+fn server_to_client(p: &mut Pipe) {
+    while let Some(io) = p.eps[SERVER].poll_io() {
+        if let Io::Transmit { conn } = io {
+            let bytes = p.eps[SERVER].tx_queue(conn).unwrap().take_all();
+            p.eps[CLIENT].on_input(p.now, p.conns[CLIENT].unwrap(), &bytes);
+        }
+    }
+}
+
+fn client_messages(p: &mut Pipe) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| p.eps[CLIENT].poll_event())
+        .filter_map(|e| match e {
+            Event::Message { msg, .. } => Some(msg.front.to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_message_decoded_before_mark_down_is_not_delivered_after_it() {
+    // The RDMA markdown stall (docs/rdma.md): a worker decoded an echo, the application had
+    // already asked (from an earlier dispatch) to mark its session down, and the echo was
+    // then dispatched anyway, on a handle made up for a session that no longer existed.
+    let mut p = pipe(
+        config(false, Policy::lossy_client()),
+        config(true, Policy::stateless_server()),
+    );
+    let s = connect(&mut p);
+    assert!(p.run(1000));
+    assert!(p.eps[CLIENT].is_connected(s));
+    let accepted = p.events[SERVER]
+        .iter()
+        .find_map(|e| match e {
+            Event::Accepted { session, .. } => Some(*session),
+            _ => None,
+        })
+        .expect("server accepted");
+    let echo = |n: &'static [u8]| Message::new(0x11).with_front(n);
+    p.eps[SERVER].send(p.now, accepted, echo(b"one")).unwrap();
+    server_to_client(&mut p);
+    assert_eq!(client_messages(&mut p), vec![b"one".to_vec()]);
+    // Decoded (its event queued), then the session is marked down before the event is taken.
+    p.eps[SERVER].send(p.now, accepted, echo(b"two")).unwrap();
+    server_to_client(&mut p);
+    p.eps[CLIENT].mark_down(p.now, s);
+    assert!(p.eps[CLIENT].is_closed(s));
+    assert_eq!(client_messages(&mut p), Vec::<Vec<u8>>::new());
+}

@@ -760,15 +760,23 @@ struct MarkOther {
     conns: Mutex<Vec<Connection>>,
     /// (connection id, content) of each echo.
     echoes: Mutex<Vec<(u64, Content)>>,
+    /// (connection whose echo was dispatched, connection it marked down).
+    marks: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Dispatcher for MarkOther {
     fn dispatch(&self, conn: &Connection, msg: Incoming) {
-        for c in self.conns.lock().unwrap().iter() {
-            if c != conn {
+        let conns = self.conns.lock().unwrap();
+        // Only an echo of this round marks its partner down. An echo of an earlier round can
+        // still come while the test starts the next one (the test's own mark_down is a
+        // command its worker may not have run yet): it must not mark the new round's down.
+        if conns.contains(conn) {
+            for c in conns.iter().filter(|c| *c != conn) {
                 c.mark_down();
+                self.marks.lock().unwrap().push((conn.id(), c.id()));
             }
         }
+        drop(conns);
         self.echoes
             .lock()
             .unwrap()
@@ -808,16 +816,34 @@ fn client_side_markdown_test() {
         c1.send(ping(round)).unwrap();
         // The echo on c1 may already have marked c2 down.
         let _ = c2.send(ping(round));
-        wait_until(deadline(), "an echo in this round", || {
+        let got = poll_until(deadline(), || {
             let echoes = d.echoes.lock().unwrap();
             echoes.iter().any(|e| e.0 == c1.id() || e.0 == c2.id())
         });
+        if !got {
+            let marks = d.marks.lock().unwrap();
+            let by: Vec<_> = marks
+                .iter()
+                .filter(|m| m.1 == c1.id() || m.1 == c2.id())
+                .map(|m| (m.0, round_of.get(&m.0).copied(), m.1))
+                .collect();
+            panic!(
+                "round {round}: no echo on {} or {} within {T:?}; marked down by the echoes of (conn, its round, marked): {by:?}; closed: {} {}",
+                c1.id(),
+                c2.id(),
+                c1.is_closed(),
+                c2.is_closed()
+            );
+        }
         c1.mark_down();
         c2.mark_down();
     }
     let mut seen = std::collections::HashSet::new();
     for (conn, content) in d.echoes.lock().unwrap().iter() {
-        let echo = Message::new(0x11).with_front(ping(round_of[conn]).front);
+        let round = round_of.get(conn).unwrap_or_else(|| {
+            panic!("an echo dispatched on connection {conn}, which no connect returned")
+        });
+        let echo = Message::new(0x11).with_front(ping(*round).front);
         assert_eq!(
             *content,
             Content::of(&echo),

@@ -365,10 +365,15 @@ impl Endpoint {
         true
     }
 
-    /// Closes the session and its connection; no reset event is raised.
+    /// Closes the session and its connection; no reset event is raised, and its messages
+    /// not yet taken with [`poll_event`](Self::poll_event) are dropped (Ceph's mark_down
+    /// discards the connection's dispatch queue): the application has let the session go,
+    /// and a message delivered after that would reach it on a session it no longer knows.
     pub fn mark_down(&mut self, now: Time, session: SessionId) {
         self.now = now;
         self.close_session(session);
+        self.events
+            .retain(|e| !matches!(e, Event::Message { session: s, .. } if *s == session));
     }
 
     pub fn mark_down_all(&mut self, now: Time) {
