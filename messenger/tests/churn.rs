@@ -66,11 +66,7 @@ fn short_lived_client(target: EntityAddr, policy: Policy, i: u32) {
     let rec = Arc::new(Recorder::default());
     let m = Messenger::builder(name(EntityType::CLIENT, "churn"))
         .policy(EntityType::OSD, policy)
-        .options(Options {
-            workers: 1,
-            arena_size: 0,
-            ..Options::default()
-        })
+        .options(one_worker())
         .start(rec.clone())
         .unwrap();
     let conn = m.connect(target, EntityType::OSD);

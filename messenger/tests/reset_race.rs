@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use ringwire::proto::{Action, ConnId, EntityType, Message, Policy, Step};
-use ringwire::{Connection, Messenger, MessengerInterceptor, Options};
+use ringwire::{Connection, Messenger, MessengerInterceptor};
 
 #[derive(Default)]
 struct SendThenFail {
@@ -39,11 +39,7 @@ fn a_send_queued_as_a_lossy_session_faults_does_not_swallow_its_reset() {
     let server = Messenger::builder(name(EntityType::OSD, "0"))
         .bind(loopback())
         .policy(EntityType::CLIENT, Policy::stateless_server())
-        .options(Options {
-            workers: 1,
-            arena_size: 0,
-            ..Options::default()
-        })
+        .options(one_worker())
         .start(server_rec)
         .unwrap();
     let interceptor = Arc::new(SendThenFail::default());
@@ -51,11 +47,7 @@ fn a_send_queued_as_a_lossy_session_faults_does_not_swallow_its_reset() {
     let client = Messenger::builder(name(EntityType::CLIENT, "1"))
         .policy(EntityType::OSD, Policy::lossy_client())
         .interceptor(interceptor.clone())
-        .options(Options {
-            workers: 1,
-            arena_size: 0,
-            ..Options::default()
-        })
+        .options(one_worker())
         .start(rec.clone())
         .unwrap();
     let conn = client.connect(server.addrs().0[0], EntityType::OSD);
