@@ -191,6 +191,12 @@ impl CephMon {
     /// [`start`](Self::start), authenticating as `auth` says; with cephx the monitor's and
     /// client.admin's keys are made for it (client.admin's: [`admin_keyring`](Self::admin_keyring)).
     pub fn start_with(auth: MonAuth) -> Result<CephMon, String> {
+        CephMon::start_with_conf(auth, "")
+    }
+
+    /// [`start_with`](Self::start_with), with `extra` lines in `[global]` of its `ceph.conf`
+    /// (which OSDs started by [`start_osd`](Self::start_osd) read too).
+    pub fn start_with_conf(auth: MonAuth, extra: &str) -> Result<CephMon, String> {
         for tool in ["ceph-mon", "monmaptool", "ceph", "ceph-authtool"] {
             require(tool)?;
         }
@@ -211,7 +217,7 @@ impl CephMon {
             dir,
         };
         let addr = format!("[v2:127.0.0.1:{}]", mon.port);
-        let conf = conf(&mon.dir, &mon.fsid, &addr, auth, "").map_err(|e| e.to_string())?;
+        let conf = conf(&mon.dir, &mon.fsid, &addr, auth, extra).map_err(|e| e.to_string())?;
         // The monitor's key and client.admin's, both in the keyring --mkfs seeds it with.
         let initial = mon.dir.join("initial.keyring");
         let initial = initial.to_str().ok_or("temporary path is not UTF-8")?;

@@ -149,6 +149,15 @@ enum Command {
         /// beside crc mode in the same run.
         #[arg(long, default_value = "crc")]
         mode: String,
+        /// The benchmark client's entity name (default: client.1, or osd.1 with --policy
+        /// peer); with --mode secure, whose key -k holds.
+        #[arg(short = 'n', long, value_parser = cmd::parse_entity_name)]
+        name: Option<EntityName>,
+        /// --mode secure: the keyring holding the client's key (Ceph's -k). The benchmark's
+        /// own monitor is given that key (in a 0600 temporary keyring, removed at the end);
+        /// without -k a key is made for the run.
+        #[arg(short = 'k', long)]
+        keyring: Option<std::path::PathBuf>,
     },
 }
 
@@ -186,6 +195,8 @@ fn main() -> ExitCode {
             report: html,
             scale,
             mode,
+            name,
+            keyring,
         } => {
             if policy == "lossy" && inject_socket_failures > 0 {
                 eprintln!("ringwire bench: a lossy policy loses messages on faults by design; inject failures with --policy lossless or peer");
@@ -217,6 +228,8 @@ fn main() -> ExitCode {
                 },
                 ceph: !no_ceph,
                 mode,
+                name,
+                keyring,
             };
             if let Err(e) = args.validate() {
                 eprintln!("ringwire bench: {e}");

@@ -236,3 +236,52 @@ fn secure_mode_reports_its_figures_beside_crc_mode() {
     }
     assert!(!keyring.exists(), "the run's keyring must be removed");
 }
+
+/// `-n NAME -k KEYRING`: the secure run's client authenticates as NAME with the key the
+/// keyring holds for it (the benchmark's monitor is given that key); a name the keyring does
+/// not hold is refused before anything runs, naming the name.
+#[test]
+fn secure_mode_authenticates_with_the_key_n_and_k_name() {
+    let dir = std::env::temp_dir().join(format!("ringwire-bench-k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyring = dir.join("admin.keyring");
+    let key = ringwire::proto::cephx::CryptoKey::new(
+        ringwire::proto::cephx::KeyType::Aes,
+        (0, 0),
+        ringwire::proto::cephx::Secret::new(vec![0x42; 16]),
+    )
+    .unwrap();
+    let text = format!(
+        "[client.admin]\n\tkey = {}\n",
+        *ringwire::proto::cephx::keyring::key_to_base64(&key)
+    );
+    std::fs::write(&keyring, text).unwrap();
+    let k = keyring.to_str().unwrap();
+    let mut args = vec![
+        "--mode",
+        "secure",
+        "--no-rados",
+        "--no-ceph",
+        "--json",
+        "-k",
+        k,
+    ];
+    args.extend_from_slice(&SHORT);
+    let out = bench(&[&args[..], &["-n", "client.admin"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert!(
+        v["ratio_secure_p50_vs_crc"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+
+    let out = bench(&[&args[..], &["-n", "client.bob"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no key for client.bob"), "{stderr}");
+    assert!(keyring.exists(), "the operator's keyring is left alone");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

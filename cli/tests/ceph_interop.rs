@@ -322,30 +322,25 @@ fn ringwire_ping_authenticates_with_cephx_in_secure_mode() {
     assert!(stderr.contains("refused authentication"), "{stderr}");
 }
 
-/// Tickets end to end: a Ringwire client authenticates with a real monitor (cephx, secure),
-/// takes the OSD ticket it was given to a real OSD requiring cephx and secure mode, answers
-/// the OSD's challenge, and completes a sealed session with it (a keepalive round trip).
-#[test]
-fn ringwire_client_uses_its_osd_ticket_with_a_real_osd_in_secure_mode() {
-    init_tracing();
-    let mon = start_mon(MonAuth::CephxSecure);
-    let osd = mon.start_osd().unwrap_or_else(|e| panic!("{e}"));
-    let osd = EntityAddr::parse(&format!("v2:{osd}")).unwrap();
-    let rec = Arc::new(Recorder::default());
-    let client = Messenger::builder(name(EntityType::CLIENT, "admin"))
+/// client.admin with the monitor's admin keyring, offering secure mode only to daemons.
+fn cephx_client(mon: &CephMon, rec: Arc<Recorder>) -> Messenger {
+    Messenger::builder(name(EntityType::CLIENT, "admin"))
         .policy(EntityType::MON, Policy::lossy_client())
         .policy(EntityType::OSD, Policy::lossy_client())
         .options(Options {
-            // Tickets are kept per worker: the OSD connection must live where the monitor's did.
             workers: 1,
             keyring: Some(mon.admin_keyring()),
             ms_client_mode: vec![ModeName::Secure],
             ..Options::default()
         })
-        .start(rec.clone())
-        .unwrap();
-    let to_mon = client.connect(mon_addr(&mon), EntityType::MON);
-    to_mon.wait_ready(Duration::from_secs(20)).unwrap();
+        .start(rec)
+        .unwrap()
+}
+
+/// A secure cephx session with the real OSD at `osd` (its ticket, its challenge answered),
+/// shown by a keepalive round trip.
+fn secure_session_with_osd(client: &Messenger, osd: &str, rec: &Recorder) {
+    let osd = EntityAddr::parse(&format!("v2:{osd}")).unwrap();
     let to_osd = client.connect(osd, EntityType::OSD);
     to_osd.wait_ready(Duration::from_secs(20)).unwrap();
     assert_eq!(to_osd.security().unwrap().to_string(), "cephx/secure");
@@ -354,4 +349,45 @@ fn ringwire_client_uses_its_osd_ticket_with_a_real_osd_in_secure_mode() {
     rec.wait_for(Duration::from_secs(10), "the OSD's KEEPALIVE2_ACK", |s| {
         s.iter().any(|x| matches!(x, Seen::KeepaliveAck(_)))
     });
+}
+
+/// Tickets end to end: a Ringwire client authenticates with a real monitor (cephx, secure),
+/// takes the OSD ticket it was given to a real OSD requiring cephx and secure mode, answers
+/// the OSD's challenge, and completes a sealed session with it (a keepalive round trip).
+#[test]
+fn ringwire_client_uses_its_osd_ticket_with_a_real_osd_in_secure_mode() {
+    init_tracing();
+    let mon = start_mon(MonAuth::CephxSecure);
+    let osd = mon.start_osd().unwrap_or_else(|e| panic!("{e}"));
+    let rec = Arc::new(Recorder::default());
+    let client = cephx_client(&mon, rec.clone());
+    let to_mon = client.connect(mon_addr(&mon), EntityType::MON);
+    to_mon.wait_ready(Duration::from_secs(20)).unwrap();
+    secure_session_with_osd(&client, &osd, &rec);
+}
+
+/// Renewal with a real monitor: its service tickets last 20 s (`auth service ticket ttl`),
+/// the Ringwire client renews them on its monitor session after 15 s (MAuth,
+/// CEPHX_GET_PRINCIPAL_SESSION_KEY), and 22 s in, when the first OSD ticket has expired, it
+/// still completes a secure session with a real OSD. The application sees no MAuthReply.
+#[test]
+fn ringwire_client_renews_its_tickets_on_a_real_monitor_session() {
+    init_tracing();
+    let mon = CephMon::start_with_conf(MonAuth::CephxSecure, "auth service ticket ttl = 20")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let osd = mon.start_osd().unwrap_or_else(|e| panic!("{e}"));
+    let rec = Arc::new(Recorder::default());
+    let client = cephx_client(&mon, rec.clone());
+    let to_mon = client.connect(mon_addr(&mon), EntityType::MON);
+    to_mon.wait_ready(Duration::from_secs(20)).unwrap();
+    std::thread::sleep(Duration::from_secs(22));
+    assert!(to_mon.is_connected(), "the monitor session lasted");
+    secure_session_with_osd(&client, &osd, &rec);
+    let seen = rec.seen.lock().unwrap();
+    assert!(
+        !seen
+            .iter()
+            .any(|x| matches!(x, Seen::Message { content, .. } if content.ty == 18)),
+        "an MAuthReply reached the dispatcher"
+    );
 }

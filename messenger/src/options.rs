@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::proto::cephx::server::SERVICE_TICKET_TTL;
 use crate::proto::{AuthMethod, ModeName, Tuning};
 
 /// Options, with Ceph's option names where there is one.
@@ -64,6 +65,10 @@ pub struct Options {
     /// named `mon.*`; Ceph's default: secure, crc).
     pub ms_mon_service_mode: Vec<ModeName>,
     pub ms_mon_cluster_mode: Vec<ModeName>,
+    /// `auth_service_ticket_ttl`: how long the service tickets a monitor (a messenger named
+    /// `mon.*` with a keyring) issues are valid (Ceph's default: 1 h). Clients renew theirs
+    /// on the monitor session after three quarters of it.
+    pub auth_service_ticket_ttl: Duration,
 }
 
 /// Options of the RDMA transport. Each worker opens the device when it first needs it and
@@ -137,6 +142,7 @@ impl Default for Options {
             ms_cluster_mode: vec![ModeName::Crc, ModeName::Secure],
             ms_mon_service_mode: vec![ModeName::Secure, ModeName::Crc],
             ms_mon_cluster_mode: vec![ModeName::Secure, ModeName::Crc],
+            auth_service_ticket_ttl: SERVICE_TICKET_TTL,
         }
     }
 }

@@ -267,3 +267,110 @@ fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_one() {
     assert!(p.run(1000));
     assert_eq!(outcome(&p), Err(FaultReason::NoAuthMethod));
 }
+
+fn secs(s: u64) -> Time {
+    Time(1 + s * 1_000_000_000)
+}
+
+/// Both endpoints' timers at `now`, then the bytes they move.
+fn tick(p: &mut Pipe, now: Time) {
+    p.now = now;
+    p.eps[CLIENT].handle_timeout(now);
+    p.eps[SERVER].handle_timeout(now);
+    assert!(p.run(1000));
+}
+
+/// The client, holding tickets, reaches the OSD at `at`: what the connection ends with.
+fn osd_session_at(client: &EndpointConfig, at: Time) -> Result<String, FaultReason> {
+    let mut p = Pipe::new(client.clone(), osd(OSD_SECRET));
+    p.now = at;
+    p.eps[CLIENT].connect(p.now, osd_addr(), EntityType::OSD);
+    assert!(p.run(1000));
+    outcome(&p)
+}
+
+fn messages(events: &[Event]) -> Vec<u16> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { msg, .. } => Some(msg.ty),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Renewal on the monitor session, as Ceph's MonClient does it: with 20 s service tickets
+/// the client asks its monitor for new ones once 15 s have passed (MAuth and MAuthReply,
+/// which neither dispatcher sees), so 25 s in, past the first tickets' expiry, its OSD
+/// ticket still opens a session with the OSD. Once the monitor session is gone nothing
+/// renews them, and past the renewed tickets' expiry there is no ticket to present.
+#[test]
+fn tickets_are_renewed_on_the_monitor_session_before_they_expire() {
+    let client_cfg = client("client.admin", Some(ADMIN), &[ModeName::Secure]);
+    let mut with_osd = client_cfg.clone();
+    with_osd.auth.client_mode = vec![ModeName::Secure];
+    let mut mon = monitor(&[ModeName::Secure]);
+    mon.auth.service_ticket_ttl = std::time::Duration::from_secs(20);
+    let mut p = Pipe::new(client_cfg, mon);
+    p.eps[CLIENT].connect(p.now, mon_addr(), EntityType::MON);
+    assert!(p.run(1000));
+    assert_eq!(outcome(&p), Ok("cephx/secure".to_string()));
+    // Three quarters of 20 s: a request and its reply at 15 s, not before; the renewed
+    // tickets are due again 15 s later.
+    for (at, renews) in [(14, false), (15, true), (29, false), (30, true)] {
+        let before = p.bytes;
+        tick(&mut p, secs(at));
+        let moved = p.bytes[0] > before[0] && p.bytes[1] > before[1];
+        assert_eq!(moved, renews, "at {at} s");
+    }
+    assert!(
+        messages(&p.events[CLIENT]).is_empty(),
+        "{:?}",
+        p.events[CLIENT]
+    );
+    assert!(
+        messages(&p.events[SERVER]).is_empty(),
+        "{:?}",
+        p.events[SERVER]
+    );
+    assert_eq!(
+        osd_session_at(&with_osd, secs(45)),
+        Ok("cephx/secure".to_string())
+    );
+    drop(p);
+    assert_eq!(
+        osd_session_at(&with_osd, secs(51)),
+        Err(FaultReason::NoAuthMethod)
+    );
+}
+
+/// A renewal whose auth ticket the monitor did not seal (a forged one) is answered with
+/// -EACCES, and the monitor's dispatcher never sees it.
+#[test]
+fn a_monitor_refuses_a_renewal_with_a_forged_auth_ticket() {
+    use ringwire::proto::cephx::msgs::{Ticket, TicketBlob};
+    use ringwire::proto::cephx::renewal::{renewal_request, MSG_AUTH_REPLY};
+    let mut p = Pipe::new(
+        client("client.admin", Some(ADMIN), &[ModeName::Secure]),
+        monitor(&[ModeName::Secure]),
+    );
+    let s = p.eps[CLIENT].connect(p.now, mon_addr(), EntityType::MON);
+    let forged = Ticket {
+        service: EntityType::AUTH,
+        session_key: key_from_base64(OTHER).unwrap(),
+        validity: std::time::Duration::from_secs(3600),
+        blob: TicketBlob {
+            secret_id: 1,
+            blob: Bytes::from(key_from_base64(OTHER).unwrap().seal_envelope(b"forged")),
+        },
+    };
+    p.eps[CLIENT]
+        .send(p.now, s, renewal_request(4100, &forged, 1, 0x04))
+        .unwrap();
+    assert!(p.run(1000));
+    assert!(messages(&p.events[SERVER]).is_empty());
+    let reply = first_message(&p.events[CLIENT]);
+    assert_eq!(reply.ty, MSG_AUTH_REPLY);
+    let result = i32::from_le_bytes(reply.front[4..8].try_into().unwrap());
+    assert_eq!(result, -13);
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringwire::proto::cephx::client::read_auth_done;
 use ringwire::proto::cephx::keyring::key_to_base64;
-use ringwire::proto::cephx::server::Grant;
+use ringwire::proto::cephx::server::{Grant, SERVICE_TICKET_TTL};
 use ringwire::proto::cephx::{CryptoKey, KeyType, Keyring, Secret};
 use ringwire::proto::endpoint::{Entropy, TicketStore};
 use ringwire::proto::{
@@ -188,6 +188,7 @@ fn secure_auth(rng: &mut Rng, names: [&EntityName; 2]) -> [AuthConfig; 2] {
             connection_secret: Secret::new(Vec::new()),
             ticket_secret: &key(rng),
             service_secrets: vec![(EntityType::OSD, &osd_secret)],
+            service_ttl: SERVICE_TICKET_TTL,
         };
         let done = read_auth_done(&keys[i], &grant.auth_done_payload(&keys[i])).unwrap();
         tickets.replace(5000 + i as u64, done.tickets, Time(0));

@@ -2,6 +2,7 @@
 //! - Auth exchange: an endpoint doing cephx (a client with a key talking to a monitor, a
 //!   monitor holding client keys, or an OSD holding its service secret) meets the control
 //!   frames of `peer_frames.rs`, which reach the cephx parsers and decryptions.
+//! - Ticket renewal: the MAuth and MAuthReply parsers.
 //! - Secure decoder: blocks the input chooses, sealed with the connection's real sending
 //!   stream (so they pass the GCM tag and reach the preamble and segment logic), with bytes
 //!   the input flips or cuts in between.
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
 use ringwire::proto::cephx::keyring::key_from_base64;
+use ringwire::proto::cephx::renewal::{read_renewal_reply, read_renewal_request};
 use ringwire::proto::cephx::Keyring;
 use ringwire::proto::endpoint::Entropy;
 use ringwire::proto::secure::streams;
@@ -115,9 +117,16 @@ fuzz_target!(|data: &[u8]| {
     let [which, role, rest @ ..] = data else {
         return;
     };
-    if which & 1 == 0 {
-        auth_exchange(*role, rest);
-    } else {
-        secure_decoder(*role, rest);
+    match which % 3 {
+        0 => auth_exchange(*role, rest),
+        1 => secure_decoder(*role, rest),
+        _ => renewal(rest),
     }
 });
+
+/// Ticket renewal's codecs: a monitor reading a client's MAuth, a client reading an
+/// MAuthReply (decrypted with its session key when the lengths let the input get that far).
+fn renewal(data: &[u8]) {
+    let _ = read_renewal_request(data);
+    let _ = read_renewal_reply(&key_from_base64(KEY).unwrap(), data);
+}

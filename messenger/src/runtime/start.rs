@@ -130,6 +130,9 @@ fn auth_config(name: &EntityName, o: &Options) -> Result<AuthConfig, Error> {
         keyring,
         // One store for every worker: tickets got on one serve connections on all.
         tickets: TicketStore::default(),
+        service_ticket_ttl: o.auth_service_ticket_ttl,
+        // One ticket secret for every worker: a connection may migrate after it authenticated.
+        ticket_seed: entropy()?,
         entropy: Entropy::default(),
     })
 }

@@ -24,6 +24,7 @@ mod scale;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use ringwire::proto::{EntityName, EntityType};
 use ringwire::Connection;
 use ringwire_bench as baseline;
 
@@ -60,6 +61,10 @@ pub struct BenchArgs {
     /// monitor, keys made for the run) and runs the ping-pong and the stream in secure mode
     /// too, each round right after the crc ones.
     pub mode: String,
+    /// `-n`: the client's name (default: client.1, or osd.1 for the peer policy).
+    pub name: Option<EntityName>,
+    /// `-k`: the keyring holding the client's key, for the secure run.
+    pub keyring: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -81,7 +86,34 @@ impl BenchArgs {
         if !matches!(self.mode.as_str(), "crc" | "secure") {
             return Err(format!("--mode {}: crc or secure", self.mode));
         }
+        if self.keyring.is_some() && self.mode != "secure" {
+            return Err("-k/--keyring is for --mode secure (crc mode runs with auth none)".into());
+        }
+        let want = self.client_type();
+        if let Some(n) = self.name.as_ref().filter(|n| n.ty != want) {
+            return Err(format!(
+                "-n {n}: the --policy {} client is a {}",
+                self.policy,
+                want.name().unwrap_or("daemon")
+            ));
+        }
         Ok(())
+    }
+
+    /// What the benchmark's client is: a client, or an OSD for the peer policy.
+    pub(super) fn client_type(&self) -> EntityType {
+        if self.policy == "peer" {
+            EntityType::OSD
+        } else {
+            EntityType::CLIENT
+        }
+    }
+
+    /// The client's name: `-n`, or client.1 / osd.1.
+    pub(super) fn client_name(&self) -> EntityName {
+        self.name
+            .clone()
+            .unwrap_or_else(|| EntityName::new(self.client_type(), "1"))
     }
 }
 

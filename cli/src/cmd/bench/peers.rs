@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ringwire::proto::cephx::keyring::key_to_base64;
-use ringwire::proto::cephx::{CryptoKey, KeyType, Secret};
+use ringwire::proto::cephx::{CryptoKey, KeyType, Keyring, Secret};
 use ringwire::proto::{
     EntityAddr, EntityName, EntityType, Message, ModeName, Policy, Tuning, TxQueue,
 };
@@ -310,9 +310,18 @@ impl Drop for Keys {
 }
 
 impl Keys {
-    fn start() -> Result<Keys, String> {
+    /// Keys for the run; the client's (`client`) from its keyring when `-k` gave one.
+    fn start(client: &EntityName, keyring: Option<&std::path::Path>) -> Result<Keys, String> {
         let mut text = zeroize::Zeroizing::new(String::new());
-        for entity in ["client.1", "osd.1", "mgr.many", "osd."] {
+        if let Some(path) = keyring {
+            let key = Keyring::load_key(path, client).map_err(|e| format!("-k: {e}"))?;
+            text.push_str(&format!("[{client}]\n\tkey = {}\n", *key_to_base64(&key)));
+        }
+        let client = client.to_string();
+        let made = [client.as_str(), "mgr.many", "osd."]
+            .into_iter()
+            .filter(|e| keyring.is_none() || *e != client);
+        for entity in made {
             let mut secret = vec![0u8; 16];
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
@@ -399,7 +408,10 @@ impl Pair {
         // Room for the stream's messages in flight, however large `--large` makes them.
         let stream_bytes = super::phases::STREAM_IN_FLIGHT * args.large as u64;
         options.send_throttle_bytes = options.send_throttle_bytes.max(stream_bytes);
-        let keys = secure.then(Keys::start).transpose()?;
+        let client_name = args.client_name();
+        let keys = secure
+            .then(|| Keys::start(&client_name, args.keyring.as_deref()))
+            .transpose()?;
         if let Some(k) = &keys {
             k.apply(&mut options);
         }
@@ -430,18 +442,10 @@ impl Pair {
             seen,
             handoff: Arc::default(),
         });
-        let client_type = if args.policy == "peer" {
-            EntityType::OSD
-        } else {
-            EntityType::CLIENT
-        };
-        let mut cb = Messenger::builder(EntityName {
-            ty: client_type,
-            id: "1".into(),
-        })
-        .policy(EntityType::OSD, cp)
-        .policy(EntityType::MON, Policy::lossy_client())
-        .options(options);
+        let mut cb = Messenger::builder(client_name)
+            .policy(EntityType::OSD, cp)
+            .policy(EntityType::MON, Policy::lossy_client())
+            .options(options);
         if args.policy == "peer" {
             cb = cb.bind(listen);
         }

@@ -1,7 +1,8 @@
 //! cephx, Ceph's shared-secret authentication (msgr2-auth.md §1), as leaf modules that import
 //! nothing of the endpoint: [`key`] (keys, Ceph's AES-CBC envelopes, the challenge fold,
 //! HMAC signatures), [`keyring`] (keyring files), [`msgs`] (the cephx messages' codecs),
-//! [`client`] and [`server`] (each side's steps of the monitor exchange).
+//! [`client`] and [`server`] (each side's steps of the monitor exchange), [`renewal`] (new
+//! tickets on an established monitor session).
 //!
 //! Secrets live in [`Secret`]s: zeroed on drop, never printed.
 
@@ -9,6 +10,7 @@ pub mod client;
 pub mod key;
 pub mod keyring;
 pub mod msgs;
+pub mod renewal;
 pub mod server;
 
 pub use key::{CryptoKey, KeyType, Secret};

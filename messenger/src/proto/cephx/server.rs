@@ -18,6 +18,7 @@ use super::msgs::{
     encode_connection_secret, encode_ticket_reply, Authenticate, Ticket, TicketBlob,
     CEPHX_GET_AUTH_SESSION_KEY,
 };
+use super::renewal::encode_renewal_result;
 use super::CephxError;
 use crate::proto::wire::{EntityName, EntityType, Reader};
 
@@ -56,6 +57,8 @@ pub struct Grant<'a> {
     pub ticket_secret: &'a CryptoKey,
     /// Service secrets (`TYPE.` keyring entries): their services can open their tickets.
     pub service_secrets: Vec<(EntityType, &'a CryptoKey)>,
+    /// How long the service tickets are valid (`auth_service_ticket_ttl`).
+    pub service_ttl: Duration,
 }
 
 /// The services of `other_keys` a ticket is issued for (the auth bit is the auth ticket).
@@ -103,11 +106,7 @@ impl Grant<'_> {
         let auth = self.ticket(EntityType::AUTH, &self.session_key, AUTH_TICKET_TTL);
         encode_ticket_reply(&mut out, key, &[auth]);
         encode_connection_secret(&mut out, &self.session_key, &self.connection_secret);
-        let services: Vec<Ticket> = self
-            .service_keys
-            .iter()
-            .map(|(ty, k)| self.ticket(*ty, k, SERVICE_TICKET_TTL))
-            .collect();
+        let services = self.service_tickets();
         let mut extra = BytesMut::new();
         if !services.is_empty() {
             encode_ticket_reply(&mut extra, &self.session_key, &services);
@@ -115,6 +114,26 @@ impl Grant<'_> {
         out.put_u32_le(extra.len() as u32);
         out.put_slice(&extra);
         out.freeze()
+    }
+
+    /// The same grant, with this connection secret in its AUTH_DONE.
+    pub fn with_connection_secret(mut self, secret: Secret) -> Self {
+        self.connection_secret = secret;
+        self
+    }
+
+    /// The service tickets asked for.
+    fn service_tickets(&self) -> Vec<Ticket> {
+        self.service_keys
+            .iter()
+            .map(|(ty, k)| self.ticket(*ty, k, self.service_ttl))
+            .collect()
+    }
+
+    /// The MAuthReply's `result_bl` to a ticket renewal: the new service tickets, sealed
+    /// under the auth ticket's session key.
+    pub fn renewal_result(&self) -> Bytes {
+        encode_renewal_result(&self.session_key, &self.service_tickets())
     }
 }
 
@@ -130,14 +149,18 @@ pub struct AuthorizerRequest {
 
 impl AuthorizerRequest {
     pub fn decode(payload: &[u8]) -> Result<AuthorizerRequest, CephxError> {
-        let mut r = Reader::new(payload);
+        AuthorizerRequest::read(&mut Reader::new(payload))
+    }
+
+    /// [`decode`](Self::decode) from within a larger payload (a renewal request).
+    pub fn read(r: &mut Reader<'_>) -> Result<AuthorizerRequest, CephxError> {
         let _v = r.u8("authorizer version")?;
         let global_id = r.u64("global_id")?;
         let service_id = r.u32("service_id")?;
         let service = u8::try_from(service_id)
             .map(EntityType)
             .map_err(|_| crate::proto::wire::WireError::BadEntityType(service_id))?;
-        let ticket = TicketBlob::decode(&mut r)?;
+        let ticket = TicketBlob::decode(r)?;
         let sealed = Bytes::copy_from_slice(r.bufferlist("CephXAuthorize")?);
         Ok(AuthorizerRequest {
             global_id,
@@ -234,6 +257,7 @@ mod tests {
             connection_secret: Secret::new(vec![5; 64]),
             ticket_secret: &ticket_secret,
             service_secrets: vec![(EntityType::OSD, &osd_secret)],
+            service_ttl: SERVICE_TICKET_TTL,
         };
         let done = read_auth_done(&client, &grant.auth_done_payload(&client)).unwrap();
         assert_eq!(done.auth.session_key, key(3));

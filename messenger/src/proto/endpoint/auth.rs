@@ -23,12 +23,16 @@ use crate::proto::cephx::client::{answer_challenge, read_auth_done, read_authori
 use crate::proto::cephx::msgs::{
     decode_authorize_challenge, encode_authorizer, encode_server_challenge, Ticket,
 };
+use crate::proto::cephx::renewal::{
+    read_renewal_reply, read_renewal_request, renewal_reply, renewal_request,
+};
 use crate::proto::cephx::server::{
     check_proof, encode_authorize_challenge, encode_authorize_reply, open_authorize, open_ticket,
     wanted_services, AuthorizerRequest, Grant, SERVICE_KEY_SECRET_ID,
 };
 use crate::proto::cephx::{CephxError, CryptoKey, KeyType, Secret};
 use crate::proto::control::{AuthNonePayload, Control};
+use crate::proto::message::Message;
 use crate::proto::secure::{SecureError, SECRET_LEN};
 use crate::proto::wire::{EntityName, EntityType};
 
@@ -190,8 +194,8 @@ pub(super) struct Auth {
 
 impl Auth {
     pub(super) fn new(cfg: AuthConfig, me: EntityType) -> Auth {
-        let mut rng = ChaCha20Rng::from_seed(cfg.entropy.0);
-        let ticket_secret = random_key(&mut rng);
+        let rng = ChaCha20Rng::from_seed(cfg.entropy.0);
+        let ticket_secret = random_key(&mut ChaCha20Rng::from_seed(cfg.ticket_seed.0));
         Auth {
             cfg,
             me,
@@ -328,12 +332,14 @@ impl Auth {
                 read_authorize_reply(&a.ticket, a.nonce, payload)?
             }
             (AuthMethod::Cephx, Some(key), None) => {
-                let done = read_auth_done(key, payload)?;
-                st.session_key = Some(done.auth.session_key);
+                let mut done = read_auth_done(key, payload)?;
+                st.session_key = Some(done.auth.session_key.clone());
                 tracing::debug!(
                     tickets = ?done.tickets.iter().map(|t| t.service).collect::<Vec<_>>(),
                     "cephx: authenticated with the monitor"
                 );
+                // The auth ticket is kept with the others: renewals present it.
+                done.tickets.push(done.auth);
                 self.cfg.tickets.replace(global_id, done.tickets, now);
                 done.connection_secret
             }
@@ -537,24 +543,11 @@ impl Auth {
                 };
                 let key = key.expect("proven");
                 let session_key = random_key(&mut self.rng);
-                let service_keys = wanted_services(proven.other_keys)
-                    .map(|t| (t, random_key(&mut self.rng)))
-                    .collect();
-                let keyring = self.cfg.keyring.as_ref().expect("proven");
-                let service_secrets = wanted_services(proven.other_keys)
-                    .filter_map(|t| Some((t, keyring.get(&EntityName::new(t, ""))?)))
-                    .collect();
                 let global_id = next_id(next_global_id);
-                let grant = Grant {
-                    name: &name,
-                    global_id,
-                    session_key: session_key.clone(),
-                    service_keys,
-                    connection_secret: secret.clone(),
-                    ticket_secret: &self.ticket_secret,
-                    service_secrets,
-                };
-                let payload = grant.auth_done_payload(&key);
+                let payload = self
+                    .grant(&name, global_id, &session_key, proven.other_keys)
+                    .with_connection_secret(secret.clone())
+                    .auth_done_payload(&key);
                 (name, global_id, session_key, payload)
             }
             None => match self.open_authorizer(payload) {
@@ -583,6 +576,107 @@ impl Auth {
             mode,
             payload,
         }))
+    }
+
+    /// What a monitor grants `name` (`global_id`, auth session key `session_key`): fresh
+    /// session keys for the services of `other_keys`, their tickets sealed under the
+    /// services' secrets where the keyring has them.
+    fn grant<'a>(
+        &'a mut self,
+        name: &'a EntityName,
+        global_id: u64,
+        session_key: &CryptoKey,
+        other_keys: u32,
+    ) -> Grant<'a> {
+        let service_keys = wanted_services(other_keys)
+            .map(|t| (t, random_key(&mut self.rng)))
+            .collect();
+        let service_secrets = self.cfg.keyring.as_ref().map_or(Vec::new(), |keyring| {
+            wanted_services(other_keys)
+                .filter_map(|t| Some((t, keyring.get(&EntityName::new(t, ""))?)))
+                .collect()
+        });
+        Grant {
+            name,
+            global_id,
+            session_key: session_key.clone(),
+            service_keys,
+            connection_secret: Secret::new(Vec::new()),
+            ticket_secret: &self.ticket_secret,
+            service_secrets,
+            service_ttl: self.cfg.service_ticket_ttl,
+        }
+    }
+
+    /// When the tickets we hold are next due for renewal; `None` without a key (we never
+    /// authenticated with a monitor) or tickets.
+    pub(super) fn next_renewal(&self) -> Option<Time> {
+        self.cfg.key.as_ref()?;
+        self.cfg.tickets.next_renewal()
+    }
+
+    /// The MAuth renewing the tickets due at `now`; `None` when none is due, or the auth
+    /// ticket that would ask for them has expired.
+    pub(super) fn renewal_request(&mut self, now: Time) -> Option<Message> {
+        let due = self.cfg.tickets.renewal_due(now)?;
+        let nonce = self.rng.next_u64();
+        Some(renewal_request(
+            due.global_id,
+            &due.auth,
+            nonce,
+            due.services,
+        ))
+    }
+
+    /// Takes the monitor's MAuthReply to our renewal: the number of tickets renewed.
+    pub(super) fn take_renewal(&mut self, front: &[u8], now: Time) -> Result<usize, CephxError> {
+        let (_, auth) = self
+            .cfg
+            .tickets
+            .get(EntityType::AUTH, now)
+            .ok_or(CephxError::NoAuthTicket)?;
+        let tickets = read_renewal_reply(&auth.session_key, front)?;
+        let n = tickets.len();
+        self.cfg.tickets.renew(tickets, now);
+        Ok(n)
+    }
+
+    /// Whether we answer ticket renewals: a monitor with a keyring (it issued the tickets).
+    pub(super) fn issues_tickets(&self) -> bool {
+        self.me == EntityType::MON && self.cfg.keyring.is_some()
+    }
+
+    /// A monitor's MAuthReply to a client's renewal: new tickets for the services asked
+    /// for, or -EACCES when the auth ticket does not open with our ticket secret or the
+    /// authorizer does not open with its session key.
+    pub(super) fn answer_renewal(&mut self, front: &[u8]) -> Message {
+        match self.renew(front) {
+            Ok((global_id, result)) => renewal_reply(global_id, 0, &result),
+            Err(e) => {
+                tracing::info!(reason = %e, "cephx: ticket renewal refused");
+                renewal_reply(0, EACCES, &[])
+            }
+        }
+    }
+
+    fn renew(&mut self, front: &[u8]) -> Result<(u64, Bytes), CephxError> {
+        let (req, services) = read_renewal_request(front)?;
+        if req.service != EntityType::AUTH {
+            return Err(CephxError::WrongService {
+                got: req.service.0,
+                want: EntityType::AUTH.0,
+            });
+        }
+        let (name, global_id, session_key) = open_ticket(&self.ticket_secret, &req.ticket)?;
+        if global_id != req.global_id {
+            return Err(CephxError::GlobalIdMismatch);
+        }
+        // Only a holder of the session key seals an authorizer that opens.
+        open_authorize(&session_key, &req.sealed)?;
+        let result = self
+            .grant(&name, global_id, &session_key, services)
+            .renewal_result();
+        Ok((global_id, result))
     }
 
     /// A fresh connection secret: 64 bytes for secure mode, none for crc.

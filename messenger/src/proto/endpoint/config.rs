@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use crate::proto::cephx::msgs::Ticket;
+use crate::proto::cephx::renewal::renew_after;
+use crate::proto::cephx::server::SERVICE_TICKET_TTL;
 use crate::proto::cephx::{CryptoKey, Keyring};
 use crate::proto::control::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
 use crate::proto::frame::FrameLimits;
@@ -320,47 +322,105 @@ pub struct AuthConfig {
     pub keyring: Option<Keyring>,
     /// Tickets a monitor gave us, shared by the endpoints (workers) of one messenger.
     pub tickets: TicketStore,
+    /// `auth_service_ticket_ttl`: how long the service tickets a server acting as monitor
+    /// issues are valid (clients renew them after three quarters of it).
+    pub service_ticket_ttl: Duration,
+    /// Seeds the secret that seals the tickets a monitor issues for services without a
+    /// secret of their own (and the auth ticket): the same for every endpoint of a messenger,
+    /// so that any worker opens what another sealed.
+    pub ticket_seed: Entropy,
     pub entropy: Entropy,
 }
 
-/// The service tickets and global_id of the last monitor authentication, shared by the
-/// endpoints of a messenger (a ticket obtained on one worker serves connections on all;
-/// they share the runtime's clock), each with the time it expires.
+/// The tickets and global_id of the last monitor authentication, renewed on the monitor
+/// session before they expire, shared by the endpoints (workers) of one messenger (a ticket
+/// obtained on one worker serves connections on all; they share the runtime's clock).
 #[derive(Clone, Default)]
 pub struct TicketStore(Arc<Mutex<HeldTickets>>);
 
 #[derive(Default)]
 struct HeldTickets {
     global_id: u64,
-    /// Each ticket with the time it expires.
+    /// The auth ticket (service AUTH: it asks for the others) and the service tickets, each
+    /// with the time it was got.
     tickets: Vec<(Ticket, Time)>,
 }
 
+/// What a ticket renewal asks for: our global_id, the auth ticket that proves who we are,
+/// and the services (a mask of entity types) whose tickets are due.
+pub(super) struct RenewalDue {
+    pub(super) global_id: u64,
+    pub(super) auth: Ticket,
+    pub(super) services: u32,
+}
+
+fn expires(t: &Ticket, got: Time) -> Time {
+    got.after(t.validity)
+}
+
+fn renew_at(t: &Ticket, got: Time) -> Time {
+    got.after(renew_after(t.validity))
+}
+
 impl TicketStore {
-    /// Tickets got at `now`: each expires after its validity.
+    /// Tickets got at `now` from a monitor authentication: they replace all held.
     pub fn replace(&self, global_id: u64, tickets: Vec<Ticket>, now: Time) {
-        let timed = tickets
-            .into_iter()
-            .map(|t| {
-                let expires = now.after(t.validity);
-                (t, expires)
-            })
-            .collect();
+        let timed = tickets.into_iter().map(|t| (t, now)).collect();
         *self.0.lock().expect("not poisoned") = HeldTickets {
             global_id,
             tickets: timed,
         };
     }
 
+    /// Tickets renewed at `now`: each replaces the one held for its service.
+    pub(super) fn renew(&self, tickets: Vec<Ticket>, now: Time) {
+        let mut held = self.0.lock().expect("not poisoned");
+        for t in tickets {
+            held.tickets.retain(|(h, _)| h.service != t.service);
+            held.tickets.push((t, now));
+        }
+    }
+
     /// Our global_id and the ticket for `service`, if we hold one that has not expired at
-    /// `now` (Ceph's services refuse expired tickets; a new monitor authentication renews).
+    /// `now` (Ceph's services refuse expired tickets).
     pub(super) fn get(&self, service: EntityType, now: Time) -> Option<(u64, Ticket)> {
         let held = self.0.lock().expect("not poisoned");
         let (ticket, _) = held
             .tickets
             .iter()
-            .find(|(t, expires)| t.service == service && now < *expires)?;
+            .find(|(t, got)| t.service == service && now < expires(t, *got))?;
         Some((held.global_id, ticket.clone()))
+    }
+
+    /// When the next service ticket is due for renewal (three quarters of its validity).
+    pub(super) fn next_renewal(&self) -> Option<Time> {
+        let held = self.0.lock().expect("not poisoned");
+        held.tickets
+            .iter()
+            .filter(|(t, _)| t.service != EntityType::AUTH)
+            .map(|(t, got)| renew_at(t, *got))
+            .min()
+    }
+
+    /// The service tickets due for renewal at `now`, with what asks for them; `None` when
+    /// none is due or the auth ticket has expired (then only a new monitor authentication
+    /// gets tickets).
+    pub(super) fn renewal_due(&self, now: Time) -> Option<RenewalDue> {
+        let held = self.0.lock().expect("not poisoned");
+        let services = held
+            .tickets
+            .iter()
+            .filter(|(t, got)| t.service != EntityType::AUTH && renew_at(t, *got) <= now)
+            .fold(0u32, |mask, (t, _)| mask | u32::from(t.service.0));
+        let (auth, _) = held
+            .tickets
+            .iter()
+            .find(|(t, got)| t.service == EntityType::AUTH && now < expires(t, *got))?;
+        (services != 0).then(|| RenewalDue {
+            global_id: held.global_id,
+            auth: auth.clone(),
+            services,
+        })
     }
 }
 
@@ -393,6 +453,8 @@ impl Default for AuthConfig {
             cluster_mode: vec![ModeName::Crc, ModeName::Secure],
             keyring: None,
             tickets: TicketStore::default(),
+            service_ticket_ttl: SERVICE_TICKET_TTL,
+            ticket_seed: Entropy::default(),
             entropy: Entropy::default(),
         }
     }

@@ -289,7 +289,9 @@ impl Endpoint {
             Ok(false) => return Ok(()),
             Err(reason) => return self.fail(cid, reason),
         }
-        self.events.push_back(Event::Message { session: sid, msg });
+        if let Some(msg) = self.take_auth_message(cid, sid, msg) {
+            self.events.push_back(Event::Message { session: sid, msg });
+        }
         self.intercept(cid, Step::ReadMessageComplete, || None)
     }
 }

@@ -434,6 +434,7 @@ impl Endpoint {
             },
         });
         self.flush_session(sid);
+        self.arm_ticket_renewal(cid, sid);
         Ok(())
     }
 }

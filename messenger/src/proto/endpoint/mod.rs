@@ -16,7 +16,8 @@
 //!   (fault reasons, and what follows a fault);
 //! - steps, which apply those to the endpoint: `dispatch` (input to frames to steps, the data
 //!   path), `handshake` (banner, HELLO, auth), `establish` (the session phase: idents and
-//!   reconnects), `migrate` (connections owned by another endpoint).
+//!   reconnects), `renew` (cephx ticket renewal on monitor sessions), `migrate` (connections
+//!   owned by another endpoint).
 
 mod auth;
 mod config;
@@ -29,6 +30,7 @@ mod ident;
 mod ids;
 mod migrate;
 mod reconnect;
+mod renew;
 mod seq;
 mod session;
 mod timer;
@@ -573,6 +575,7 @@ impl Endpoint {
             match timer {
                 Timer::Conn(cid) => self.conn_timer(cid),
                 Timer::Expire(sid) => self.expire(sid),
+                Timer::RenewTickets(sid) => self.renew_tickets(sid),
                 Timer::Reconnect(sid) => {
                     let due = self
                         .sessions
@@ -758,7 +761,9 @@ impl Endpoint {
         let (conns, sessions) = (&self.conns, &self.sessions);
         self.timers.compact(|t| match t {
             Timer::Conn(c) => conns.contains_key(c),
-            Timer::Reconnect(s) | Timer::Expire(s) => sessions.contains_key(s),
+            Timer::Reconnect(s) | Timer::Expire(s) | Timer::RenewTickets(s) => {
+                sessions.contains_key(s)
+            }
         });
     }
 

@@ -65,6 +65,10 @@ pub(super) struct Session {
     pub(super) expires_at: Option<Time>,
     /// Whether the last connection reached READY (then reconnect at once, not after backoff).
     pub(super) was_ready: bool,
+    /// A monitor session: our ticket renewals waiting for their MAuthReply (which are ours,
+    /// not the application's), and when the last went.
+    pub(super) renewals_out: u32,
+    pub(super) renewal_sent: Time,
 }
 
 /// What the session decisions (`ident.rs`, `reconnect.rs`) need to know of an existing
@@ -183,6 +187,8 @@ impl Session {
             backoff: Duration::ZERO,
             reconnect_at: None,
             expires_at: None,
+            renewals_out: 0,
+            renewal_sent: Time(0),
             was_ready: false,
         }
     }

@@ -34,6 +34,8 @@ pub(super) enum Timer {
     Reconnect(SessionId),
     /// The end of a session waiting for its peer (`standby_timeout`).
     Expire(SessionId),
+    /// Renewing our cephx tickets on this monitor session.
+    RenewTickets(SessionId),
 }
 
 /// Pending timers, earliest first. A timer may be armed more than once; each firing checks
