@@ -6,6 +6,7 @@ use bytes::Bytes;
 use ringwire::pipe::{Pipe, CLIENT, SERVER};
 use ringwire::proto::cephx::keyring::key_from_base64;
 use ringwire::proto::cephx::Keyring;
+use ringwire::proto::endpoint::UnixClock;
 use ringwire::proto::{
     AuthConfig, AuthMethod, EndpointConfig, EntityAddr, EntityAddrVec, EntityName, EntityType,
     Event, FaultReason, Message, ModeName, Policy, SessionId, Time,
@@ -219,10 +220,10 @@ fn secure_sessions_carry_4_mib_payloads_both_ways() {
 /// Tickets between Ringwire cores: the client authenticates with the monitor, then presents
 /// its OSD ticket to an OSD holding the OSDs' service secret, which challenges it and admits
 /// it as client.admin in secure mode. An OSD with another secret cannot open the ticket and
-/// refuses it; a client without a ticket for the OSD, or whose ticket expired, has no cephx
+/// refuses it, as does one for which it has expired; a client without a ticket for the OSD, or whose ticket expired, has no cephx
 /// to offer it.
 #[test]
-fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_one() {
+fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_or_expired_one() {
     let client_cfg = client("client.admin", Some(ADMIN), &[ModeName::Secure]);
     let mut with_osd = client_cfg.clone();
     with_osd.auth.client_mode = vec![ModeName::Secure];
@@ -236,12 +237,22 @@ fn an_osd_admits_the_ticket_the_monitor_issued_and_refuses_a_foreign_one() {
     p.eps[CLIENT].connect(p.now, mon_addr(), EntityType::MON);
     assert!(p.run(1000));
     assert_eq!(outcome(&p), Ok("cephx/secure".to_string()));
-    // The same messenger's ticket store (configs share it), a connection to the OSD.
-    for (secret, want) in [
-        (OSD_SECRET, Ok("cephx/secure".to_string())),
-        (OTHER, Err(FaultReason::AuthRejected { result: -13 })),
+    // The same messenger's ticket store (configs share it), a connection to the OSD; an OSD
+    // whose wall clock is two hours on finds the (one-hour) ticket expired.
+    let now = UnixClock::default();
+    let two_hours_on = UnixClock(|| UnixClock::default().now() + 7200);
+    for (secret, clock, want) in [
+        (OSD_SECRET, now, Ok("cephx/secure".to_string())),
+        (OTHER, now, Err(FaultReason::AuthRejected { result: -13 })),
+        (
+            OSD_SECRET,
+            two_hours_on,
+            Err(FaultReason::AuthRejected { result: -13 }),
+        ),
     ] {
-        let mut p = Pipe::new(with_osd.clone(), osd(secret));
+        let mut osd = osd(secret);
+        osd.auth.clock = clock;
+        let mut p = Pipe::new(with_osd.clone(), osd);
         let s = p.eps[CLIENT].connect(p.now, osd_addr(), EntityType::OSD);
         p.eps[CLIENT]
             .send(p.now, s, Message::new(42).with_front(&b"op"[..]))

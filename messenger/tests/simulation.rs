@@ -25,7 +25,7 @@ use ringwire::proto::cephx::client::read_auth_done;
 use ringwire::proto::cephx::keyring::key_to_base64;
 use ringwire::proto::cephx::server::{Grant, SERVICE_TICKET_TTL};
 use ringwire::proto::cephx::{CryptoKey, KeyType, Keyring, Secret};
-use ringwire::proto::endpoint::{Entropy, TicketStore};
+use ringwire::proto::endpoint::{Entropy, TicketStore, UnixClock};
 use ringwire::proto::{
     Action, AuthConfig, AuthMethod, ConnId, Endpoint, EndpointConfig, EntityAddr, EntityAddrVec,
     EntityName, EntityType, Event, FrameCounts, Interceptor, Io, Message, ModeName, Policy,
@@ -189,6 +189,7 @@ fn secure_auth(rng: &mut Rng, names: [&EntityName; 2]) -> [AuthConfig; 2] {
             ticket_secret: &key(rng),
             service_secrets: vec![(EntityType::OSD, &osd_secret)],
             service_ttl: SERVICE_TICKET_TTL,
+            now_unix: UnixClock::default().now(),
         };
         let done = read_auth_done(&keys[i], &grant.auth_done_payload(&keys[i])).unwrap();
         tickets.replace(5000 + i as u64, done.tickets, Time(0));

@@ -17,7 +17,7 @@ use super::worker::Worker;
 use super::{Arena, Command, Dispatcher, MessengerInterceptor, Shared, WorkerHandle};
 use crate::options::Options;
 use crate::proto::cephx::{Keyring, KeyringError};
-use crate::proto::endpoint::{Entropy, TicketStore};
+use crate::proto::endpoint::{Entropy, TicketStore, UnixClock};
 use crate::proto::{
     AddrType, AuthConfig, AuthMethod, ConnId, EndpointConfig, EntityAddr, EntityAddrVec,
     EntityName, EntityType, Placement, Policy,
@@ -133,6 +133,7 @@ fn auth_config(name: &EntityName, o: &Options) -> Result<AuthConfig, Error> {
         service_ticket_ttl: o.auth_service_ticket_ttl,
         // One ticket secret for every worker: a connection may migrate after it authenticated.
         ticket_seed: entropy()?,
+        clock: UnixClock::default(),
         entropy: Entropy::default(),
     })
 }

@@ -55,6 +55,10 @@ pub enum CephxError {
     WrongService { got: u8, want: u8 },
     #[error("a ticket under secret {0}, which this service does not hold (a keyring entry TYPE. is secret -1)")]
     NoServiceSecret(u64),
+    #[error("the ticket expired {ago} s ago: its holder must renew it with a monitor")]
+    TicketExpired { ago: u64 },
+    #[error("a ticket record of version {0}, which this server does not issue")]
+    UnsupportedTicket(u8),
     #[error("the authorizer's global_id is not its ticket's")]
     GlobalIdMismatch,
     #[error("the answer to our challenge is wrong")]

@@ -59,6 +59,8 @@ pub struct Grant<'a> {
     pub service_secrets: Vec<(EntityType, &'a CryptoKey)>,
     /// How long the service tickets are valid (`auth_service_ticket_ttl`).
     pub service_ttl: Duration,
+    /// The wall clock at issue, in seconds since the UNIX epoch: tickets expire from it.
+    pub now_unix: u64,
 }
 
 /// The services of `other_keys` a ticket is issued for (the auth bit is the auth ticket).
@@ -74,14 +76,16 @@ pub fn wanted_services(other_keys: u32) -> impl Iterator<Item = EntityType> {
 }
 
 impl Grant<'_> {
-    /// A ticket's blob: this server's own record (name, global_id, session key), sealed
-    /// under its ticket secret. Clients hold it as opaque bytes.
+    /// A ticket's blob: this server's own record (name, global_id, session key, when it
+    /// expires on the wall clock), sealed under its ticket secret. Clients hold it as opaque
+    /// bytes.
     fn ticket(&self, service: EntityType, session_key: &CryptoKey, validity: Duration) -> Ticket {
-        let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(64));
-        plain.put_u8(1);
+        let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(72));
+        plain.put_u8(TICKET_RECORD_VERSION);
         self.name.encode(&mut *plain);
         plain.put_u64_le(self.global_id);
         session_key.encode(&mut *plain);
+        plain.put_u64_le(self.now_unix.saturating_add(validity.as_secs()));
         let own = self.service_secrets.iter().find(|(t, _)| *t == service);
         let (secret_id, secret) = match own {
             Some((_, k)) => (SERVICE_KEY_SECRET_ID, *k),
@@ -171,17 +175,31 @@ impl AuthorizerRequest {
     }
 }
 
-/// What a ticket this server issued says: who, which global_id, which session key.
+/// The layout of the record in the tickets this server issues (2: with the expiry).
+const TICKET_RECORD_VERSION: u8 = 2;
+
+/// What a ticket this server issued says: who, which global_id, which session key; refused
+/// once it has expired at `now_unix` (wall-clock seconds), as Ceph's services refuse theirs.
 pub fn open_ticket(
     secret: &CryptoKey,
     ticket: &TicketBlob,
+    now_unix: u64,
 ) -> Result<(EntityName, u64, CryptoKey), CephxError> {
     let plain = secret.open_envelope(&ticket.blob)?;
     let mut r = Reader::new(plain.expose());
-    let _v = r.u8("ticket version")?;
+    let v = r.u8("ticket version")?;
+    if v != TICKET_RECORD_VERSION {
+        return Err(CephxError::UnsupportedTicket(v));
+    }
     let name = EntityName::decode(&mut r)?;
     let global_id = r.u64("global_id")?;
     let session_key = CryptoKey::decode(&mut r)?;
+    let expires = r.u64("expires")?;
+    if now_unix >= expires {
+        return Err(CephxError::TicketExpired {
+            ago: now_unix - expires,
+        });
+    }
     Ok((name, global_id, session_key))
 }
 
@@ -258,6 +276,7 @@ mod tests {
             ticket_secret: &ticket_secret,
             service_secrets: vec![(EntityType::OSD, &osd_secret)],
             service_ttl: SERVICE_TICKET_TTL,
+            now_unix: 1_000_000,
         };
         let done = read_auth_done(&client, &grant.auth_done_payload(&client)).unwrap();
         assert_eq!(done.auth.session_key, key(3));
@@ -280,11 +299,17 @@ mod tests {
         assert_eq!(osd.blob.secret_id, SERVICE_KEY_SECRET_ID);
         let payload = encode_authorizer(4100, osd, 77, None);
         let req = AuthorizerRequest::decode(&payload).unwrap();
-        let (who, gid, session) = open_ticket(&key(8), &req.ticket).unwrap();
+        let (who, gid, session) = open_ticket(&key(8), &req.ticket, 1_000_000).unwrap();
         assert_eq!((who, gid, &session), (name.clone(), 4100, &osd.session_key));
         assert!(
-            open_ticket(&key(9), &req.ticket).is_err(),
+            open_ticket(&key(9), &req.ticket, 1_000_000).is_err(),
             "not under another secret"
+        );
+        // Valid for the hour it was issued for, to the second.
+        assert!(open_ticket(&key(8), &req.ticket, 1_003_599).is_ok());
+        assert_eq!(
+            open_ticket(&key(8), &req.ticket, 1_003_605),
+            Err(CephxError::TicketExpired { ago: 5 })
         );
         assert_eq!(open_authorize(&session, &req.sealed).unwrap(), (77, None));
         let c = decode_authorize_challenge(&session, &encode_authorize_challenge(&session, 5));

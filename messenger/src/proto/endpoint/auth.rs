@@ -605,6 +605,7 @@ impl Auth {
             ticket_secret: &self.ticket_secret,
             service_secrets,
             service_ttl: self.cfg.service_ticket_ttl,
+            now_unix: self.cfg.clock.now(),
         }
     }
 
@@ -667,7 +668,9 @@ impl Auth {
                 want: EntityType::AUTH.0,
             });
         }
-        let (name, global_id, session_key) = open_ticket(&self.ticket_secret, &req.ticket)?;
+        let now_unix = self.cfg.clock.now();
+        let (name, global_id, session_key) =
+            open_ticket(&self.ticket_secret, &req.ticket, now_unix)?;
         if global_id != req.global_id {
             return Err(CephxError::GlobalIdMismatch);
         }
@@ -713,7 +716,8 @@ impl Auth {
             })
             .flatten()
             .ok_or(CephxError::NoServiceSecret(req.ticket.secret_id))?;
-        let (name, global_id, session_key) = open_ticket(secret, &req.ticket)?;
+        let (name, global_id, session_key) =
+            open_ticket(secret, &req.ticket, self.cfg.clock.now())?;
         if global_id != req.global_id {
             return Err(CephxError::GlobalIdMismatch);
         }

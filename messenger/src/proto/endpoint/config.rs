@@ -283,6 +283,44 @@ pub fn parse_modes(s: &str) -> Result<Vec<ModeName>, String> {
     parse_list(s, "connection mode", &names)
 }
 
+/// The wall clock, in seconds since the UNIX epoch, that a monitor stamps its tickets' expiry
+/// with and a service checks it against (Ceph's tickets expire on the wall clock; the rest of
+/// the core reads no clock). Tests substitute their own.
+#[derive(Clone, Copy)]
+pub struct UnixClock(pub fn() -> u64);
+
+impl UnixClock {
+    pub fn now(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+fn system_unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Default for UnixClock {
+    fn default() -> Self {
+        UnixClock(system_unix_secs)
+    }
+}
+
+impl fmt::Debug for UnixClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UnixClock({})", self.now())
+    }
+}
+
+impl PartialEq for UnixClock {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl Eq for UnixClock {}
+
 /// 32 bytes seeding the generator of cephx challenges and secrets: the runtime fills them
 /// from getrandom, a simulation from its seed. Never printed.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -329,6 +367,8 @@ pub struct AuthConfig {
     /// secret of their own (and the auth ticket): the same for every endpoint of a messenger,
     /// so that any worker opens what another sealed.
     pub ticket_seed: Entropy,
+    /// What tickets' expiry is stamped with and checked against.
+    pub clock: UnixClock,
     pub entropy: Entropy,
 }
 
@@ -455,6 +495,7 @@ impl Default for AuthConfig {
             tickets: TicketStore::default(),
             service_ticket_ttl: SERVICE_TICKET_TTL,
             ticket_seed: Entropy::default(),
+            clock: UnixClock::default(),
             entropy: Entropy::default(),
         }
     }

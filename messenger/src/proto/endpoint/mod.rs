@@ -37,7 +37,7 @@ mod timer;
 
 pub use config::{
     owner_of, parse_auth_methods, parse_modes, placement_hash, AuthConfig, AuthMethod,
-    EndpointConfig, Entropy, ModeName, Placement, Security, TicketStore, Tuning,
+    EndpointConfig, Entropy, ModeName, Placement, Security, TicketStore, Tuning, UnixClock,
 };
 pub use fault::FaultReason;
 pub use ids::{ConnId, IdHasher, IdMap, SessionId};
