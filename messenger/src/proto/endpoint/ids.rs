@@ -29,8 +29,8 @@ const SHRINK_FLOOR: usize = 64;
 
 /// Gives back most of an id map's room once three quarters of it stand empty. A map keeps the
 /// capacity of its busiest moment otherwise: 5 000 connections that came and went left their
-/// server 16 MiB of empty connection slots (`tests/slow_peers.rs`). Amortised: the shrunk
-/// map keeps room for twice its length, so a rehash follows removals in proportion to it.
+/// server 16–26 MiB of empty table slots (`tests/slow_peers.rs`). Amortised: the shrunk map
+/// keeps room for twice its length, so a rehash follows removals in proportion to it.
 pub(crate) fn shrink_when_sparse<K: Eq + std::hash::Hash, V>(map: &mut IdMap<K, V>) {
     if map.capacity() > SHRINK_FLOOR && map.len() < map.capacity() / 4 {
         map.shrink_to((map.len() * 2).max(SHRINK_FLOOR));
