@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::mem::{heap_in_use, open_fds, predictable_malloc, rss};
+use common::mem::{heap_in_use, need_descriptors_for, open_fds, predictable_malloc, rss};
 use common::*;
 use ringwire::proto::frame::Banner;
 use ringwire::proto::{EntityAddr, EntityType, Message, Policy, Time, Tuning};
@@ -218,6 +218,7 @@ const SERVER_ENV: &str = "RINGWIRE_SLOW_PEERS_SERVER";
 #[test]
 fn five_thousand_slow_and_half_open_peers_are_cut_by_the_timers_without_slowing_a_client() {
     predictable_malloc();
+    need_descriptors_for(KINDS.len() * PER_KIND);
     let srv = server();
     let twin = server();
     let addr = srv.addrs().0[0];
@@ -423,6 +424,7 @@ fn bad_peers_process() {
     let Ok(addr) = std::env::var(SERVER_ENV) else {
         panic!("started by five_thousand_slow_and_half_open_peers_..., with {SERVER_ENV} set");
     };
+    need_descriptors_for(KINDS.len() * PER_KIND);
     let target = EntityAddr::parse(&addr).unwrap();
     let sock = target.addr.unwrap();
     let started = Instant::now();

@@ -34,3 +34,33 @@ pub fn rss() -> u64 {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// Raises the descriptor limit to `want` (past the hard limit where allowed, as for root),
+/// else to the hard limit; returns the limit now in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    // SAFETY: plain syscalls on local structs.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        let raised = libc::rlimit {
+            rlim_cur: want.max(r.rlim_cur),
+            rlim_max: want.max(r.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur
+    }
+}
+
+/// Makes room for `connections` sockets and a thousand more descriptors, or fails saying why.
+pub fn need_descriptors_for(connections: usize) {
+    let need = connections as u64 + 1_000;
+    let fds = raise_fd_limit(need);
+    assert!(
+        fds >= need,
+        "{connections} connections need {need} descriptors; the limit is {fds}"
+    );
+}
