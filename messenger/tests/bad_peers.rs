@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mem::rss;
 use common::*;
 use ringwire::proto::frame::Banner;
-use ringwire::proto::{
-    Endpoint, EndpointConfig, EntityAddrVec, EntityType, Io, Message, Policy, Time, Tuning,
-};
+use ringwire::proto::{EntityType, Message, Policy, Time, Tuning};
 use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
 
 fn server(rec: Arc<Recorder>, options: Options) -> Messenger {
@@ -135,33 +134,14 @@ fn garbage_silence_and_stalls_are_cut_off_and_others_unaffected() {
     stop.store(true, Ordering::Relaxed);
 }
 
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 4096
-}
-
 /// A msgr2 client that completes the handshake over `s`, then only writes.
 fn handshake_then_flood(
     mut s: TcpStream,
     target: ringwire::proto::EntityAddr,
     bytes: usize,
 ) -> usize {
-    let mut cfg = EndpointConfig::new(name(EntityType::CLIENT, "flood"), EntityAddrVec::default());
-    cfg.default_policy = Policy::lossless_client();
-    let mut ep = Endpoint::new(cfg);
+    let (mut ep, _, sid) = raw::dial(&mut s, "flood", Policy::lossless_client(), target);
     let now = Time(1);
-    ep.connect(now, target, EntityType::OSD);
-    let Some(Io::Connect { conn, .. }) = ep.poll_io() else {
-        panic!("connect")
-    };
-    ep.on_connected(now, conn);
-    let sid = raw::handshake(&mut s, &mut ep, conn);
     // Flood; never read again. Writes stall once the server stops reading us.
     s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let payload = bytes::Bytes::from(vec![0xabu8; 64 << 10]);

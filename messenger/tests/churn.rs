@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mem::{predictable_malloc, rss};
 use common::*;
 use ringwire::proto::{EntityAddr, EntityType, FaultReason, Message, Policy, Tuning};
 use ringwire::{Connection, Dispatcher, Incoming, Messenger, Options};
@@ -82,28 +83,10 @@ fn sessions(m: &Messenger) -> i64 {
     s.sessions_connecting + s.sessions_ready
 }
 
-/// Resident memory, after glibc has handed what is free back to the system: what remains is
-/// what is in use (and its fragmentation), not how many per-thread arenas the short-lived
-/// clients' workers happened to open.
-fn rss() -> u64 {
-    // SAFETY: no arguments beyond the pad size; glibc's own locking.
-    unsafe { libc::malloc_trim(0) };
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
 #[test]
 fn thousands_of_short_lived_clients_leave_no_sessions_and_no_memory_behind() {
-    // RSS should measure what the server keeps, not the allocator's habits: one malloc arena
-    // (the clients' worker threads would each open one), and a fixed mmap threshold (glibc
-    // raises it when a large block is freed, after which the clients' 4 MiB receive-buffer
-    // rings come from the heap and leave it fragmented).
-    // SAFETY: glibc tunables, set before this test starts any thread of its own.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
+    // RSS should measure what the server keeps, not the allocator's habits.
+    predictable_malloc();
     // The first round warms up (allocator, tables at their working size); the others must
     // leave RSS within BOUND of where it left it. A leaked session costs ~2.5 KiB (measured
     // with `ringwire serve` before sessions ended), so BOUND is about 400 leaked ones out of

@@ -385,6 +385,26 @@ fn unexpected_frame_for_the_state() {
 }
 
 #[test]
+fn before_ready_a_segment_past_a_control_payload_is_refused_from_the_preamble() {
+    // A peer that has not said hello announces a MESSAGE with a 64 MiB data segment: refused
+    // from the 32 bytes of its preamble, before a buffer is sized by it (no MESSAGE is
+    // legitimate yet). After READY the full limits apply (the large messages of test_msgr).
+    let mut ep = server();
+    let c = ep.accept(Time(1), "127.0.0.1:40001".parse().unwrap());
+    let mut wire = Banner::RINGWIRE.encode().to_vec();
+    wire.extend_from_slice(&preamble(Tag::Message as u8, &[(60, 8), (64 << 20, 0)], 2));
+    ep.on_input(Time(1), c, &wire);
+    assert_eq!(
+        faults(&mut ep),
+        vec![FaultReason::Frame(FrameError::SegmentTooLarge {
+            segment: 1,
+            len: 64 << 20,
+            max: 64 << 10
+        })]
+    );
+}
+
+#[test]
 fn msgr1_peer_and_half_open_peer() {
     let mut ep = server();
     let c = ep.accept(Time(1), "127.0.0.1:40001".parse().unwrap());

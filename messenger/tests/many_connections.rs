@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::mem::need_descriptors_for;
 use common::{echo_server, one_worker};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
@@ -62,26 +63,6 @@ impl Dispatcher for Count {
     }
 }
 
-/// Raises the descriptor limit to `want` (past the hard limit where allowed, as for root),
-/// else to the hard limit; returns the limit now in force.
-fn raise_fd_limit(want: u64) -> u64 {
-    // SAFETY: plain syscalls on local structs.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        let raised = libc::rlimit {
-            rlim_cur: want.max(r.rlim_cur),
-            rlim_max: want.max(r.rlim_max),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur
-    }
-}
-
 fn rss_bytes() -> i64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -109,21 +90,12 @@ fn usage() -> (i64, i64) {
     (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes())
 }
 
-fn need_descriptors() {
-    let need = CONNECTIONS as u64 + 1_000;
-    let fds = raise_fd_limit(need);
-    assert!(
-        fds >= need,
-        "{CONNECTIONS} connections need {need} descriptors; the limit is {fds}"
-    );
-}
-
 /// The environment variable that makes `client_process` the client of a running test.
 const SERVER_ENV: &str = "RINGWIRE_MANY_CONNECTIONS_SERVER";
 
 #[test]
 fn ten_thousand_connections_are_all_served_and_an_idle_end_keeps_under_8_kib() {
-    need_descriptors();
+    need_descriptors_for(CONNECTIONS);
     let server = echo_server(Policy::stateless_server());
     // Warm up what every connection shares (rings, buffer pools, tables' first growth).
     let warm_client = Messenger::builder("client.1".parse().unwrap())
@@ -192,7 +164,7 @@ fn client_process() {
     let Ok(addr) = std::env::var(SERVER_ENV) else {
         panic!("started by ten_thousand_connections_are_all_served_..., with {SERVER_ENV} set");
     };
-    need_descriptors();
+    need_descriptors_for(CONNECTIONS);
     let echoes = Arc::new(Count::default());
     let client = Messenger::builder("client.0".parse().unwrap())
         .default_policy(Policy::lossy_client())

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mem::{heap_in_use, predictable_malloc, rss};
 use common::netns::{self, node_ip, port, Net};
 use common::{name, poll_until, wait_until};
 use ringwire::proto::{EntityAddr, EntityType, FaultReason, Message, Policy, Tuning};
@@ -416,23 +417,6 @@ impl Cluster {
     }
 }
 
-/// Bytes allocated and not freed, whatever the allocator keeps around them.
-fn heap_in_use() -> u64 {
-    // SAFETY: reads glibc's counters.
-    let m = unsafe { libc::mallinfo2() };
-    (m.uordblks + m.hblkhd) as u64
-}
-
-/// Resident memory of the whole process, after glibc has returned what is free: what
-/// remains is what the messengers hold.
-fn rss() -> u64 {
-    // SAFETY: no arguments beyond the pad size; glibc's own locking.
-    unsafe { libc::malloc_trim(0) };
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
 fn heal_qdiscs(net: &Net, ports: &[usize]) {
     for n in ports {
         net.tc(&["qdisc", "del", "dev", &port(*n), "root"]).unwrap();
@@ -460,13 +444,7 @@ fn a_namespace_cluster_under_real_faults_delivers_every_lossless_message_once_in
         eprintln!("SKIPPED: the namespace cluster cannot run here: {why}");
         return;
     }
-    // RSS should measure what the messengers hold, not the allocator's habits: one malloc
-    // arena, not one per worker thread, and a fixed mmap threshold (as tests/churn.rs does).
-    // SAFETY: glibc tunables, set before this test starts any thread of its own.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
+    predictable_malloc();
     let cluster = Cluster::start();
     let tuning = tuning();
     // From a fault's end to every session READY: a connect that was in flight gives up after

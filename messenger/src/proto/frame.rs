@@ -198,6 +198,18 @@ pub struct FrameLimits {
     pub max_control: u32,
 }
 
+impl FrameLimits {
+    /// The limits before a connection is READY, when no MESSAGE is legitimate: no segment
+    /// larger than a control payload. A peer that has not even said hello would otherwise
+    /// have us allocate a `max_segment` buffer (128 MiB) for a 37-byte announcement.
+    pub fn before_ready(self) -> FrameLimits {
+        FrameLimits {
+            max_segment: self.max_segment.min(self.max_control),
+            ..self
+        }
+    }
+}
+
 impl Default for FrameLimits {
     fn default() -> Self {
         FrameLimits {

@@ -15,7 +15,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::bufring::BufRing;
 use super::transport::{user_data, Cx, Gate, Listeners, ProbeIds, Transport, KEY_MASK};
 use super::{io_uring_error, Command};
-use crate::proto::endpoint::IdMap;
+use crate::proto::endpoint::{shrink_when_sparse, IdMap};
 use crate::proto::{ConnId, Endpoint, Handoff, Time};
 use crate::Error;
 
@@ -283,12 +283,14 @@ impl Tcp {
             }
             if s.ops == 0 {
                 self.socks.remove(&key);
+                shrink_when_sparse(&mut self.socks);
             }
             return;
         }
         if s.migrate.is_some() {
             if s.ops == 0 {
                 let s = self.socks.remove(&key).expect("present");
+                shrink_when_sparse(&mut self.socks);
                 let (to, handoff) = s.migrate.expect("checked");
                 cx.shared
                     .counters

@@ -2,6 +2,7 @@
 //! waiting for events up to a deadline (`wait`).
 #![allow(dead_code)]
 
+pub mod mem;
 pub mod netns;
 pub mod raw;
 mod wait;

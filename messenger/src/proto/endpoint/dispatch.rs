@@ -67,7 +67,8 @@ impl Endpoint {
                         if let Some(t) = c.auth.transcript.as_mut() {
                             t.rx.extend_from_slice(&c.banner_buf);
                         }
-                        c.decoder = Some(FrameDecoder::new(self.config.tuning.limits, consumed));
+                        let limits = self.config.tuning.limits.before_ready();
+                        c.decoder = Some(FrameDecoder::new(limits, consumed));
                         if self.on_peer_banner(cid, banner).is_err() {
                             self.stash_rest(cid, data);
                             return;

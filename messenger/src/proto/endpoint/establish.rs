@@ -396,6 +396,11 @@ impl Endpoint {
         let c = self.conns.get_mut(&cid).ok_or(Halt::Closed)?;
         c.set_state(ConnState::Ready);
         c.deadline = None;
+        // Messages may come now, up to the full limits. Frames are decoded one at a time,
+        // so a message right behind the frame that made us ready is held to these.
+        if let Some(d) = c.decoder.as_mut() {
+            d.set_limits(self.config.tuning.limits);
+        }
         let role = c.role;
         let mut next = self.now.after(self.config.tuning.idle_timeout);
         if let Some(every) = self.config.tuning.keepalive_interval {

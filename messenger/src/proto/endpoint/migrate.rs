@@ -47,7 +47,8 @@ impl Endpoint {
         let mut conn = Conn::new(cid, Role::Server, None, handoff.peer_socket, self.now);
         conn.set_state(ConnState::Session);
         conn.peer_type = handoff.peer_type;
-        let mut decoder = FrameDecoder::new(self.config.tuning.limits, handoff.stream_offset);
+        let limits = self.config.tuning.limits.before_ready();
+        let mut decoder = FrameDecoder::new(limits, handoff.stream_offset);
         if let Some(rx) = handoff.rx_cipher {
             decoder.set_cipher(rx);
         }

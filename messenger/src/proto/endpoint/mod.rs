@@ -40,6 +40,7 @@ pub use config::{
     EndpointConfig, Entropy, ModeName, Placement, Security, TicketStore, Tuning, UnixClock,
 };
 pub use fault::FaultReason;
+pub(crate) use ids::shrink_when_sparse;
 pub use ids::{ConnId, IdHasher, IdMap, SessionId};
 pub use migrate::Handoff;
 pub use timer::Time;
@@ -725,6 +726,7 @@ impl Endpoint {
 
     fn drop_conn(&mut self, cid: ConnId, flush: bool) {
         if let Some(mut c) = self.conns.remove(&cid) {
+            shrink_when_sparse(&mut self.conns);
             hooks::ringwire_conn_state(
                 cid.0,
                 c.session.map_or(0, |s| s.0),
@@ -777,6 +779,7 @@ impl Endpoint {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        shrink_when_sparse(&mut self.sessions);
         hooks::ringwire_session_state(
             sid.0,
             s.state as u32,

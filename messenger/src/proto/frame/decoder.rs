@@ -226,6 +226,12 @@ impl FrameDecoder {
         self.advance(n)
     }
 
+    /// Limits for the frames whose preamble is decoded from now on (see
+    /// [`FrameLimits::before_ready`]).
+    pub fn set_limits(&mut self, limits: FrameLimits) {
+        self.limits = limits;
+    }
+
     /// Copies as much of `input` as the decoder takes, until one frame completes; advances
     /// `input` past what was used. Call again while input remains.
     pub fn feed(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
