@@ -709,7 +709,7 @@ mod tests {
         let mut tx = TxQueue::default();
         tx.set_cipher(streams(&secret, false).unwrap().0);
         let segs: [(&[Bytes], u16); 3] = [
-            (&[front.clone()], ALIGN_DEFAULT),
+            (std::slice::from_ref(&front), ALIGN_DEFAULT),
             (&[Bytes::new()], ALIGN_DEFAULT),
             (&[data.slice(..1000), data.slice(1000..)], ALIGN_DEFAULT),
         ];
