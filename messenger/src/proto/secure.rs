@@ -243,8 +243,6 @@ struct EvpGcm(NonNull<aws_lc_sys::EVP_CIPHER_CTX>);
 // SAFETY: the context is used by one owner at a time (every call takes `&mut self`) and
 // holds no thread-local state.
 unsafe impl Send for EvpGcm {}
-// SAFETY: no method takes `&self`.
-unsafe impl Sync for EvpGcm {}
 
 impl EvpGcm {
     fn new(key: &[u8; 16]) -> EvpGcm {
