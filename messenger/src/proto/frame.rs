@@ -710,6 +710,56 @@ mod tests {
         assert_eq!(tx.len(), SECURE_HEAD_LEN);
     }
 
+    /// A frame whose operations are large enough to be sealed out of place, from segments
+    /// in several chunks, decodes whatever the pieces it arrives in; a flipped bit in its
+    /// last operation's ciphertext or tag fails that operation's tag.
+    #[test]
+    fn large_sealed_segments_decode_in_any_pieces_and_fail_altered() {
+        let secret = [5u8; 64];
+        let front = Bytes::from(vec![1u8; 20_000]);
+        let data: Bytes = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut tx = TxQueue::default();
+        tx.set_cipher(streams(&secret, false).unwrap().0);
+        let segs: [(&[Bytes], u16); 3] = [
+            (std::slice::from_ref(&front), ALIGN_DEFAULT),
+            (&[Bytes::new()], ALIGN_DEFAULT),
+            (&[data.slice(..1000), data.slice(1000..)], ALIGN_DEFAULT),
+        ];
+        encode_frame(&mut tx, Tag::Message, &segs);
+        let wire = tx.take_all();
+        let decode = |bytes: &[u8], piece: usize| {
+            let mut d = FrameDecoder::new(FrameLimits::default(), 0);
+            d.set_cipher(streams(&secret, true).unwrap().1);
+            let mut frame = None;
+            for mut chunk in bytes.chunks(piece) {
+                while !chunk.is_empty() {
+                    if let Some(f) = d.feed(&mut chunk)? {
+                        frame = Some(f);
+                    }
+                }
+            }
+            Ok::<_, FrameError>(frame)
+        };
+        for piece in [1 << 20, 4096, 1000, 17] {
+            let f = decode(&wire, piece).unwrap().expect("a frame");
+            assert_eq!(f.segments[0], front, "{piece}-byte pieces");
+            assert!(f.segments[1].is_empty());
+            assert_eq!(f.segments[2], data, "{piece}-byte pieces");
+        }
+        let tail = Err(FrameError::Secure(SecureError::BadTag {
+            op: "encrypted segments and epilogue",
+        }));
+        for at in [wire.len() - 100_000, wire.len() - 1] {
+            let mut altered = wire.clone();
+            altered[at] ^= 4;
+            assert_eq!(
+                decode(&altered, 4096).map(|_| ()),
+                tail,
+                "bit flipped at {at}"
+            );
+        }
+    }
+
     /// A first segment given as plain bytes goes on the wire exactly as the same bytes in a
     /// `Bytes`, whichever later segments are empty or long.
     #[test]

@@ -5,9 +5,17 @@
 //! Nonces are `{le32 fixed, le64 counter}`; the counter advances by one per GCM operation,
 //! from the secret's bytes, and may wrap, but a stream that comes back to its first nonce is
 //! out of nonces (msgr2.1; msgr2.0 counted in the fixed part, CVE-2020-1759).
+//!
+//! Two libraries run the one cipher, each where it measured faster (docs/benchmarks.md, "The
+//! cost of security"): ring for every operation in place (opening, sealing small frames),
+//! aws-lc's EVP interface for sealing large ones out of place, from the caller's buffers
+//! straight into the send buffer, which ring cannot do.
 
+use std::ffi::c_int;
 use std::fmt;
+use std::ptr::{self, NonNull};
 
+use bytes::BytesMut;
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_128_GCM};
 
 /// Bytes of a GCM tag, after each operation's ciphertext.
@@ -35,6 +43,8 @@ pub enum SecureError {
 /// One direction of a secure connection.
 pub struct GcmStream {
     key: LessSafeKey,
+    /// The same key, for sealing out of place.
+    evp: EvpGcm,
     fixed: [u8; 4],
     counter: u64,
     initial: u64,
@@ -65,10 +75,12 @@ pub fn streams(secret: &[u8], acceptor: bool) -> Result<(GcmStream, GcmStream), 
 
 impl GcmStream {
     fn new(key: &[u8], nonce: &[u8]) -> GcmStream {
+        let evp = EvpGcm::new(key.try_into().expect("16-byte AES-128 key"));
         let key = UnboundKey::new(&AES_128_GCM, key).expect("16-byte AES-128 key");
         let counter = u64::from_le_bytes(nonce[4..12].try_into().expect("12-byte nonce"));
         GcmStream {
             key: LessSafeKey::new(key),
+            evp,
             fixed: nonce[..4].try_into().expect("12-byte nonce"),
             counter,
             initial: counter,
@@ -76,25 +88,33 @@ impl GcmStream {
         }
     }
 
-    fn nonce_at(&self, counter: u64) -> Nonce {
-        let mut n = [0u8; 12];
+    fn nonce_bytes(&self, counter: u64) -> [u8; NONCE_LEN] {
+        let mut n = [0u8; NONCE_LEN];
         n[..4].copy_from_slice(&self.fixed);
         n[4..].copy_from_slice(&counter.to_le_bytes());
-        Nonce::assume_unique_for_key(n)
+        n
+    }
+
+    fn nonce_at(&self, counter: u64) -> Nonce {
+        Nonce::assume_unique_for_key(self.nonce_bytes(counter))
     }
 
     /// The nonce for the next operation; the counter wraps, a second use of the first one
     /// is refused.
-    fn next_nonce(&mut self) -> Result<Nonce, SecureError> {
+    fn next_nonce_bytes(&mut self) -> Result<[u8; NONCE_LEN], SecureError> {
         if self.counter == self.initial {
             if self.used_initial {
                 return Err(SecureError::OutOfNonces);
             }
             self.used_initial = true;
         }
-        let n = self.nonce_at(self.counter);
+        let n = self.nonce_bytes(self.counter);
         self.counter = self.counter.wrapping_add(1);
         Ok(n)
+    }
+
+    fn next_nonce(&mut self) -> Result<Nonce, SecureError> {
+        self.next_nonce_bytes().map(Nonce::assume_unique_for_key)
     }
 
     /// A stream with `ops` operations left before its nonces run out (tests of the frame
@@ -116,6 +136,18 @@ impl GcmStream {
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
         Ok(out)
+    }
+
+    /// Starts sealing one operation whose plaintext is given in pieces, each encrypted from
+    /// where it is into the end of `out` (no copy of it first); the tag follows at
+    /// [`SealInto::finish`].
+    pub fn seal_into<'a>(&'a mut self, out: &'a mut BytesMut) -> Result<SealInto<'a>, SecureError> {
+        let nonce = self.next_nonce_bytes()?;
+        self.evp.start(&nonce);
+        Ok(SealInto {
+            evp: &mut self.evp,
+            out,
+        })
     }
 
     /// Decrypts one operation in place: `ct_and_tag` is the ciphertext followed by its tag;
@@ -170,6 +202,141 @@ impl GcmStream {
     }
 }
 
+/// One GCM operation being sealed out of place ([`GcmStream::seal_into`]).
+pub struct SealInto<'a> {
+    evp: &'a mut EvpGcm,
+    out: &'a mut BytesMut,
+}
+
+impl SealInto<'_> {
+    /// Appends the ciphertext of the next `plain` bytes.
+    pub fn push(&mut self, plain: &[u8]) {
+        self.evp.update(plain, self.out);
+    }
+
+    /// Appends the ciphertext of `n` zero bytes (padding).
+    pub fn push_zeros(&mut self, n: usize) {
+        const ZEROS: [u8; 64] = [0; 64];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(ZEROS.len());
+            self.push(&ZEROS[..k]);
+            left -= k;
+        }
+    }
+
+    /// Ends the operation: appends its tag.
+    pub fn finish(self) {
+        let tag = self.evp.finish();
+        self.out.extend_from_slice(&tag);
+    }
+}
+
+/// Bytes of a GCM nonce.
+const NONCE_LEN: usize = 12;
+
+/// AES-128-GCM sealing through aws-lc's EVP cipher interface, which takes the plaintext in
+/// pieces and writes the ciphertext elsewhere. A safe wrapper: the context is owned, every
+/// call's result is checked, and output is written only into reserved room.
+struct EvpGcm(NonNull<aws_lc_sys::EVP_CIPHER_CTX>);
+
+// SAFETY: the context is used by one owner at a time (every call takes `&mut self`) and
+// holds no thread-local state.
+unsafe impl Send for EvpGcm {}
+
+impl EvpGcm {
+    fn new(key: &[u8; 16]) -> EvpGcm {
+        // SAFETY: plain allocation; a null result is checked.
+        let ctx = NonNull::new(unsafe { aws_lc_sys::EVP_CIPHER_CTX_new() })
+            .expect("allocating an EVP_CIPHER_CTX");
+        let ctx = EvpGcm(ctx);
+        // SAFETY: a fresh context, a static cipher, a 16-byte key; no nonce yet.
+        let ok = unsafe {
+            aws_lc_sys::EVP_EncryptInit_ex(
+                ctx.0.as_ptr(),
+                aws_lc_sys::EVP_aes_128_gcm(),
+                ptr::null_mut(),
+                key.as_ptr(),
+                ptr::null(),
+            )
+        };
+        assert_eq!(ok, 1, "EVP_EncryptInit_ex with an AES-128 key");
+        ctx
+    }
+
+    /// Starts an operation under `nonce` (the default 12-byte GCM nonce length); the key
+    /// schedule is kept.
+    fn start(&mut self, nonce: &[u8; NONCE_LEN]) {
+        // SAFETY: an initialised context and a 12-byte nonce.
+        let ok = unsafe {
+            aws_lc_sys::EVP_EncryptInit_ex(
+                self.0.as_ptr(),
+                ptr::null(),
+                ptr::null_mut(),
+                ptr::null(),
+                nonce.as_ptr(),
+            )
+        };
+        assert_eq!(ok, 1, "EVP_EncryptInit_ex with a nonce");
+    }
+
+    /// Appends the ciphertext of `plain` to `out`. GCM is a stream mode: each call writes
+    /// exactly as many bytes as it reads.
+    fn update(&mut self, plain: &[u8], out: &mut BytesMut) {
+        // The length is a C int: frames are far smaller, but stay within it anyway.
+        for piece in plain.chunks(1 << 30) {
+            out.reserve(piece.len());
+            let dst = out.spare_capacity_mut();
+            let mut written: c_int = 0;
+            // SAFETY: `dst` has room for `piece.len()` bytes and does not overlap `piece`
+            // (a shared borrow); GCM writes exactly `piece.len()` bytes.
+            let ok = unsafe {
+                aws_lc_sys::EVP_EncryptUpdate(
+                    self.0.as_ptr(),
+                    dst.as_mut_ptr().cast(),
+                    &mut written,
+                    piece.as_ptr(),
+                    piece.len() as c_int,
+                )
+            };
+            assert!(
+                ok == 1 && written as usize == piece.len(),
+                "EVP_EncryptUpdate wrote {written} of {} bytes",
+                piece.len()
+            );
+            // SAFETY: those bytes were just written.
+            unsafe { out.set_len(out.len() + piece.len()) };
+        }
+    }
+
+    /// Ends the operation; returns its tag.
+    fn finish(&mut self) -> [u8; TAG_LEN] {
+        let mut none = [0u8; 16];
+        let mut written: c_int = 0;
+        let mut tag = [0u8; TAG_LEN];
+        // SAFETY: GCM's final step writes no bytes (`none` has room for a block anyway);
+        // the tag is TAG_LEN bytes into `tag`.
+        let ok = unsafe {
+            aws_lc_sys::EVP_EncryptFinal_ex(self.0.as_ptr(), none.as_mut_ptr(), &mut written) == 1
+                && aws_lc_sys::EVP_CIPHER_CTX_ctrl(
+                    self.0.as_ptr(),
+                    aws_lc_sys::EVP_CTRL_GCM_GET_TAG,
+                    TAG_LEN as c_int,
+                    tag.as_mut_ptr().cast(),
+                ) == 1
+        };
+        assert!(ok && written == 0, "EVP_EncryptFinal_ex and the GCM tag");
+        tag
+    }
+}
+
+impl Drop for EvpGcm {
+    fn drop(&mut self) {
+        // SAFETY: owned, freed once. aws-lc zeroes the key schedule as it frees it.
+        unsafe { aws_lc_sys::EVP_CIPHER_CTX_free(self.0.as_ptr()) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +379,40 @@ mod tests {
         let (_, mut rx) = streams(&secret(), true).unwrap();
         rx.used_initial = true;
         assert_eq!(rx.open(&mut [0u8; 32], "x"), Err(SecureError::OutOfNonces));
+    }
+
+    /// Out of place, in pieces (zeros among them), the bytes are those sealing in place
+    /// gives, operation after operation, so the two can take turns on one stream; and the
+    /// nonces run out the same way.
+    #[test]
+    fn sealing_out_of_place_in_pieces_matches_sealing_in_place() {
+        let (mut in_place, _) = streams(&secret(), false).unwrap();
+        let (mut pieces, _) = streams(&secret(), false).unwrap();
+        let (_, mut rx) = streams(&secret(), true).unwrap();
+        let plain: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        for len in [0, 1, 16, 100, 5000] {
+            let mut expected = plain[..len].to_vec();
+            expected.resize(len + 100, 0);
+            let tag = in_place.seal(&mut expected).unwrap();
+            expected.extend_from_slice(&tag);
+            let mut out = BytesMut::from(&b"queued"[..]);
+            let mut op = pieces.seal_into(&mut out).unwrap();
+            op.push(&plain[..len / 3]);
+            op.push(&plain[len / 3..len]);
+            op.push_zeros(100);
+            op.finish();
+            assert_eq!(&out[..6], b"queued");
+            assert_eq!(&out[6..], &expected[..], "{len} bytes");
+            rx.open(&mut out[6..], "test").unwrap();
+            assert_eq!(&out[6..6 + len], &plain[..len]);
+        }
+        let mut out = BytesMut::new();
+        let mut last = pieces.with_ops_left(1);
+        last.seal_into(&mut out).unwrap().finish();
+        assert!(matches!(
+            last.seal_into(&mut out),
+            Err(SecureError::OutOfNonces)
+        ));
     }
 
     #[test]
