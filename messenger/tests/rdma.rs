@@ -304,18 +304,23 @@ fn silent_or_foreign_side_channels_do_not_hold_connection_slots() {
     });
 }
 
+/// Sets the guest's `lo`, the netdev rxe0 is bound to, up or down.
+fn lo(state: &str) {
+    let ok = std::process::Command::new("ip")
+        .args(["link", "set", "lo", state])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip link set lo {state}");
+}
+
+fn port_state() -> String {
+    std::fs::read_to_string("/sys/class/infiniband/rxe0/ports/1/state").unwrap_or_default()
+}
+
 #[test]
 fn a_port_that_is_down_is_a_clear_error() {
     // rxe's port follows its netdev: with the guest's `lo` down the port is not ACTIVE.
-    let ip = |state: &str| {
-        let ok = std::process::Command::new("ip")
-            .args(["link", "set", "lo", state])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip link set lo {state}");
-    };
-    let port_state =
-        || std::fs::read_to_string("/sys/class/infiniband/rxe0/ports/1/state").unwrap_or_default();
+    let ip = lo;
     ip("down");
     wait_until(Instant::now() + T, "the port inactive with lo down", || {
         !port_state().contains("ACTIVE")
@@ -361,4 +366,94 @@ fn connections_share_few_send_buffers_without_stalling() {
         let left = deadline.saturating_duration_since(Instant::now());
         rec.wait_for(left, "every echo", |s| msgs(s) == EACH as usize);
     }
+}
+
+/// Set in the child that [`registration_under_a_low_memlock_limit_is_a_clear_error`] runs
+/// under `prlimit`.
+const MEMLOCK_CHILD: &str = "RINGWIRE_TEST_MEMLOCK_CHILD";
+
+/// Memory registration refused by a low locked-memory limit (the child runs without
+/// CAP_IPC_LOCK under `prlimit --memlock=65536`, far below what a worker registers): the
+/// messenger does not start, and the error names RLIMIT_MEMLOCK and how to raise it, rather
+/// than a bare errno.
+#[test]
+fn registration_under_a_low_memlock_limit_is_a_clear_error() {
+    if std::env::var_os(MEMLOCK_CHILD).is_some() {
+        let err = Messenger::builder(name(EntityType::OSD, "0"))
+            .bind(rdma_addr())
+            .options(opts(1))
+            .start(Arc::new(Recorder::default()))
+            .err()
+            .expect("no messenger under a 64 KiB memlock limit");
+        println!("memlock error: {err}");
+        return;
+    }
+    // Without CAP_IPC_LOCK (which lets root pin past the limit), under a 64 KiB limit.
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"])
+        .args(["prlimit", "--memlock=65536"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "registration_under_a_low_memlock_limit_is_a_clear_error",
+            "--nocapture",
+        ])
+        .env(MEMLOCK_CHILD, "1")
+        .output()
+        .expect("setpriv and prlimit (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("memlock error: "))
+        .unwrap_or_else(|| panic!("no error reported: {stdout}"));
+    assert!(
+        line.contains("RLIMIT_MEMLOCK") && line.contains("ulimit -l"),
+        "{line}"
+    );
+}
+
+/// The rxe netdev (the guest's `lo`) set down for 2 s in the middle of a lossless stream of
+/// numbered messages, then up: the connection faults and the session reconnects once the port
+/// is active again, and every message arrives once, in order.
+#[test]
+fn the_netdev_down_and_up_during_traffic_loses_nothing_lossless() {
+    const N: u32 = 3000;
+    let rec = Arc::new(Recorder::default());
+    let srv = server(rec.clone(), opts(1));
+    let (c, _) = client("netdev", opts(1));
+    let conn = c.connect(srv.addrs().0[0], EntityType::OSD);
+    conn.wait_ready(T).unwrap();
+    let sender = std::thread::spawn(move || {
+        for i in 0..N {
+            let msg = Message::new(0x10).with_front(i.to_le_bytes().to_vec());
+            conn.send_timeout(msg, T).expect("room in the send window");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    lo("down");
+    std::thread::sleep(Duration::from_secs(2));
+    lo("up");
+    wait_until(Instant::now() + T, "the port active again", || {
+        port_state().contains("ACTIVE")
+    });
+    sender.join().unwrap();
+    wait_until(Instant::now() + T, "every message", || {
+        msgs(&rec.seen.lock().unwrap()) >= N as usize
+    });
+    let got: Vec<u32> = rec
+        .contents()
+        .iter()
+        .map(|(_, m)| u32::from_le_bytes(m.front[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "once each, in order");
+    assert!(
+        c.stats().faults >= 1,
+        "the link going down faulted the connection"
+    );
 }
