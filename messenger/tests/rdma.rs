@@ -457,3 +457,76 @@ fn the_netdev_down_and_up_during_traffic_loses_nothing_lossless() {
         "the link going down faulted the connection"
     );
 }
+
+/// Set in the sender child of [`the_sender_killed_mid_read_faults_only_its_connection`]: the
+/// server's address.
+const READ_SENDER: &str = "RINGWIRE_TEST_READ_SENDER";
+
+/// A peer killed in the middle of a READ: a child process sends a 64 MiB payload (which the
+/// server pulls with one RDMA READ) and is killed with SIGKILL as soon as the server has posted
+/// that READ.
+/// The server faults that connection only: the message is not delivered, part or whole; the
+/// READ's landing buffer is unpinned again; and a new client's message arrives afterwards.
+#[test]
+fn the_sender_killed_mid_read_faults_only_its_connection() {
+    const LEN: usize = 64 << 20;
+    if let Some(addr) = std::env::var_os(READ_SENDER) {
+        let addr = EntityAddr::parse(addr.to_str().unwrap()).unwrap();
+        let (c, _) = client("sender", opts(1));
+        let conn = c.connect(addr, EntityType::OSD);
+        conn.wait_ready(T).unwrap();
+        let data = Bytes::from(vec![7u8; LEN]);
+        conn.send(Message::new(0x10).with_front(vec![1]).with_data(data))
+            .unwrap();
+        println!("sent");
+        std::thread::sleep(T);
+        return;
+    }
+    let rec = Arc::new(Recorder::default());
+    let srv = server(rec.clone(), opts(1));
+    let pinned = vm_pinned_kib();
+    let registrations = srv.stats().rdma_registrations;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_sender_killed_mid_read_faults_only_its_connection",
+            "--nocapture",
+        ])
+        .env(READ_SENDER, srv.addrs().0[0].to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("sent") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the sender ended before sending");
+    }
+    // The server registers the landing buffer just before it posts the READ.
+    wait_until(Instant::now() + T, "the server's READ posted", || {
+        srv.stats().rdma_registrations > registrations
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until(
+        Instant::now() + T,
+        "the dead sender's connection faulted",
+        || srv.stats().faults >= 1,
+    );
+    assert!(
+        srv.stats().rdma_read_bytes < LEN as u64,
+        "the READ finished before the kill: the test did not hit a READ in flight"
+    );
+    assert_eq!(msgs(&rec.seen.lock().unwrap()), 0, "nothing delivered");
+    wait_until(
+        Instant::now() + T,
+        "the READ's landing buffer unpinned",
+        || vm_pinned_kib() <= pinned,
+    );
+    // The server goes on: a new client's message arrives.
+    let (c, _) = client("after", opts(1));
+    let conn = c.connect(srv.addrs().0[0], EntityType::OSD);
+    conn.send(Message::new(0x10).with_front(vec![2])).unwrap();
+    rec.wait_for(T, "the next client's message", |s| msgs(s) == 1);
+}
