@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod raw;
+pub mod rng;
 mod wait;
 
 use std::sync::{Arc, Condvar, Mutex};
