@@ -1294,7 +1294,11 @@ fn a_namespace_cluster_under_real_faults_delivers_every_lossless_message_once_in
     summary.push(if failures.is_empty() {
         "PASSED: every check held".into()
     } else {
-        format!("FAILED: {} checks: {}", failures.len(), failures.join("; "))
+        format!(
+            "FAILED: {} failed checks: {}",
+            failures.len(),
+            failures.join("; ")
+        )
     });
     for line in &summary {
         eprintln!("netns summary: {line}");
