@@ -778,7 +778,12 @@ impl Faults<'_> {
             None => eprintln!("netns: {phase} for {d:?}"),
         }
         std::thread::sleep(d);
-        eprintln!("netns: RSS {} KiB", rss() >> 10);
+        // Both, after every step, so that a long run shows whether either trends upward.
+        eprintln!(
+            "netns: RSS {} KiB, heap in use {} KiB",
+            rss() >> 10,
+            heap_in_use() >> 10
+        );
     }
 
     fn inject(&mut self, fault: &Fault, d: Duration) {
