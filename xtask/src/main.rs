@@ -11,6 +11,11 @@
 //!   has soft-RoCE (`xtask/rxe-vm.sh`; the host kernel has no RDMA). Part of `ci`.
 //! - `cargo xtask rxe-bench [ROUNDS]`: `ringwire bench --transport rdma` against perftest
 //!   (`ib_send_lat`, `ib_write_bw`) and rsockets (`rstream`) in one guest run.
+//! - `cargo xtask soak MINUTES`: the namespace cluster (`messenger/tests/netns_cluster.rs`,
+//!   profile `ci`, root) under rolling faults for MINUTES, then a summary: messages, faults
+//!   by kind, reconnects, lost / duplicated / reordered, peak RSS, time to READY after each
+//!   heal. Fails if anything was lost, duplicated or reordered, or memory passed its bound.
+//!   `RINGWIRE_SOAK_SEED` replays a run's faults. Not part of `ci` (docs/testing.md).
 
 mod bench;
 mod ci;
@@ -19,6 +24,7 @@ mod exec;
 mod fuzz;
 mod provision;
 mod rxe;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::exit;
@@ -42,13 +48,17 @@ fn main() {
             let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
             rxe::bench(&root, rounds)
         }
+        Some("soak") => match args.get(1).and_then(|m| m.parse().ok()) {
+            Some(minutes) if minutes > 0 => soak::run(&root, minutes),
+            _ => Err("usage: cargo xtask soak MINUTES (a whole number above 0)".into()),
+        },
         Some("trace-overhead") => {
             let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
             ebpf::trace_overhead(&root, rounds)
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS] | trace-overhead [ROUNDS] | rxe-test | rxe-bench [ROUNDS]>"
+                "usage: cargo xtask <ci | build | build-ebpf | fuzz [SECONDS] | trace-overhead [ROUNDS] | rxe-test | rxe-bench [ROUNDS] | soak MINUTES>"
             );
             exit(2);
         }

@@ -5,6 +5,7 @@
 pub mod mem;
 pub mod netns;
 pub mod raw;
+pub mod rng;
 mod wait;
 
 use std::sync::{Arc, Condvar, Mutex};
